@@ -1,0 +1,330 @@
+//! moatd's configuration file (TOML). Every key is documented in docs/configuration.md.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where moatd looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/moat/config.toml";
+
+/// Errors from reading the configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration of moatd.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Persistent state: the image store, the metadata database.
+    pub root_dir: PathBuf,
+    /// Runtime state that does not survive a reboot: sockets, per-VM run dirs.
+    pub run_dir: PathBuf,
+    /// The CRI socket. Defaults to `<run_dir>/moat.sock`.
+    pub listen: Option<PathBuf>,
+    /// Logging.
+    pub log: LogConfig,
+    /// Runtime-wide settings reported through the CRI.
+    pub runtime: RuntimeConfig,
+    /// Where the CNI configuration and plugins live.
+    pub cni: CniConfig,
+    /// Image pulls.
+    pub images: ImagesConfig,
+    /// Per-registry settings, keyed by registry host (`docker.io`, `registry.local:5000`).
+    pub registries: BTreeMap<String, RegistryHostConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            root_dir: PathBuf::from("/var/lib/moat"),
+            run_dir: PathBuf::from("/run/moat"),
+            listen: None,
+            log: LogConfig::default(),
+            runtime: RuntimeConfig::default(),
+            cni: CniConfig::default(),
+            images: ImagesConfig::default(),
+            registries: BTreeMap::new(),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `moat_host=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Runtime-wide settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// The cgroup driver reported to kubelet by RuntimeConfig: `systemd` or `cgroupfs`.
+    pub cgroup_driver: CgroupDriver,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cgroup_driver: CgroupDriver::Systemd,
+        }
+    }
+}
+
+/// The cgroup driver kubelet must use with this runtime.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    /// systemd manages the pod cgroups.
+    Systemd,
+    /// The cgroup filesystem is written directly.
+    Cgroupfs,
+}
+
+/// CNI locations.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    /// Directory holding `.conf` / `.conflist` network configurations.
+    pub conf_dir: PathBuf,
+    /// Directories searched for CNI plugin binaries, in order.
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        Self {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")],
+        }
+    }
+}
+
+/// Image pull settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// Seconds to wait for a TCP connection to a registry.
+    pub connect_timeout_secs: u64,
+    /// Seconds a registry may stay silent while a manifest or blob is being read
+    /// before the pull fails with DeadlineExceeded.
+    pub read_timeout_secs: u64,
+    /// Layers fetched at once within one pull.
+    pub max_concurrent_downloads: usize,
+    /// The platform picked from image indexes, as `os/architecture`.
+    pub platform: String,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_secs: 10,
+            read_timeout_secs: 30,
+            max_concurrent_downloads: 3,
+            platform: "linux/amd64".into(),
+        }
+    }
+}
+
+impl ImagesConfig {
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+    /// The read timeout.
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_secs(self.read_timeout_secs)
+    }
+}
+
+/// Settings for one registry host, in the spirit of containerd's hosts.toml.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryHostConfig {
+    /// Mirror endpoints (`http://host:port` or `https://host`), tried in order before the
+    /// registry itself.
+    pub mirrors: Vec<String>,
+    /// Reach the registry itself over plain HTTP. Registries on localhost and 127.0.0.1
+    /// are always reached over plain HTTP.
+    pub insecure: bool,
+}
+
+impl Config {
+    /// Reads the file at `path`. A missing file at the default path gives the defaults;
+    /// a missing file that was named explicitly is an error.
+    pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(Self::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: PathBuf::new(),
+            source: Box::new(source),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.images.max_concurrent_downloads == 0 {
+            return Err(ConfigError::Invalid(
+                "images.max_concurrent_downloads must be at least 1".into(),
+            ));
+        }
+        if self.images.read_timeout_secs == 0 || self.images.connect_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "images timeouts must be at least 1 second".into(),
+            ));
+        }
+        if self.images.platform.split('/').count() != 2 {
+            return Err(ConfigError::Invalid(format!(
+                "images.platform {:?} must look like \"linux/amd64\"",
+                self.images.platform
+            )));
+        }
+        for (host, reg) in &self.registries {
+            for m in &reg.mirrors {
+                if !(m.starts_with("http://") || m.starts_with("https://")) {
+                    return Err(ConfigError::Invalid(format!(
+                        "registries.\"{host}\".mirrors: {m:?} must start with http:// or https://"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The CRI socket path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.listen
+            .clone()
+            .unwrap_or_else(|| self.run_dir.join("moat.sock"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::parse("").expect("parse");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.socket_path(), PathBuf::from("/run/moat/moat.sock"));
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::parse(
+            r#"
+            root_dir = "/tmp/r"
+            run_dir = "/tmp/x"
+            [log]
+            format = "json"
+            [runtime]
+            cgroup_driver = "cgroupfs"
+            [images]
+            read_timeout_secs = 3
+            [registries."docker.io"]
+            mirrors = ["http://127.0.0.1:5001"]
+            "#,
+        )
+        .expect("parse");
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert_eq!(c.runtime.cgroup_driver, CgroupDriver::Cgroupfs);
+        assert_eq!(
+            c.registries["docker.io"].mirrors,
+            vec!["http://127.0.0.1:5001"]
+        );
+        assert_eq!(c.socket_path(), PathBuf::from("/tmp/x/moat.sock"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(matches!(
+            Config::parse("rootdir = \"/x\""),
+            Err(ConfigError::Parse { .. })
+        ));
+        assert!(matches!(
+            Config::parse("[registries.\"a\"]\nmirrors=[\"ftp://x\"]"),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            Config::parse("[images]\nmax_concurrent_downloads = 0"),
+            Err(ConfigError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_but_missing_named_file_is_not() {
+        let p = Path::new("/nonexistent/moat/config.toml");
+        assert!(Config::load(p, false).is_ok());
+        assert!(matches!(
+            Config::load(p, true),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

@@ -1,0 +1,353 @@
+//! CRI v1 RuntimeService. In this version moatd serves the runtime-wide calls (Version,
+//! Status, RuntimeConfig, UpdateRuntimeConfig); the pod and container calls answer
+//! Unimplemented with the method's name until the sandbox work lands.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+
+use k8s_cri::v1 as cri;
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument};
+
+use super::status::not_yet;
+use crate::config::{CgroupDriver, Config};
+use crate::network::cni_config::default_network;
+use crate::store::Store;
+
+const POD_CIDR_KEY: &str = "pod_cidr";
+
+/// The gRPC service.
+pub struct CriRuntimeService {
+    config: Config,
+    store: Store,
+}
+
+impl CriRuntimeService {
+    /// From the config and the state store.
+    pub fn new(config: Config, store: Store) -> Self {
+        Self { config, store }
+    }
+
+    fn conditions(&self) -> Vec<cri::RuntimeCondition> {
+        let runtime = cri::RuntimeCondition {
+            r#type: "RuntimeReady".into(),
+            status: false,
+            reason: "SandboxesNotSupported".into(),
+            message: "this version of moatd serves images only; it cannot run pod sandboxes yet"
+                .into(),
+        };
+        let network = match default_network(&self.config.cni.conf_dir) {
+            Ok(_) => cri::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: true,
+                ..Default::default()
+            },
+            Err(why) => cri::RuntimeCondition {
+                r#type: "NetworkReady".into(),
+                status: false,
+                reason: "NetworkPluginNotReady".into(),
+                message: format!("Network plugin returns error: {why}"),
+            },
+        };
+        vec![runtime, network]
+    }
+}
+
+/// Checks a pod CIDR (`a.b.c.d/n` or an IPv6 prefix), possibly a comma-separated pair.
+fn valid_cidr(s: &str) -> bool {
+    s.split(',').all(|c| {
+        let Some((ip, bits)) = c.trim().split_once('/') else {
+            return false;
+        };
+        match (ip.parse::<std::net::IpAddr>(), bits.parse::<u8>()) {
+            (Ok(std::net::IpAddr::V4(_)), Ok(b)) => b <= 32,
+            (Ok(std::net::IpAddr::V6(_)), Ok(b)) => b <= 128,
+            _ => false,
+        }
+    })
+}
+
+type EventStream =
+    Pin<Box<dyn futures::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
+    type GetContainerEventsStream = EventStream;
+
+    #[instrument(skip_all)]
+    async fn version(
+        &self,
+        _request: Request<cri::VersionRequest>,
+    ) -> Result<Response<cri::VersionResponse>, Status> {
+        Ok(Response::new(cri::VersionResponse {
+            version: "0.1.0".into(),
+            runtime_name: "moat".into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: "v1".into(),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn status(
+        &self,
+        request: Request<cri::StatusRequest>,
+    ) -> Result<Response<cri::StatusResponse>, Status> {
+        let verbose = request.into_inner().verbose;
+        let mut info = HashMap::new();
+        if verbose {
+            let pod_cidr = self
+                .store
+                .get_meta(POD_CIDR_KEY)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let v = serde_json::json!({
+                "config": self.config,
+                "podCIDR": pod_cidr,
+                "cniNetwork": default_network(&self.config.cni.conf_dir).ok().map(|n| serde_json::json!({"name": n.name, "file": n.file})),
+            });
+            info.insert("info".to_owned(), v.to_string());
+        }
+        Ok(Response::new(cri::StatusResponse {
+            status: Some(cri::RuntimeStatus {
+                conditions: self.conditions(),
+            }),
+            info,
+            runtime_handlers: vec![],
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: false,
+            }),
+        }))
+    }
+
+    #[instrument(skip_all)]
+    async fn runtime_config(
+        &self,
+        _request: Request<cri::RuntimeConfigRequest>,
+    ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+        let driver = match self.config.runtime.cgroup_driver {
+            CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
+            CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+        };
+        Ok(Response::new(cri::RuntimeConfigResponse {
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: driver as i32,
+            }),
+        }))
+    }
+
+    #[instrument(skip_all, fields(pod_cidr))]
+    async fn update_runtime_config(
+        &self,
+        request: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+        let cidr = request
+            .into_inner()
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        tracing::Span::current().record("pod_cidr", cidr.as_str());
+        if cidr.is_empty() {
+            return Ok(Response::new(cri::UpdateRuntimeConfigResponse {}));
+        }
+        if !valid_cidr(&cidr) {
+            return Err(Status::invalid_argument(format!(
+                "pod CIDR {cidr:?} is not a CIDR like 10.244.0.0/24 (or a comma-separated IPv4,IPv6 pair)"
+            )));
+        }
+        self.store
+            .put_meta(POD_CIDR_KEY, &cidr)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        info!(pod_cidr = %cidr, "pod CIDR updated");
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
+    }
+
+    async fn get_container_events(
+        &self,
+        _request: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+        Err(not_yet("GetContainerEvents"))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        _request: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        Err(not_yet("RunPodSandbox"))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        _request: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        Err(not_yet("StopPodSandbox"))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        _request: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        Err(not_yet("RemovePodSandbox"))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        _request: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        Err(not_yet("PodSandboxStatus"))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        _request: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        Err(not_yet("ListPodSandbox"))
+    }
+
+    async fn create_container(
+        &self,
+        _request: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        Err(not_yet("CreateContainer"))
+    }
+
+    async fn start_container(
+        &self,
+        _request: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        Err(not_yet("StartContainer"))
+    }
+
+    async fn stop_container(
+        &self,
+        _request: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        Err(not_yet("StopContainer"))
+    }
+
+    async fn remove_container(
+        &self,
+        _request: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        Err(not_yet("RemoveContainer"))
+    }
+
+    async fn list_containers(
+        &self,
+        _request: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        Err(not_yet("ListContainers"))
+    }
+
+    async fn container_status(
+        &self,
+        _request: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        Err(not_yet("ContainerStatus"))
+    }
+
+    async fn update_container_resources(
+        &self,
+        _request: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        Err(not_yet("UpdateContainerResources"))
+    }
+
+    async fn reopen_container_log(
+        &self,
+        _request: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        Err(not_yet("ReopenContainerLog"))
+    }
+
+    async fn exec_sync(
+        &self,
+        _request: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        Err(not_yet("ExecSync"))
+    }
+
+    async fn exec(
+        &self,
+        _request: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        Err(not_yet("Exec"))
+    }
+
+    async fn attach(
+        &self,
+        _request: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        Err(not_yet("Attach"))
+    }
+
+    async fn port_forward(
+        &self,
+        _request: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        Err(not_yet("PortForward"))
+    }
+
+    async fn container_stats(
+        &self,
+        _request: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        Err(not_yet("ContainerStats"))
+    }
+
+    async fn list_container_stats(
+        &self,
+        _request: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        Err(not_yet("ListContainerStats"))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        _request: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        Err(not_yet("PodSandboxStats"))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        _request: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        Err(not_yet("ListPodSandboxStats"))
+    }
+
+    async fn checkpoint_container(
+        &self,
+        _request: Request<cri::CheckpointContainerRequest>,
+    ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
+        Err(not_yet("CheckpointContainer"))
+    }
+
+    async fn list_metric_descriptors(
+        &self,
+        _request: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+        Err(not_yet("ListMetricDescriptors"))
+    }
+
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _request: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+        Err(not_yet("ListPodSandboxMetrics"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        for ok in ["10.244.0.0/24", "fd00::/64", "10.0.0.0/8,fd00::/64"] {
+            assert!(valid_cidr(ok), "{ok}");
+        }
+        for bad in ["", "10.0.0.0", "10.0.0.0/33", "x/8", "10.0.0.0/8,"] {
+            assert!(!valid_cidr(bad), "{bad}");
+        }
+    }
+}

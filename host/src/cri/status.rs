@@ -1,0 +1,59 @@
+//! The edge where typed errors become gRPC statuses, each with the code clients act on and
+//! a message that says what to do.
+
+use tonic::{Code, Status};
+
+use crate::images::ImageError;
+
+impl From<ImageError> for Status {
+    fn from(e: ImageError) -> Self {
+        let code = match &e {
+            ImageError::InvalidReference { .. } | ImageError::InvalidRequest(_) => {
+                Code::InvalidArgument
+            }
+            ImageError::NotFound(_) | ImageError::RemoteNotFound { .. } => Code::NotFound,
+            ImageError::Unauthorized { .. } => Code::Unauthenticated,
+            ImageError::Unreachable { .. } | ImageError::BadResponse { .. } => Code::Unavailable,
+            ImageError::Timeout { .. } => Code::DeadlineExceeded,
+            ImageError::DigestMismatch { .. } => Code::DataLoss,
+            ImageError::Unsupported { .. } | ImageError::BadLayer { .. } => {
+                Code::FailedPrecondition
+            }
+            ImageError::Storage(_) | ImageError::Io { .. } => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+/// The answer for a CRI method this moatd does not serve yet.
+pub fn not_yet(method: &str) -> Status {
+    Status::unimplemented(format!(
+        "{method} is not implemented by this version of moatd; only the image service, Version, Status, RuntimeConfig and UpdateRuntimeConfig are served"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_follow_the_error_kind() {
+        let s: Status = ImageError::NotFound("x".into()).into();
+        assert_eq!(s.code(), Code::NotFound);
+        let s: Status = ImageError::Timeout {
+            registry: "r".into(),
+            what: "w".into(),
+            detail: "d".into(),
+        }
+        .into();
+        assert_eq!(s.code(), Code::DeadlineExceeded);
+        let s: Status = ImageError::DigestMismatch {
+            registry: "r".into(),
+            expected: "a".into(),
+            actual: "b".into(),
+        }
+        .into();
+        assert_eq!(s.code(), Code::DataLoss);
+        assert!(s.message().contains("corrupted"));
+    }
+}

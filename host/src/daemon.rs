@@ -1,0 +1,39 @@
+//! Starting moatd: directories, the store, the image manager, the CRI server, signals.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use tracing::info;
+
+use crate::config::Config;
+use crate::images::ImageManager;
+use crate::store::Store;
+
+/// Runs moatd until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    for d in [&config.root_dir, &config.run_dir] {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
+    let store = Store::open(&config.root_dir.join("moat.redb"))?;
+    let images = ImageManager::open(&config, store.clone())?;
+    let socket: PathBuf = config.socket_path();
+    info!(version = env!("CARGO_PKG_VERSION"), root = %config.root_dir.display(), "moatd starting");
+    crate::cri::serve(config, store, images, &socket, shutdown_signal()).await?;
+    info!("moatd stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers moatd still stops when killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,119 @@
+//! Coordination between concurrent pulls and garbage collection: per-key async locks so
+//! each blob and snapshot is fetched or unpacked once, and leases that keep the content of
+//! pulls in flight safe from a collection running beside them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+/// One async lock per key, created on demand and dropped when unused.
+#[derive(Default)]
+pub struct KeyedLocks {
+    map: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    /// Waits for the lock of `key`.
+    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            map.retain(|_, w| w.strong_count() > 0);
+            match map.get(key).and_then(Weak::upgrade) {
+                Some(m) => m,
+                None => {
+                    let m = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(key.to_owned(), Arc::downgrade(&m));
+                    m
+                }
+            }
+        };
+        m.lock_owned().await
+    }
+}
+
+/// Keys (digests) that garbage collection must not touch.
+#[derive(Default)]
+pub struct Leases {
+    held: Mutex<HashMap<String, usize>>,
+}
+
+/// Releases its keys when dropped.
+pub struct Lease<'a> {
+    leases: &'a Leases,
+    keys: Vec<String>,
+}
+
+impl Leases {
+    /// Protects `keys` until the returned lease is dropped. Taken before a pull checks
+    /// whether content exists, so a collection cannot remove it between check and use.
+    pub fn acquire(&self, keys: impl IntoIterator<Item = String>) -> Lease<'_> {
+        let keys: Vec<String> = keys.into_iter().collect();
+        let mut held = self.lock();
+        for k in &keys {
+            *held.entry(k.clone()).or_default() += 1;
+        }
+        Lease { leases: self, keys }
+    }
+
+    /// Holds the lease table: a collection keeps it for its whole run.
+    pub fn lock(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Lease<'_> {
+    /// Adds keys learnt later (the layers, once the manifest is read).
+    pub fn extend(&mut self, keys: impl IntoIterator<Item = String>) {
+        let mut held = self.leases.lock();
+        for k in keys {
+            *held.entry(k.clone()).or_default() += 1;
+            self.keys.push(k);
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let mut held = self.leases.lock();
+        for k in &self.keys {
+            if let Some(n) = held.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(k);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_count_and_release() {
+        let l = Leases::default();
+        let a = l.acquire(["x".to_owned()]);
+        let mut b = l.acquire(["x".to_owned()]);
+        b.extend(["y".to_owned()]);
+        assert_eq!(l.lock().get("x"), Some(&2));
+        drop(a);
+        assert_eq!(l.lock().get("x"), Some(&1));
+        drop(b);
+        assert!(l.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn keyed_locks_serialise_one_key_only() {
+        let locks = KeyedLocks::default();
+        let g = locks.lock("a").await;
+        // Another key is free.
+        let _h = locks.lock("b").await;
+        let again =
+            tokio::time::timeout(std::time::Duration::from_millis(50), locks.lock("a")).await;
+        assert!(again.is_err(), "the same key must wait");
+        drop(g);
+        let again =
+            tokio::time::timeout(std::time::Duration::from_millis(50), locks.lock("a")).await;
+        assert!(again.is_ok());
+    }
+}

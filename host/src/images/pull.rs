@@ -1,0 +1,347 @@
+//! One image pull: resolve the reference to a platform manifest, fetch the config and the
+//! layers (each blob once across concurrent pulls), unpack each layer once, then record the
+//! image in one transaction. Nothing is visible before that commit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use oci_spec::image::{Descriptor, ImageConfiguration};
+use tracing::{debug, info, warn};
+
+use super::error::ImageError;
+use super::manifest::{self, Fetched, check_layer_media_type, sha256_digest};
+use super::metadata::{ImageRecord, LayerRecord};
+use super::reference::ImageRef;
+use super::registry::{Credentials, Endpoint, Session, StreamError, drain_stream};
+use super::service::Inner;
+
+/// Tries `f` against each endpoint, starting at `start`, and returns the first success with
+/// the index of the endpoint that gave it, or the last error.
+async fn first_ok<'a, T>(
+    eps: &[Endpoint],
+    start: usize,
+    mut f: impl FnMut(Endpoint) -> BoxFuture<'a, Result<T, ImageError>>,
+) -> Result<(T, usize), ImageError> {
+    let mut last = None;
+    for i in (start..eps.len()).chain(0..start) {
+        match f(eps[i].clone()).await {
+            Ok(v) => return Ok((v, i)),
+            Err(e) => {
+                if i + 1 < eps.len() || i < start {
+                    warn!(endpoint = %eps[i], error = %e, "registry endpoint failed, trying the next");
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| ImageError::Storage("no registry endpoints".into())))
+}
+
+fn digest_of(d: &Descriptor) -> String {
+    d.digest().to_string()
+}
+
+/// Pulls `image`; see the module doc.
+pub async fn pull(
+    inner: Arc<Inner>,
+    image: &str,
+    credentials: Credentials,
+) -> Result<ImageRecord, ImageError> {
+    let r = ImageRef::parse(image)?;
+    let eps = inner.registries.endpoints(r.registry());
+    let session = inner.registries.session(credentials);
+    let mut lease = inner.leases.acquire(Vec::new());
+
+    // 1. The top-level document, by tag or digest.
+    let (top, ep_i) = first_ok(&eps, 0, |ep| {
+        let session = &session;
+        let r = &r;
+        async move {
+            let bytes = session.manifest(&ep, r, None).await?;
+            if let Some(want) = r.digest() {
+                let got = sha256_digest(&bytes);
+                if got != want {
+                    return Err(ImageError::DigestMismatch {
+                        registry: ep.to_string(),
+                        expected: want.into(),
+                        actual: got,
+                    });
+                }
+            }
+            Ok(bytes)
+        }
+        .boxed()
+    })
+    .await?;
+    let top_digest = sha256_digest(&top);
+    lease.extend([top_digest.clone()]);
+
+    // 2. The platform manifest.
+    let (manifest_bytes, manifest_digest, index_digest, ep_i) =
+        match manifest::parse(&r.canonical(), &top)? {
+            Fetched::Manifest(_) => (top.clone(), top_digest.clone(), None, ep_i),
+            Fetched::Index(index) => {
+                let desc = manifest::select_platform(&index, &inner.platform).ok_or_else(|| {
+                    ImageError::RemoteNotFound {
+                        reference: r.canonical(),
+                        registry: eps[ep_i].to_string(),
+                        detail: format!("the image index has no {} manifest", inner.platform),
+                    }
+                })?;
+                let want = digest_of(desc);
+                super::content::validate_digest(&want)?;
+                lease.extend([want.clone()]);
+                let (bytes, i) = first_ok(&eps, ep_i, |ep| {
+                    let (session, r, want) = (&session, &r, &want);
+                    async move {
+                        let bytes = session.manifest(&ep, r, Some(want)).await?;
+                        let got = sha256_digest(&bytes);
+                        if &got != want {
+                            return Err(ImageError::DigestMismatch {
+                                registry: ep.to_string(),
+                                expected: want.clone(),
+                                actual: got,
+                            });
+                        }
+                        Ok(bytes)
+                    }
+                    .boxed()
+                })
+                .await?;
+                (bytes, want, Some(top_digest.clone()), i)
+            }
+        };
+    let Fetched::Manifest(m) = manifest::parse(&r.canonical(), &manifest_bytes)? else {
+        return Err(ImageError::Unsupported {
+            reference: r.canonical(),
+            detail: "an index points to another index".into(),
+        });
+    };
+    let config_digest = digest_of(m.config());
+    super::content::validate_digest(&config_digest)?;
+    for l in m.layers() {
+        super::content::validate_digest(&digest_of(l))?;
+        check_layer_media_type(&l.media_type().to_string()).map_err(|detail| {
+            ImageError::Unsupported {
+                reference: r.canonical(),
+                detail,
+            }
+        })?;
+    }
+    lease.extend(std::iter::once(config_digest.clone()).chain(m.layers().iter().map(digest_of)));
+
+    // 3. The config.
+    let config_bytes = fetch_small_blob(
+        &inner,
+        &session,
+        &eps,
+        ep_i,
+        &r,
+        &config_digest,
+        m.config().size(),
+    )
+    .await?;
+    let config: ImageConfiguration =
+        serde_json::from_slice(&config_bytes).map_err(|e| ImageError::Unsupported {
+            reference: r.canonical(),
+            detail: format!("image config is malformed: {e}"),
+        })?;
+    let diff_ids = config.rootfs().diff_ids().clone();
+    if diff_ids.len() != m.layers().len() {
+        return Err(ImageError::Unsupported {
+            reference: r.canonical(),
+            detail: format!(
+                "manifest has {} layers but the config lists {} diff ids",
+                m.layers().len(),
+                diff_ids.len()
+            ),
+        });
+    }
+    for d in &diff_ids {
+        super::content::validate_digest(d)?;
+    }
+    lease.extend(diff_ids.iter().cloned());
+
+    // 4. Layers: fetch and unpack, a few at once.
+    let layers: Vec<LayerRecord> = m
+        .layers()
+        .iter()
+        .zip(diff_ids.iter())
+        .map(|(l, diff_id)| LayerRecord {
+            digest: digest_of(l),
+            media_type: l.media_type().to_string(),
+            size: l.size(),
+            diff_id: diff_id.clone(),
+        })
+        .collect();
+    let jobs: Vec<BoxFuture<'_, Result<(), ImageError>>> = layers
+        .iter()
+        .map(|l| ensure_layer(&inner, &session, &eps, ep_i, &r, l).boxed())
+        .collect();
+    futures::stream::iter(jobs)
+        .buffer_unordered(inner.max_concurrent_downloads)
+        .try_collect::<Vec<()>>()
+        .await?;
+
+    // 5. Keep the manifests, then publish the image.
+    inner
+        .content
+        .put(&manifest_digest, &manifest_bytes, &eps[ep_i].to_string())?;
+    if let Some(idx) = &index_digest {
+        inner.content.put(idx, &top, &eps[ep_i].to_string())?;
+    }
+    let user = config
+        .config()
+        .as_ref()
+        .and_then(|c| c.user().clone())
+        .unwrap_or_default();
+    let mut names = Vec::new();
+    if let Some(tag) = r.tag() {
+        names.push(format!("{}:{tag}", r.name()));
+    }
+    names.push(r.with_digest(&top_digest));
+    let record = ImageRecord {
+        id: config_digest,
+        repo_tags: Vec::new(),
+        repo_digests: Vec::new(),
+        manifest_digest,
+        index_digest,
+        config_size: config_bytes.len() as u64,
+        layers,
+        user,
+        pulled_at: now_nanos(),
+    };
+    let index = inner.index.clone();
+    let names2 = names.clone();
+    let record = tokio::task::spawn_blocking(move || index.commit_pull(record, &names2))
+        .await
+        .map_err(|e| ImageError::Storage(e.to_string()))??;
+    drop(lease);
+    info!(image = %r.canonical(), id = %record.id, size = record.size(), "image pulled");
+    Ok(record)
+}
+
+/// Nanoseconds since the epoch.
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
+
+async fn fetch_small_blob(
+    inner: &Inner,
+    session: &Session,
+    eps: &[Endpoint],
+    ep_i: usize,
+    r: &ImageRef,
+    digest: &str,
+    size: u64,
+) -> Result<Vec<u8>, ImageError> {
+    const MAX: u64 = 16 << 20;
+    if inner.content.has(digest) {
+        return inner.content.read(digest);
+    }
+    if size > MAX {
+        return Err(ImageError::Unsupported {
+            reference: r.canonical(),
+            detail: format!("config blob of {size} bytes is too large"),
+        });
+    }
+    let (bytes, _) = first_ok(eps, ep_i, |ep| {
+        async move {
+            let stream = session.blob(&ep, r, digest).await?;
+            let mut buf = Vec::new();
+            drain_stream(stream, &ep, "reading the image config", |c| {
+                if buf.len() as u64 + c.len() as u64 > MAX {
+                    return Err(std::io::Error::other("config blob too large"));
+                }
+                buf.extend_from_slice(c);
+                Ok(())
+            })
+            .await
+            .map_err(|e| match e {
+                StreamError::Transport(e) => e,
+                StreamError::Local(e) => ImageError::BadResponse {
+                    registry: ep.to_string(),
+                    detail: e.to_string(),
+                },
+            })?;
+            let got = sha256_digest(&buf);
+            if got != digest {
+                return Err(ImageError::DigestMismatch {
+                    registry: ep.to_string(),
+                    expected: digest.into(),
+                    actual: got,
+                });
+            }
+            Ok(buf)
+        }
+        .boxed()
+    })
+    .await?;
+    inner.content.put(digest, &bytes, "registry")?;
+    Ok(bytes)
+}
+
+async fn ensure_layer(
+    inner: &Arc<Inner>,
+    session: &Session,
+    eps: &[Endpoint],
+    ep_i: usize,
+    r: &ImageRef,
+    layer: &LayerRecord,
+) -> Result<(), ImageError> {
+    let blob = ensure_blob(inner, session, eps, ep_i, r, layer).await?;
+    let _g = inner.snapshot_locks.lock(&layer.diff_id).await;
+    if inner.snapshots.has(&layer.diff_id) {
+        return Ok(());
+    }
+    let (snapshots, digest, diff_id) = (
+        inner.snapshots.clone(),
+        layer.digest.clone(),
+        layer.diff_id.clone(),
+    );
+    let started = std::time::Instant::now();
+    tokio::task::spawn_blocking(move || snapshots.unpack(&blob, &digest, &diff_id))
+        .await
+        .map_err(|e| ImageError::Storage(format!("unpack task: {e}")))??;
+    debug!(layer = %layer.digest, ms = started.elapsed().as_millis() as u64, "layer unpacked");
+    Ok(())
+}
+
+async fn ensure_blob(
+    inner: &Arc<Inner>,
+    session: &Session,
+    eps: &[Endpoint],
+    ep_i: usize,
+    r: &ImageRef,
+    layer: &LayerRecord,
+) -> Result<PathBuf, ImageError> {
+    let _g = inner.blob_locks.lock(&layer.digest).await;
+    if inner.content.has(&layer.digest) {
+        return inner.content.path(&layer.digest);
+    }
+    let started = std::time::Instant::now();
+    let (path, _) = first_ok(eps, ep_i, |ep| {
+        async move {
+            let stream = session.blob(&ep, r, &layer.digest).await?;
+            let mut ingest = inner.content.begin()?;
+            drain_stream(stream, &ep, "reading a layer", |c| ingest.write(c))
+                .await
+                .map_err(|e| match e {
+                    StreamError::Transport(e) => e,
+                    StreamError::Local(e) => ImageError::io("write layer blob", e),
+                })?;
+            inner
+                .content
+                .commit(ingest, &layer.digest, Some(layer.size), &ep.to_string())
+        }
+        .boxed()
+    })
+    .await?;
+    debug!(layer = %layer.digest, ms = started.elapsed().as_millis() as u64, "layer fetched");
+    Ok(path)
+}

@@ -1,0 +1,7 @@
+//! Moat's host-agent API, generated from `proto/moat/agent.proto` at build time.
+
+/// Version 1 of the agent API.
+pub mod agent {
+    #![allow(missing_docs, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("moat.agent.v1");
+}
