@@ -1,1 +1,29 @@
+//! Test harness for Moat's integration tests and benchmarks: real processes only.
+//!
+//! - `oci`: builds OCI and Docker images (layers, configs, manifests, indexes) in memory.
+//! - `registry`: runs Debian's `docker-registry` on a free loopback port and pushes to it.
+//! - `proxy`: an HTTP proxy in front of a registry that counts, corrupts or stalls blobs.
+//! - `moatd`: runs the moatd binary in temporary directories and connects CRI clients.
 
+pub mod moatd;
+pub mod oci;
+pub mod proxy;
+pub mod registry;
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Polls `f` every 20 ms until it returns true or `timeout` passes.
+pub async fn wait_until(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    f()
+}

@@ -1,0 +1,176 @@
+//! Runs the real moatd binary in temporary directories and talks CRI to it over its socket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+
+/// The moatd binary next to the test executable (`target/<profile>/moatd`), or `$MOATD_BIN`.
+pub fn moatd_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("MOATD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("moatd");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first with `cargo build -p moat-host --bins` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A moatd process; SIGTERMed and reaped on drop.
+pub struct Moatd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    extra_config: String,
+    /// The CRI socket.
+    pub socket: PathBuf,
+}
+
+impl Moatd {
+    /// Starts moatd with `extra_config` appended to a config that puts every directory in a
+    /// fresh temporary dir.
+    pub async fn start(extra_config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let socket = dir.path().join("run/moat.sock");
+        let mut m = Self {
+            child: None,
+            dir,
+            extra_config: extra_config.to_owned(),
+            socket,
+        };
+        m.spawn().await;
+        m
+    }
+
+    /// The root dir (state).
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// The config file path.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    /// Writes the config moatd runs with.
+    pub fn write_config(&self) {
+        let d = self.dir.path();
+        let cfg = format!(
+            "root_dir = \"{}\"\nrun_dir = \"{}\"\n[log]\nlevel = \"moat_host=debug,info\"\n[cni]\nconf_dir = \"{}\"\n{}\n",
+            d.join("root").display(),
+            d.join("run").display(),
+            d.join("cni").display(),
+            self.extra_config
+        );
+        std::fs::write(self.config_path(), cfg).expect("write config");
+    }
+
+    async fn spawn(&mut self) {
+        self.write_config();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("moatd.log"))
+            .expect("log");
+        let child = Command::new(moatd_bin())
+            .arg("--config")
+            .arg(self.config_path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn moatd");
+        self.child = Some(child);
+        let sock = self.socket.clone();
+        let up = crate::wait_until(Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&sock).is_ok()
+        })
+        .await;
+        assert!(up, "moatd did not come up; log:\n{}", self.log());
+    }
+
+    /// moatd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("moatd.log")).unwrap_or_default()
+    }
+
+    /// Stops moatd (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on the pid of a child we own and have not reaped.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// Stops and starts moatd again on the same directories.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    /// Kills moatd with SIGKILL (a crash) and starts it again.
+    pub async fn crash_and_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn().await;
+    }
+
+    /// A channel over the CRI socket.
+    pub async fn channel(&self) -> Channel {
+        connect(&self.socket).await
+    }
+
+    /// A RuntimeService client.
+    pub async fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(self.channel().await)
+    }
+
+    /// An ImageService client.
+    pub async fn images(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(self.channel().await).max_decoding_message_size(64 << 20)
+    }
+}
+
+/// Connects a gRPC channel to a Unix socket.
+pub async fn connect(socket: &Path) -> Channel {
+    let p = socket.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://moatd")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let p = p.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+            }
+        }))
+        .await
+        .expect("connect to the CRI socket")
+}
+
+impl Drop for Moatd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
