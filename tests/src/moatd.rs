@@ -66,8 +66,13 @@ impl Moatd {
     /// Writes the config moatd runs with.
     pub fn write_config(&self) {
         let d = self.dir.path();
+        let log = if self.extra_config.contains("[log]") {
+            ""
+        } else {
+            "[log]\nlevel = \"moat_host=debug,info\"\n"
+        };
         let cfg = format!(
-            "root_dir = \"{}\"\nrun_dir = \"{}\"\n[log]\nlevel = \"moat_host=debug,info\"\n[cni]\nconf_dir = \"{}\"\n{}\n",
+            "root_dir = \"{}\"\nrun_dir = \"{}\"\n{log}[cni]\nconf_dir = \"{}\"\n{}\n",
             d.join("root").display(),
             d.join("run").display(),
             d.join("cni").display(),

@@ -109,13 +109,11 @@ impl ContentStore {
                 actual,
             });
         }
-        if let Some(size) = size {
-            if size != written {
-                return Err(ImageError::BadResponse {
-                    registry: source.into(),
-                    detail: format!("blob {digest} is {written} bytes, the manifest says {size}"),
-                });
-            }
+        if let Some(size) = size.filter(|s| *s != written) {
+            return Err(ImageError::BadResponse {
+                registry: source.into(),
+                detail: format!("blob {digest} is {written} bytes, the manifest says {size}"),
+            });
         }
         let file = file
             .into_inner()

@@ -18,9 +18,9 @@ pub const ACCEPTED_MANIFEST_TYPES: &[&str] = &[
 #[derive(Debug)]
 pub enum Fetched {
     /// An OCI image index or Docker manifest list.
-    Index(ImageIndex),
+    Index(Box<ImageIndex>),
     /// An OCI or Docker schema 2 image manifest.
-    Manifest(ImageManifest),
+    Manifest(Box<ImageManifest>),
 }
 
 /// The sha256 digest of some bytes, as `sha256:<hex>`.
@@ -51,11 +51,11 @@ pub fn parse(reference: &str, bytes: &[u8]) -> Result<Fetched, ImageError> {
         || value.get("manifests").is_some();
     if is_index {
         serde_json::from_value(value)
-            .map(Fetched::Index)
+            .map(|i| Fetched::Index(Box::new(i)))
             .map_err(|e| unsupported(format!("malformed image index: {e}")))
     } else if value.get("layers").is_some() && value.get("config").is_some() {
         serde_json::from_value(value)
-            .map(Fetched::Manifest)
+            .map(|m| Fetched::Manifest(Box::new(m)))
             .map_err(|e| unsupported(format!("malformed image manifest: {e}")))
     } else {
         Err(unsupported(format!("unknown manifest type {media_type:?}")))

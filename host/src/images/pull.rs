@@ -123,7 +123,7 @@ pub async fn pull(
     super::content::validate_digest(&config_digest)?;
     for l in m.layers() {
         super::content::validate_digest(&digest_of(l))?;
-        check_layer_media_type(&l.media_type().to_string()).map_err(|detail| {
+        check_layer_media_type(l.media_type().as_ref()).map_err(|detail| {
             ImageError::Unsupported {
                 reference: r.canonical(),
                 detail,

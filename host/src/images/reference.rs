@@ -41,13 +41,11 @@ impl ImageRef {
         } else {
             r.tag().map(str::to_owned)
         };
-        if let Some(d) = &digest {
-            if !d.starts_with("sha256:") {
-                return Err(ImageError::InvalidReference {
-                    reference: s.into(),
-                    reason: "only sha256 digests are supported".into(),
-                });
-            }
+        if digest.as_ref().is_some_and(|d| !d.starts_with("sha256:")) {
+            return Err(ImageError::InvalidReference {
+                reference: s.into(),
+                reason: "only sha256 digests are supported".into(),
+            });
         }
         Ok(Self {
             registry: r.registry().to_owned(),

@@ -90,7 +90,7 @@ pub fn unpack_layer(blob: &Path, dest: &Path, layer: &str) -> Result<Unpacked, I
     {
         let mut entry = entry.map_err(|e| bad(format!("corrupt tar stream: {e}")))?;
         let raw_path = entry.path_bytes().into_owned();
-        let rel = relative_path(&raw_path).map_err(|why| bad(why))?;
+        let rel = relative_path(&raw_path).map_err(&bad)?;
         let Some(rel) = rel else { continue };
         let name = rel.file_name().unwrap_or_default().as_bytes().to_vec();
         entries += 1;

@@ -14,8 +14,15 @@ pub struct DefaultNetwork {
 
 /// Reads `conf_dir`; the error says why the network is not ready.
 pub fn default_network(conf_dir: &Path) -> Result<DefaultNetwork, String> {
-    let rd = std::fs::read_dir(conf_dir)
-        .map_err(|e| format!("cannot read CNI config dir {}: {e}", conf_dir.display()))?;
+    let rd = std::fs::read_dir(conf_dir).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            format!(
+                "no CNI network config found in {}: the directory does not exist",
+                conf_dir.display()
+            )
+        }
+        _ => format!("cannot read CNI config dir {}: {e}", conf_dir.display()),
+    })?;
     let mut files: Vec<_> = rd
         .filter_map(|e| e.ok())
         .map(|e| e.path())

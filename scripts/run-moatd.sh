@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine and runs moatd in the foreground.
+# Usage: sudo scripts/run-moatd.sh [moatd flags...]   (default config: /etc/moat/config.toml)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_cargo
+apt_install "${BUILD_PACKAGES[@]}"
+cd "$MOAT_ROOT"
+log "building moatd (release)"
+cargo build --release --locked -p moat-host --bin moatd
+exec "$MOAT_ROOT/target/release/moatd" "$@"

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine and runs every test: formatting, clippy, unit tests and
+# the integration tests in tests/ (which start docker-registry and moatd for real).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+require_cargo
+apt_install "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+[ "$(id -u)" -eq 0 ] || die "the tests need root (layer unpacking keeps owners and creates whiteout devices)"
+cd "$MOAT_ROOT"
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+log "building binaries"
+cargo build --locked --workspace --bins
+log "cargo test"
+cargo test --locked --workspace -- --test-threads="${MOAT_TEST_THREADS:-4}"

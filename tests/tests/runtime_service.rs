@@ -1,0 +1,230 @@
+//! The CRI RuntimeService calls moatd serves today, and the daemon's socket and logs,
+//! through a real moatd process.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use k8s_cri::v1 as cri;
+use moat_tests::moatd::{Moatd, moatd_bin};
+use tonic::Code;
+
+fn condition<'a>(s: &'a cri::StatusResponse, t: &str) -> &'a cri::RuntimeCondition {
+    s.status
+        .as_ref()
+        .expect("status")
+        .conditions
+        .iter()
+        .find(|c| c.r#type == t)
+        .expect("condition")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn version_names_moat_and_the_v1_api() {
+    let m = Moatd::start("").await;
+    let v = m
+        .runtime()
+        .await
+        .version(cri::VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .expect("version")
+        .into_inner();
+    assert_eq!(v.runtime_name, "moat");
+    assert_eq!(v.runtime_api_version, "v1");
+    assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_tells_the_truth_about_runtime_and_network() {
+    let m = Moatd::start("").await;
+    let s = m
+        .runtime()
+        .await
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .expect("status")
+        .into_inner();
+    let rt = condition(&s, "RuntimeReady");
+    assert!(!rt.status, "no sandboxes can run yet");
+    assert!(!rt.message.is_empty());
+    let net = condition(&s, "NetworkReady");
+    assert!(!net.status);
+    assert_eq!(net.reason, "NetworkPluginNotReady");
+    assert!(
+        net.message.contains("no CNI network config"),
+        "{}",
+        net.message
+    );
+
+    // A CNI config appears: NetworkReady turns true without a restart.
+    let cni = m.root().parent().expect("dir").join("cni");
+    std::fs::create_dir_all(&cni).expect("mkdir");
+    std::fs::write(
+        cni.join("10-moat.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"moat-net","plugins":[{"type":"bridge","bridge":"moat0"}]}"#,
+    )
+    .expect("write conflist");
+    let s = m
+        .runtime()
+        .await
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(condition(&s, "NetworkReady").status);
+    let info: serde_json::Value =
+        serde_json::from_str(&s.info["info"]).expect("verbose info is JSON");
+    assert_eq!(info["cniNetwork"]["name"], "moat-net");
+    assert_eq!(info["config"]["root_dir"], m.root().display().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runtime_config_reports_the_configured_cgroup_driver() {
+    let m = Moatd::start("").await;
+    let c = m
+        .runtime()
+        .await
+        .runtime_config(cri::RuntimeConfigRequest {})
+        .await
+        .expect("rc")
+        .into_inner();
+    assert_eq!(
+        c.linux.expect("linux").cgroup_driver,
+        cri::CgroupDriver::Systemd as i32
+    );
+    let m = Moatd::start("[runtime]\ncgroup_driver = \"cgroupfs\"\n").await;
+    let c = m
+        .runtime()
+        .await
+        .runtime_config(cri::RuntimeConfigRequest {})
+        .await
+        .expect("rc")
+        .into_inner();
+    assert_eq!(
+        c.linux.expect("linux").cgroup_driver,
+        cri::CgroupDriver::Cgroupfs as i32
+    );
+}
+
+fn cidr_request(cidr: &str) -> cri::UpdateRuntimeConfigRequest {
+    cri::UpdateRuntimeConfigRequest {
+        runtime_config: Some(cri::RuntimeConfig {
+            network_config: Some(cri::NetworkConfig {
+                pod_cidr: cidr.into(),
+            }),
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_cidr_is_validated_and_kept_across_restarts() {
+    let mut m = Moatd::start("").await;
+    let e = m
+        .runtime()
+        .await
+        .update_runtime_config(cidr_request("10.0.0.0/99"))
+        .await
+        .expect_err("bad cidr");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    m.runtime()
+        .await
+        .update_runtime_config(cidr_request("10.244.1.0/24"))
+        .await
+        .expect("update");
+    m.restart().await;
+    let s = m
+        .runtime()
+        .await
+        .status(cri::StatusRequest { verbose: true })
+        .await
+        .expect("status")
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&s.info["info"]).expect("json");
+    assert_eq!(info["podCIDR"], "10.244.1.0/24");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_not_served_yet_say_so_by_name() {
+    let m = Moatd::start("").await;
+    let e = m
+        .runtime()
+        .await
+        .run_pod_sandbox(cri::RunPodSandboxRequest::default())
+        .await
+        .expect_err("not served yet");
+    assert_eq!(e.code(), Code::Unimplemented);
+    assert!(e.message().contains("RunPodSandbox"), "{}", e.message());
+    let e = m
+        .runtime()
+        .await
+        .exec_sync(cri::ExecSyncRequest::default())
+        .await
+        .expect_err("not served yet");
+    assert!(e.message().contains("ExecSync"), "{}", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_is_0660_and_a_second_moatd_is_refused() {
+    let m = Moatd::start("").await;
+    let mode = std::fs::metadata(&m.socket)
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660);
+    let out = Command::new(moatd_bin())
+        .arg("--config")
+        .arg(m.config_path())
+        .arg("--root-dir")
+        .arg(m.root().with_file_name("root2"))
+        .output()
+        .expect("second moatd");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another moatd is already serving"), "{err}");
+    // The first one still answers.
+    m.runtime()
+        .await
+        .version(cri::VersionRequest::default())
+        .await
+        .expect("still serving");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_socket_file_is_replaced() {
+    let mut m = Moatd::start("").await;
+    // SIGKILL leaves the socket file behind; the next start must take it over.
+    m.crash_and_restart().await;
+    m.runtime()
+        .await
+        .version(cri::VersionRequest::default())
+        .await
+        .expect("serving again");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_carry_one_span_per_request() {
+    let m = Moatd::start("[log]\nformat = \"json\"\nlevel = \"moat_host=debug,info\"\n").await;
+    let e = m
+        .runtime()
+        .await
+        .update_runtime_config(cidr_request("10.9.0.0/16"))
+        .await;
+    e.expect("update");
+    let found = moat_tests::wait_until(std::time::Duration::from_secs(5), || {
+        m.log().contains("pod CIDR updated")
+    })
+    .await;
+    assert!(found, "log: {}", m.log());
+    let line = m
+        .log()
+        .lines()
+        .find(|l| l.contains("pod CIDR updated"))
+        .expect("line")
+        .to_owned();
+    let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    let spans = v["spans"].to_string();
+    assert!(spans.contains("UpdateRuntimeConfig"), "{line}");
+    assert!(spans.contains("10.9.0.0/16"), "{line}");
+}
