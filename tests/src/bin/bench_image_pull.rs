@@ -42,7 +42,11 @@ fn build_image() -> Image {
         .map(|l| {
             let mut t = TarBuilder::new().dir(&format!("layer{l}"), 0o755);
             for f in 0..FILES_PER_LAYER {
-                t = t.file(&format!("layer{l}/file{f:04}"), &file_data((l * FILES_PER_LAYER + f) as u64), 0o644);
+                t = t.file(
+                    &format!("layer{l}/file{f:04}"),
+                    &file_data((l * FILES_PER_LAYER + f) as u64),
+                    0o644,
+                );
             }
             Layer::new(&t.finish(), Compression::Gzip, Flavor::Oci)
         })
@@ -56,7 +60,10 @@ async fn moatd_pull(image: &str) -> Duration {
     let started = Instant::now();
     client
         .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+            image: Some(cri::ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .await
@@ -89,19 +96,37 @@ fn containerd_pull(image: &str) -> Duration {
         std::thread::sleep(Duration::from_millis(50));
     }
     let started = Instant::now();
-    let (ok, out) = ctr(&sock, &["-n", "bench", "images", "pull", "--plain-http", image]);
+    let (ok, out) = ctr(
+        &sock,
+        &["-n", "bench", "images", "pull", "--plain-http", image],
+    );
     let took = started.elapsed();
     assert!(ok, "ctr pull failed: {out}");
     let (ok, out) = ctr(&sock, &["-n", "bench", "snapshots", "ls"]);
-    assert!(ok && out.lines().count() > LAYERS, "containerd did not unpack: {out}");
+    assert!(
+        ok && out.lines().count() > LAYERS,
+        "containerd did not unpack: {out}"
+    );
     let _ = child.kill();
     let _ = child.wait();
     took
 }
 
 fn ctr(sock: &Path, args: &[&str]) -> (bool, String) {
-    let out = Command::new("ctr").arg("--address").arg(sock).args(args).output().expect("ctr");
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new("ctr")
+        .arg("--address")
+        .arg(sock)
+        .args(args)
+        .output()
+        .expect("ctr");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -140,9 +165,20 @@ async fn main() {
             ctrd.push(containerd_pull(&image));
             moat.push(moatd_pull(&image).await);
         }
-        println!("run {i}: moatd {:>7.3} s   containerd {:>7.3} s", moat[i].as_secs_f64(), ctrd[i].as_secs_f64());
+        println!(
+            "run {i}: moatd {:>7.3} s   containerd {:>7.3} s",
+            moat[i].as_secs_f64(),
+            ctrd[i].as_secs_f64()
+        );
     }
     let (m, c) = (median(&mut moat), median(&mut ctrd));
-    println!("median over {runs} runs: moatd {:.3} s, containerd {:.3} s", m.as_secs_f64(), c.as_secs_f64());
-    println!("ratio moatd/containerd: {:.2} (below 1.00 means moatd is faster)", m.as_secs_f64() / c.as_secs_f64());
+    println!(
+        "median over {runs} runs: moatd {:.3} s, containerd {:.3} s",
+        m.as_secs_f64(),
+        c.as_secs_f64()
+    );
+    println!(
+        "ratio moatd/containerd: {:.2} (below 1.00 means moatd is faster)",
+        m.as_secs_f64() / c.as_secs_f64()
+    );
 }
