@@ -13,4 +13,15 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 log "building binaries"
 cargo build --locked --workspace --bins
 log "cargo test"
-cargo test --locked --workspace -- --test-threads="${MOAT_TEST_THREADS:-4}"
+out="$(mktemp)"
+trap 'rm -f "$out"' EXIT
+set +e
+cargo test --locked --workspace -- --test-threads="${MOAT_TEST_THREADS:-4}" 2>&1 | tee "$out"
+rc=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (cargo prints one "test result" per binary).
+passed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$out" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -oE '[0-9]+ failed;' "$out" | awk '{s+=$1} END {print s+0}')
+ignored=$(grep -oE '[0-9]+ ignored;' "$out" | awk '{s+=$1} END {print s+0}')
+echo "moat: $passed passed, $failed failed, $ignored skipped"
+exit "$rc"

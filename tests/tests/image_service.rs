@@ -673,3 +673,72 @@ async fn bad_input_gets_clear_errors() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert_eq!(store_counts(&m), (0, 0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_in_the_middle_of_a_pull_leaves_a_consistent_store() {
+    let reg = Registry::start().await;
+    let good = busybox_image(Compression::Gzip, Flavor::Oci, "");
+    reg.push_image("t/good", "v1", &good).await;
+    let proxy = Proxy::start(&reg.addr, Fault::Stall).await;
+    let mut m = Moatd::start("").await;
+    pull(&m, &format!("{}/t/good:v1", reg.addr))
+        .await
+        .expect("good image");
+    let before = store_counts(&m);
+
+    // A second image whose big layer stalls half-way, then moatd is killed.
+    let other = busybox_image(Compression::Zstd, Flavor::Oci, "5");
+    reg.push_image("t/stalls", "v1", &other).await;
+    let channel = m.channel().await;
+    let name = format!("{}/t/stalls:v1", proxy.addr);
+    let pending = tokio::spawn(async move {
+        cri::image_service_client::ImageServiceClient::new(channel)
+            .pull_image(cri::PullImageRequest {
+                image: spec(&name),
+                ..Default::default()
+            })
+            .await
+    });
+    let ingest = m.root().join("images/content/ingest");
+    let writing =
+        moat_tests::wait_until(std::time::Duration::from_secs(20), || entries(&ingest) > 0).await;
+    assert!(writing, "the stalled pull never started writing");
+    m.crash_and_restart().await;
+    assert!(
+        pending.await.expect("join").is_err(),
+        "the pull died with moatd"
+    );
+
+    assert_eq!(
+        store_counts(&m),
+        before,
+        "leftovers of the interrupted pull"
+    );
+    let imgs = list(&m).await;
+    assert_eq!(imgs.len(), 1);
+    assert_eq!(imgs[0].id, good.id());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verbose_image_status_carries_manifest_and_layers() {
+    let reg = Registry::start().await;
+    let img = busybox_image(Compression::Gzip, Flavor::Oci, "");
+    reg.push_image("t/verbose", "v1", &img).await;
+    let m = Moatd::start("").await;
+    let name = format!("{}/t/verbose:v1", reg.addr);
+    pull(&m, &name).await.expect("pull");
+    let r = m
+        .images()
+        .await
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&name),
+            verbose: true,
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&r.info["info"]).expect("json");
+    assert_eq!(info["manifestDigest"], img.manifest_digest());
+    assert_eq!(info["layers"].as_array().expect("layers").len(), 2);
+    assert_eq!(info["layers"][1]["diff_id"], img.layers[1].diff_id);
+}

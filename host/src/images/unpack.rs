@@ -453,6 +453,21 @@ mod tests {
     }
 
     #[test]
+    fn pax_xattrs_are_unpacked() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("SCHILY.xattr.user.moat", b"kept".as_slice())])
+            .expect("pax");
+        let h = header("file", EntryType::Regular, 1, 0o644);
+        b.append(&h, b"x".as_slice()).expect("append");
+        let (dir, r) = unpack_bytes(&b.into_inner().expect("tar"));
+        r.expect("unpack");
+        assert_eq!(
+            xattr::get(dir.path().join("fs/file"), "user.moat").expect("xattr"),
+            Some(b"kept".to_vec())
+        );
+    }
+
+    #[test]
     fn truncated_stream_is_an_error() {
         let tar = build(&[("big", EntryType::Regular, &[7u8; 4096], None)]);
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
