@@ -1,16 +1,46 @@
-//! The agent's gRPC service.
+//! The agent's gRPC service: each handler checks its request, does the work through the
+//! `System` seam, and maps failures to a status.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use moat_proto::agent::agent_server::{Agent, AgentServer};
-use moat_proto::agent::{HealthRequest, HealthResponse};
+use moat_proto::agent::{
+    HealthRequest, HealthResponse, SetupSandboxRequest, SetupSandboxResponse, ShutdownRequest,
+    ShutdownResponse,
+};
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
+use crate::system::System;
+
 /// The service state.
 pub struct AgentService {
     started: Instant,
+    system: Arc<dyn System>,
+}
+
+impl AgentService {
+    /// A service doing its work through `system`.
+    pub fn new(system: Arc<dyn System>) -> Self {
+        Self {
+            started: Instant::now(),
+            system,
+        }
+    }
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 64
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+fn internal(what: &str, e: std::io::Error) -> Status {
+    Status::internal(format!("{what}: {e}"))
 }
 
 #[tonic::async_trait]
@@ -24,30 +54,106 @@ impl Agent for AgentService {
             uptime_ms: self.started.elapsed().as_millis() as u64,
         }))
     }
+
+    async fn setup_sandbox(
+        &self,
+        request: Request<SetupSandboxRequest>,
+    ) -> Result<Response<SetupSandboxResponse>, Status> {
+        let r = request.into_inner();
+        if !valid_hostname(&r.hostname) {
+            return Err(Status::invalid_argument(format!(
+                "invalid hostname {:?}",
+                r.hostname
+            )));
+        }
+        if r.time_unix_nanos > 0 {
+            self.system
+                .set_clock(r.time_unix_nanos)
+                .map_err(|e| internal("set the clock", e))?;
+        }
+        self.system
+            .set_hostname(&r.hostname)
+            .map_err(|e| internal("set the hostname", e))?;
+        self.system
+            .write_file(
+                Path::new("/etc/hostname"),
+                format!("{}\n", r.hostname).as_bytes(),
+            )
+            .map_err(|e| internal("write /etc/hostname", e))?;
+        if !r.resolv_conf.is_empty() {
+            self.system
+                .write_file(Path::new("/etc/resolv.conf"), r.resolv_conf.as_bytes())
+                .map_err(|e| internal("write /etc/resolv.conf", e))?;
+        }
+        if !r.hosts.is_empty() {
+            self.system
+                .write_file(Path::new("/etc/hosts"), r.hosts.as_bytes())
+                .map_err(|e| internal("write /etc/hosts", e))?;
+        }
+        tracing::info!(hostname = %r.hostname, "sandbox set up");
+        Ok(Response::new(SetupSandboxResponse {}))
+    }
+
+    async fn shutdown(
+        &self,
+        _request: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
+        let system = self.system.clone();
+        tokio::spawn(async move {
+            // Let the answer reach the host first.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            system.power_off();
+        });
+        Ok(Response::new(ShutdownResponse {}))
+    }
 }
 
-/// Serves the agent API on `listener` until the process ends.
-pub async fn serve(listener: UnixListener) -> Result<(), tonic::transport::Error> {
+/// Serves the agent API on a Unix socket until the process ends.
+pub async fn serve_unix(
+    listener: UnixListener,
+    system: Arc<dyn System>,
+) -> Result<(), tonic::transport::Error> {
+    serve_incoming(UnixListenerStream::new(listener), system).await
+}
+
+/// Serves the agent API on any stream of connections.
+pub async fn serve_incoming<S, IO, E>(
+    incoming: S,
+    system: Arc<dyn System>,
+) -> Result<(), tonic::transport::Error>
+where
+    S: futures_core::Stream<Item = Result<IO, E>> + Send + 'static,
+    IO: tonic::transport::server::Connected
+        + tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + Unpin
+        + Send
+        + 'static,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     tonic::transport::Server::builder()
-        .add_service(AgentServer::new(AgentService {
-            started: Instant::now(),
-        }))
-        .serve_with_incoming(UnixListenerStream::new(listener))
+        .add_service(AgentServer::new(AgentService::new(system)))
+        .serve_with_incoming(incoming)
         .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::system::{Call, Recorder};
     use hyper_util::rt::TokioIo;
     use moat_proto::agent::agent_client::AgentClient;
 
-    #[tokio::test]
-    async fn health_answers_with_the_version() {
+    async fn start() -> (
+        tempfile::TempDir,
+        Arc<Recorder>,
+        AgentClient<tonic::transport::Channel>,
+    ) {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("agent.sock");
         let listener = UnixListener::bind(&path).expect("bind");
-        tokio::spawn(serve(listener));
+        let rec = Arc::new(Recorder::default());
+        tokio::spawn(serve_unix(listener, rec.clone()));
         let p = path.clone();
         let channel = tonic::transport::Endpoint::from_static("http://agent")
             .connect_with_connector(tower::service_fn(move |_| {
@@ -58,11 +164,60 @@ mod tests {
             }))
             .await
             .expect("connect");
-        let r = AgentClient::new(channel)
+        (dir, rec, AgentClient::new(channel))
+    }
+
+    #[tokio::test]
+    async fn health_answers_with_the_version() {
+        let (_d, _rec, mut c) = start().await;
+        let r = c
             .health(HealthRequest {})
             .await
             .expect("health")
             .into_inner();
         assert_eq!(r.version, env!("CARGO_PKG_VERSION"));
+    }
+
+    #[tokio::test]
+    async fn setup_sandbox_sets_identity_dns_and_clock() {
+        let (_d, rec, mut c) = start().await;
+        c.setup_sandbox(SetupSandboxRequest {
+            hostname: "web-0".into(),
+            resolv_conf: "nameserver 10.96.0.10\n".into(),
+            hosts: "127.0.0.1 localhost\n".into(),
+            time_unix_nanos: 42,
+        })
+        .await
+        .expect("setup");
+        let calls = rec.calls.lock().expect("calls").clone();
+        assert_eq!(
+            calls,
+            vec![
+                Call::Clock(42),
+                Call::Hostname("web-0".into()),
+                Call::Write("/etc/hostname".into(), "web-0\n".into()),
+                Call::Write("/etc/resolv.conf".into(), "nameserver 10.96.0.10\n".into()),
+                Call::Write("/etc/hosts".into(), "127.0.0.1 localhost\n".into()),
+            ]
+        );
+        let e = c
+            .setup_sandbox(SetupSandboxRequest {
+                hostname: "bad host/".into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("bad hostname");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn shutdown_answers_then_powers_off() {
+        let (_d, rec, mut c) = start().await;
+        c.shutdown(ShutdownRequest {}).await.expect("shutdown");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(
+            rec.calls.lock().expect("calls").last(),
+            Some(&Call::PowerOff)
+        );
     }
 }

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod cri;
 pub mod daemon;
+pub mod hypervisor;
 pub mod images;
 pub mod logging;
 pub mod network;

@@ -2,6 +2,7 @@
 //!
 //! - `oci`: builds OCI and Docker images (layers, configs, manifests, indexes) in memory.
 //! - `registry`: runs Debian's `docker-registry` on a free loopback port and pushes to it.
+//! - `token_auth`: a registry token server and JWT issuer for token-auth registries.
 //! - `proxy`: an HTTP proxy in front of a registry that counts, corrupts or stalls blobs.
 //! - `moatd`: runs the moatd binary in temporary directories and connects CRI clients.
 
@@ -9,6 +10,7 @@ pub mod moatd;
 pub mod oci;
 pub mod proxy;
 pub mod registry;
+pub mod token_auth;
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {

@@ -1,11 +1,29 @@
 //! Debian's `docker-registry` (CNCF distribution) on a free loopback port, and a small
 //! push client for the images `oci` builds.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::oci::{Image, digest};
+use crate::token_auth::TokenServer;
+
+/// How the push client authenticates.
+enum PushAuth {
+    None,
+    Basic(String, String),
+    /// Bearer tokens from the token server, obtained with basic credentials; cached per
+    /// repository.
+    Token {
+        realm: String,
+        service: String,
+        user: String,
+        password: String,
+        tokens: Mutex<HashMap<String, String>>,
+    },
+}
 
 /// A running registry; killed on drop.
 pub struct Registry {
@@ -13,7 +31,7 @@ pub struct Registry {
     /// `127.0.0.1:<port>`.
     pub addr: String,
     _dir: tempfile::TempDir,
-    auth: Option<(String, String)>,
+    auth: PushAuth,
     http: reqwest::Client,
 }
 
@@ -26,8 +44,6 @@ impl Registry {
     /// Starts a registry; with `auth`, it requires that user and password (htpasswd).
     pub async fn start_with(auth: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().expect("tmp");
-        let port = crate::free_port();
-        let addr = format!("127.0.0.1:{port}");
         let mut auth_yaml = String::new();
         if let Some((u, p)) = auth {
             let out = Command::new("htpasswd")
@@ -44,6 +60,41 @@ impl Registry {
                 path.display()
             );
         }
+        let push = match auth {
+            Some((u, p)) => PushAuth::Basic(u.into(), p.into()),
+            None => PushAuth::None,
+        };
+        Self::start_config(dir, &auth_yaml, push).await
+    }
+
+    /// Starts a registry in token auth mode: it accepts only bearer tokens signed by
+    /// `tokens`' issuer (trusting its certificate), and sends clients to `tokens` for them.
+    /// The push client gets its tokens from `tokens` as `pusher` (user, password).
+    pub async fn start_token_auth(tokens: &TokenServer, pusher: (&str, &str)) -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let bundle = dir.path().join("token-root.pem");
+        std::fs::write(&bundle, tokens.issuer().cert_pem()).expect("write the root cert bundle");
+        let issuer = tokens.issuer();
+        let auth_yaml = format!(
+            "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+            tokens.realm(),
+            issuer.service,
+            issuer.name,
+            bundle.display()
+        );
+        let push = PushAuth::Token {
+            realm: tokens.realm(),
+            service: issuer.service.clone(),
+            user: pusher.0.into(),
+            password: pusher.1.into(),
+            tokens: Mutex::default(),
+        };
+        Self::start_config(dir, &auth_yaml, push).await
+    }
+
+    async fn start_config(dir: tempfile::TempDir, auth_yaml: &str, auth: PushAuth) -> Self {
+        let port = crate::free_port();
+        let addr = format!("127.0.0.1:{port}");
         let storage: PathBuf = dir.path().join("storage");
         let config = format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{auth_yaml}",
@@ -51,39 +102,91 @@ impl Registry {
         );
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, config).expect("write registry config");
-        let child = Command::new("docker-registry")
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
+        let mut child = Command::new("docker-registry")
             .arg("serve")
             .arg(&cfg_path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("docker-registry missing: install Debian's docker-registry (scripts/setup-test.sh does)");
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
             .expect("client");
-        let reg = Self {
-            child,
-            addr,
-            _dir: dir,
-            auth: auth.map(|(u, p)| (u.into(), p.into())),
-            http,
-        };
-        let url = format!("http://{}/v2/", reg.addr);
+        let url = format!("http://{addr}/v2/");
         for _ in 0..250 {
-            if reg.http.get(&url).send().await.is_ok() {
-                return reg;
+            if http.get(&url).send().await.is_ok() {
+                return Self {
+                    child,
+                    addr,
+                    _dir: dir,
+                    auth,
+                    http,
+                };
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!(
+                    "docker-registry exited ({st}): {}",
+                    std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("docker-registry did not start on {}", reg.addr);
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("docker-registry did not start on {addr}");
     }
 
-    fn req(&self, m: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+    /// A push token for `repo` (pull and push) from the token server.
+    async fn push_token(&self, repo: &str) -> Option<String> {
+        let PushAuth::Token {
+            realm,
+            service,
+            user,
+            password,
+            tokens,
+        } = &self.auth
+        else {
+            return None;
+        };
+        if let Some(t) = tokens.lock().expect("tokens").get(repo) {
+            return Some(t.clone());
+        }
+        let mut url = reqwest::Url::parse(realm).expect("token realm URL");
+        url.query_pairs_mut()
+            .append_pair("service", service)
+            .append_pair("scope", &format!("repository:{repo}:pull,push"));
+        let r = self
+            .http
+            .get(url)
+            .basic_auth(user, Some(password))
+            .send()
+            .await
+            .expect("ask the token server for a push token");
+        assert_eq!(r.status().as_u16(), 200, "push token: {}", r.status());
+        let body: serde_json::Value = r.json().await.expect("token server answer");
+        let token = body["token"]
+            .as_str()
+            .or_else(|| body["access_token"].as_str())
+            .expect("a token in the token server's answer")
+            .to_owned();
+        tokens
+            .lock()
+            .expect("tokens")
+            .insert(repo.to_owned(), token.clone());
+        Some(token)
+    }
+
+    async fn req(&self, m: reqwest::Method, url: &str, repo: &str) -> reqwest::RequestBuilder {
         let r = self.http.request(m, url);
         match &self.auth {
-            Some((u, p)) => r.basic_auth(u, Some(p)),
-            None => r,
+            PushAuth::None => r,
+            PushAuth::Basic(u, p) => r.basic_auth(u, Some(p)),
+            PushAuth::Token { .. } => {
+                let t = self.push_token(repo).await.expect("token mode");
+                r.bearer_auth(t)
+            }
         }
     }
 
@@ -94,7 +197,9 @@ impl Registry {
             .req(
                 reqwest::Method::HEAD,
                 &format!("http://{}/v2/{repo}/blobs/{d}", self.addr),
+                repo,
             )
+            .await
             .send()
             .await;
         if head.is_ok_and(|r| r.status().is_success()) {
@@ -104,7 +209,9 @@ impl Registry {
             .req(
                 reqwest::Method::POST,
                 &format!("http://{}/v2/{repo}/blobs/uploads/", self.addr),
+                repo,
             )
+            .await
             .send()
             .await
             .expect("start upload");
@@ -120,7 +227,8 @@ impl Registry {
         };
         let sep = if loc.contains('?') { '&' } else { '?' };
         let r = self
-            .req(reqwest::Method::PUT, &format!("{loc}{sep}digest={d}"))
+            .req(reqwest::Method::PUT, &format!("{loc}{sep}digest={d}"), repo)
+            .await
             .header("content-type", "application/octet-stream")
             .body(blob.to_vec())
             .send()
@@ -141,7 +249,9 @@ impl Registry {
             .req(
                 reqwest::Method::PUT,
                 &format!("http://{}/v2/{repo}/manifests/{reference}", self.addr),
+                repo,
             )
+            .await
             .header("content-type", media_type)
             .body(body.to_vec())
             .send()

@@ -29,7 +29,7 @@ pub enum ImageError {
     },
     /// The registry refused the credentials (or asked for some).
     #[error(
-        "registry {registry} refused access to {reference}: {detail}; check the pull secret's username and password"
+        "registry {registry} refused access to {reference}: {detail}; check the pull secret (username and password, or registry token)"
     )]
     Unauthorized {
         /// The reference.

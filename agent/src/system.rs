@@ -1,0 +1,103 @@
+//! The seam in front of the agent's privileged calls. The real implementation makes the
+//! system calls; tests use `Recorder`, which records what would have been done.
+
+use std::path::Path;
+
+/// Privileged operations the agent performs on its guest.
+pub trait System: Send + Sync + 'static {
+    /// sethostname(2).
+    fn set_hostname(&self, name: &str) -> std::io::Result<()>;
+    /// Writes a whole file (creating parent directories).
+    fn write_file(&self, path: &Path, contents: &[u8]) -> std::io::Result<()>;
+    /// clock_settime(CLOCK_REALTIME).
+    fn set_clock(&self, unix_nanos: i64) -> std::io::Result<()>;
+    /// Powers the machine off (or, off a VM, ends the agent).
+    fn power_off(&self);
+}
+
+/// The real system, as PID 1 of a guest.
+pub struct Linux {
+    /// Running as PID 1 of a VM (else: a plain host, where the clock and power are left alone).
+    pub guest: bool,
+}
+
+impl System for Linux {
+    fn set_hostname(&self, name: &str) -> std::io::Result<()> {
+        nix::unistd::sethostname(name).map_err(Into::into)
+    }
+
+    fn write_file(&self, path: &Path, contents: &[u8]) -> std::io::Result<()> {
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::write(path, contents)
+    }
+
+    fn set_clock(&self, unix_nanos: i64) -> std::io::Result<()> {
+        if !self.guest {
+            return Ok(());
+        }
+        let ts =
+            nix::sys::time::TimeSpec::new(unix_nanos / 1_000_000_000, unix_nanos % 1_000_000_000);
+        nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts).map_err(Into::into)
+    }
+
+    fn power_off(&self) {
+        if self.guest {
+            nix::unistd::sync();
+            let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+        }
+        std::process::exit(0);
+    }
+}
+
+/// A call the agent made, as recorded by `Recorder`.
+#[cfg(test)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// set_hostname.
+    Hostname(String),
+    /// write_file.
+    Write(String, String),
+    /// set_clock.
+    Clock(i64),
+    /// power_off.
+    PowerOff,
+}
+
+/// Records calls instead of making them.
+#[cfg(test)]
+#[derive(Default)]
+pub struct Recorder {
+    /// What was called, in order.
+    pub calls: std::sync::Mutex<Vec<Call>>,
+}
+
+#[cfg(test)]
+impl Recorder {
+    fn push(&self, c: Call) {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).push(c);
+    }
+}
+
+#[cfg(test)]
+impl System for Recorder {
+    fn set_hostname(&self, name: &str) -> std::io::Result<()> {
+        self.push(Call::Hostname(name.into()));
+        Ok(())
+    }
+    fn write_file(&self, path: &Path, contents: &[u8]) -> std::io::Result<()> {
+        self.push(Call::Write(
+            path.display().to_string(),
+            String::from_utf8_lossy(contents).into(),
+        ));
+        Ok(())
+    }
+    fn set_clock(&self, unix_nanos: i64) -> std::io::Result<()> {
+        self.push(Call::Clock(unix_nanos));
+        Ok(())
+    }
+    fn power_off(&self) {
+        self.push(Call::PowerOff);
+    }
+}

@@ -1,0 +1,171 @@
+//! VMM and backend processes: started in their own session so they outlive a moatd
+//! restart, found again by pid, signalled, and waited on through a pidfd (which works for
+//! processes moatd did not start itself).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+
+/// A process that belongs to one sandbox.
+#[derive(Debug)]
+pub struct VmProcess {
+    pid: i32,
+    pidfd: OwnedFd,
+}
+
+impl VmProcess {
+    /// Spawns `cmd` in a new session with stdin closed and stdout/stderr appended to `log`.
+    pub fn spawn(mut cmd: Command, log: &Path) -> std::io::Result<Self> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        let pid = child.id() as i32;
+        // The child is reaped by a thread so it never lingers as a zombie; the pidfd is what
+        // callers wait on. (std's Child would reap on wait; we do it in the background.)
+        let proc = Self::adopt(pid)?;
+        std::thread::spawn(move || {
+            let mut child = child;
+            let _ = child.wait();
+        });
+        Ok(proc)
+    }
+
+    /// Takes hold of an existing process by pid (after a moatd restart).
+    pub fn adopt(pid: i32) -> std::io::Result<Self> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a freshly opened descriptor that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(Self { pid, pidfd })
+    }
+
+    /// The pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Sends a signal; a process already gone is fine.
+    pub fn signal(&self, sig: i32) -> std::io::Result<()> {
+        // SAFETY: pidfd_send_signal on our own pidfd; null siginfo means "as kill(2)".
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig,
+                std::ptr::null::<()>(),
+                0,
+            )
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ESRCH) {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let r = unsafe { libc::poll(&mut p, 1, 0) };
+        r > 0 && p.revents & libc::POLLIN != 0
+    }
+
+    /// Waits until the process exits or `timeout` passes; true if it exited.
+    pub async fn wait_timeout(&self, timeout: Duration) -> bool {
+        let Ok(owned) = self.pidfd.try_clone() else {
+            return self.exited();
+        };
+        // SAFETY: the AsyncFd owns `owned`, a duplicate of our pidfd, so the descriptor stays
+        // open for as long as it is registered and is closed only when the AsyncFd drops.
+        let registered =
+            unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) };
+        let Ok(fd) = registered else {
+            return self.exited();
+        };
+        matches!(
+            tokio::time::timeout(timeout, fd.readable()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; waits for the end.
+    pub async fn terminate(&self, grace: Duration) -> std::io::Result<()> {
+        if self.exited() {
+            return Ok(());
+        }
+        self.signal(libc::SIGTERM)?;
+        if !self.wait_timeout(grace).await {
+            self.signal(libc::SIGKILL)?;
+            self.wait_timeout(Duration::from_secs(10)).await;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn spawned_processes_can_be_waited_on_and_killed() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut c = Command::new("sh");
+        c.args(["-c", "echo started; exec sleep 30"]);
+        let p = VmProcess::spawn(c, &d.path().join("log")).expect("spawn");
+        assert!(!p.exited());
+        assert!(!p.wait_timeout(Duration::from_millis(50)).await);
+        // Its own session.
+        // SAFETY: getsid on a pid.
+        let sid = unsafe { libc::getsid(p.pid()) };
+        assert_eq!(sid, p.pid());
+        p.terminate(Duration::from_secs(5))
+            .await
+            .expect("terminate");
+        assert!(p.exited());
+        // Signalling a process that is gone is fine.
+        p.signal(libc::SIGTERM).expect("gone is fine");
+        let log = std::fs::read_to_string(d.path().join("log")).expect("log");
+        assert!(log.contains("started"));
+    }
+
+    #[tokio::test]
+    async fn adopt_finds_a_process_by_pid() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut c = Command::new("sleep");
+        c.arg("30");
+        let p = VmProcess::spawn(c, &d.path().join("log")).expect("spawn");
+        let q = VmProcess::adopt(p.pid()).expect("adopt");
+        q.signal(libc::SIGKILL).expect("kill");
+        assert!(q.wait_timeout(Duration::from_secs(5)).await);
+        assert!(VmProcess::adopt(999_999_999).is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! The QEMU backend: Debian's qemu-system-x86_64 with `-M microvm`, KVM where the host has
+//! hardware virtualization and TCG otherwise. Devices: the vsock backend over vhost-user,
+//! the console on the 8250 serial port into a log file.
+
+use std::process::Command;
+
+use super::{Accel, HostCaps, HypervisorError, VmProcess, VmSpec};
+
+/// QEMU settings from the config.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QemuConfig {
+    /// The QEMU binary.
+    pub binary: String,
+    /// `kvm`, `tcg`, or absent for automatic (KVM with hardware virtualization, else TCG).
+    pub accel: Option<Accel>,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        Self {
+            binary: "qemu-system-x86_64".into(),
+            accel: None,
+        }
+    }
+}
+
+/// Boots VMs with QEMU.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    config: QemuConfig,
+    caps: HostCaps,
+}
+
+impl Qemu {
+    /// A backend for this host.
+    pub fn new(config: QemuConfig, caps: HostCaps) -> Self {
+        Self { config, caps }
+    }
+
+    /// The acceleration VMs get.
+    pub fn accel(&self) -> Accel {
+        self.config.accel.unwrap_or_else(|| self.caps.best_accel())
+    }
+
+    /// The full argument list for one VM.
+    pub fn args(&self, spec: &VmSpec) -> Vec<String> {
+        let accel = self.accel();
+        let mem = format!("{}M", spec.memory_mib);
+        let mut cmdline = vec![
+            "console=ttyS0".to_owned(),
+            "quiet".into(),
+            "panic=-1".into(),
+            "reboot=t".into(),
+            "rdinit=/init".into(),
+            "cryptomgr.notests".into(),
+            "8250.nr_uarts=1".into(),
+        ];
+        if accel == Accel::Tcg {
+            // microvm has no PIT, HPET or PM timer: without this TCG guests hang calibrating.
+            if let Some(khz) = self.caps.tsc_khz {
+                cmdline.push(format!("tsc_early_khz={khz}"));
+            }
+        }
+        cmdline.extend(spec.kernel_args.iter().cloned());
+        let mut a: Vec<String> = vec![
+            "-name".into(),
+            format!("moat-{}", spec.id),
+            "-M".into(),
+            format!(
+                "microvm,accel={},pit=off,pic=off,rtc=on,isa-serial=on",
+                match accel {
+                    Accel::Kvm => "kvm",
+                    Accel::Tcg => "tcg",
+                }
+            ),
+            "-cpu".into(),
+            if accel == Accel::Kvm {
+                "host".into()
+            } else {
+                "max".into()
+            },
+            "-smp".into(),
+            spec.vcpus.to_string(),
+            "-m".into(),
+            mem.clone(),
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+            "-machine".into(),
+            "memory-backend=mem".into(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-nographic".into(),
+            "-no-reboot".into(),
+            "-global".into(),
+            "virtio-mmio.force-legacy=false".into(),
+            "-serial".into(),
+            format!("file:{}", spec.console_log.display()),
+            "-chardev".into(),
+            format!("socket,id=vsock0,path={}", spec.vsock_socket.display()),
+            "-device".into(),
+            format!(
+                "vhost-user-vsock-device,chardev=vsock0,guest-cid={}",
+                spec.guest_cid
+            ),
+            "-kernel".into(),
+            spec.kernel.display().to_string(),
+            "-initrd".into(),
+            spec.initramfs.display().to_string(),
+            "-append".into(),
+            cmdline.join(" "),
+        ];
+        a.shrink_to_fit();
+        a
+    }
+
+    /// Starts the VM.
+    pub fn boot(&self, spec: &VmSpec) -> Result<VmProcess, HypervisorError> {
+        for (what, p) in [("kernel", &spec.kernel), ("initramfs", &spec.initramfs)] {
+            if !p.is_file() {
+                return Err(HypervisorError::MissingImage {
+                    what,
+                    path: p.display().to_string(),
+                });
+            }
+        }
+        let mut cmd = Command::new(&self.config.binary);
+        cmd.args(self.args(spec));
+        VmProcess::spawn(cmd, &spec.vmm_log).map_err(|source| HypervisorError::Spawn {
+            binary: self.config.binary.clone(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            id: "abc".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            kernel: PathBuf::from("/k"),
+            initramfs: PathBuf::from("/i"),
+            kernel_args: vec!["moat.debug".into()],
+            vsock_socket: PathBuf::from("/run/v.sock"),
+            guest_cid: 3,
+            console_log: PathBuf::from("/run/console.log"),
+            vmm_log: PathBuf::from("/run/vmm.log"),
+        }
+    }
+
+    #[test]
+    fn tcg_command_line_has_the_microvm_essentials() {
+        let q = Qemu::new(
+            QemuConfig::default(),
+            HostCaps {
+                kvm_device: true,
+                hardware_virt: false,
+                tsc_khz: Some(2_000_000),
+            },
+        );
+        assert_eq!(q.accel(), Accel::Tcg);
+        let a = q.args(&spec()).join(" ");
+        assert!(a.contains("microvm,accel=tcg"), "{a}");
+        assert!(
+            a.contains("memory-backend-memfd,id=mem,size=512M,share=on"),
+            "{a}"
+        );
+        assert!(a.contains("virtio-mmio.force-legacy=false"), "{a}");
+        assert!(
+            a.contains("vhost-user-vsock-device,chardev=vsock0,guest-cid=3"),
+            "{a}"
+        );
+        assert!(a.contains("tsc_early_khz=2000000"), "{a}");
+        assert!(a.contains("moat.debug"), "{a}");
+        assert!(a.contains("-smp 2"), "{a}");
+    }
+
+    #[test]
+    fn kvm_is_used_with_hardware_virtualization_and_can_be_forced_off() {
+        let caps = HostCaps {
+            kvm_device: true,
+            hardware_virt: true,
+            tsc_khz: Some(1),
+        };
+        let q = Qemu::new(QemuConfig::default(), caps.clone());
+        assert_eq!(q.accel(), Accel::Kvm);
+        assert!(!q.args(&spec()).join(" ").contains("tsc_early_khz"));
+        let q = Qemu::new(
+            QemuConfig {
+                accel: Some(Accel::Tcg),
+                ..Default::default()
+            },
+            caps,
+        );
+        assert_eq!(q.accel(), Accel::Tcg);
+    }
+
+    #[test]
+    fn missing_images_are_reported() {
+        let q = Qemu::new(
+            QemuConfig::default(),
+            HostCaps {
+                kvm_device: false,
+                hardware_virt: false,
+                tsc_khz: None,
+            },
+        );
+        assert!(matches!(
+            q.boot(&spec()),
+            Err(HypervisorError::MissingImage { what: "kernel", .. })
+        ));
+    }
+}
