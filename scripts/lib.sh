@@ -30,5 +30,7 @@ require_cargo() {
 
 # Packages needed to build moatd.
 BUILD_PACKAGES=(protobuf-compiler gcc pkg-config)
+# Packages needed to run pod VMs.
+RUN_PACKAGES=(qemu-system-x86)
 # Packages the tests and benchmarks start for real.
-TEST_PACKAGES=(docker-registry busybox-static apache2-utils containerd)
+TEST_PACKAGES=(docker-registry busybox-static apache2-utils containerd qemu-system-x86)

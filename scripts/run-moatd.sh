@@ -3,8 +3,10 @@
 # Usage: sudo scripts/run-moatd.sh [moatd flags...]   (default config: /etc/moat/config.toml)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require_cargo
-apt_install "${BUILD_PACKAGES[@]}"
+apt_install "${BUILD_PACKAGES[@]}" "${RUN_PACKAGES[@]}"
 cd "$MOAT_ROOT"
 log "building moatd (release)"
 cargo build --release --locked -p moat-host --bin moatd
-exec "$MOAT_ROOT/target/release/moatd" "$@"
+log "guest image"
+bash guest-image/build.sh
+exec "$MOAT_ROOT/target/release/moatd" --guest-dir "$MOAT_ROOT/guest-image/out" "$@"

@@ -12,6 +12,8 @@ log "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 log "building binaries"
 cargo build --locked --workspace --bins
+log "guest image"
+bash guest-image/build.sh
 log "cargo test"
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+mod containers;
 mod init;
 mod server;
 mod system;

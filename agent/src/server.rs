@@ -7,8 +7,11 @@ use std::time::Instant;
 
 use moat_proto::agent::agent_server::{Agent, AgentServer};
 use moat_proto::agent::{
-    HealthRequest, HealthResponse, SetupSandboxRequest, SetupSandboxResponse, ShutdownRequest,
-    ShutdownResponse,
+    ContainerRequest, CreateContainerRequest, CreateContainerResponse, ExecSyncRequest,
+    ExecSyncResponse, HealthRequest, HealthResponse, OutputChunk, RemoveContainerResponse,
+    SetupSandboxRequest, SetupSandboxResponse, ShutdownRequest, ShutdownResponse,
+    SignalContainerRequest, SignalContainerResponse, StartContainerResponse, WaitContainerRequest,
+    WaitContainerResponse,
 };
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -20,6 +23,7 @@ use crate::system::System;
 pub struct AgentService {
     started: Instant,
     system: Arc<dyn System>,
+    containers: crate::containers::Containers,
 }
 
 impl AgentService {
@@ -28,6 +32,7 @@ impl AgentService {
         Self {
             started: Instant::now(),
             system,
+            containers: crate::containers::Containers::default(),
         }
     }
 }
@@ -90,7 +95,18 @@ impl Agent for AgentService {
                 .write_file(Path::new("/etc/hosts"), r.hosts.as_bytes())
                 .map_err(|e| internal("write /etc/hosts", e))?;
         }
-        tracing::info!(hostname = %r.hostname, "sandbox set up");
+        for share in &r.shares {
+            if share.tag.is_empty() || !share.mount_point.starts_with("/run/moat/") {
+                return Err(Status::invalid_argument(format!(
+                    "share {:?} must have a tag and a mount point under /run/moat/",
+                    share.tag
+                )));
+            }
+            self.system
+                .mount_virtiofs(&share.tag, Path::new(&share.mount_point), share.read_only)
+                .map_err(|e| internal(&format!("mount virtio-fs share {}", share.tag), e))?;
+        }
+        tracing::info!(hostname = %r.hostname, shares = r.shares.len(), "sandbox set up");
         Ok(Response::new(SetupSandboxResponse {}))
     }
 
@@ -105,6 +121,79 @@ impl Agent for AgentService {
             system.power_off();
         });
         Ok(Response::new(ShutdownResponse {}))
+    }
+
+    type OutputStream =
+        std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<OutputChunk, Status>> + Send>>;
+
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        self.containers
+            .create(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<ContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        self.containers
+            .start(&request.into_inner().container_id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn wait_container(
+        &self,
+        request: Request<WaitContainerRequest>,
+    ) -> Result<Response<WaitContainerResponse>, Status> {
+        self.containers
+            .wait(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn signal_container(
+        &self,
+        request: Request<SignalContainerRequest>,
+    ) -> Result<Response<SignalContainerResponse>, Status> {
+        self.containers
+            .signal(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<ContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        self.containers
+            .remove(&request.into_inner().container_id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        self.containers
+            .exec_sync(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn output(
+        &self,
+        request: Request<ContainerRequest>,
+    ) -> Result<Response<Self::OutputStream>, Status> {
+        self.containers
+            .output(&request.into_inner().container_id)
+            .await
+            .map(Response::new)
     }
 }
 
@@ -186,6 +275,11 @@ mod tests {
             resolv_conf: "nameserver 10.96.0.10\n".into(),
             hosts: "127.0.0.1 localhost\n".into(),
             time_unix_nanos: 42,
+            shares: vec![moat_proto::agent::Share {
+                tag: "layers".into(),
+                mount_point: "/run/moat/layers".into(),
+                read_only: true,
+            }],
         })
         .await
         .expect("setup");
@@ -198,6 +292,7 @@ mod tests {
                 Call::Write("/etc/hostname".into(), "web-0\n".into()),
                 Call::Write("/etc/resolv.conf".into(), "nameserver 10.96.0.10\n".into()),
                 Call::Write("/etc/hosts".into(), "127.0.0.1 localhost\n".into()),
+                Call::MountVirtiofs("layers".into(), "/run/moat/layers".into(), true),
             ]
         );
         let e = c

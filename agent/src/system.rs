@@ -13,6 +13,8 @@ pub trait System: Send + Sync + 'static {
     fn set_clock(&self, unix_nanos: i64) -> std::io::Result<()>;
     /// Powers the machine off (or, off a VM, ends the agent).
     fn power_off(&self);
+    /// Mounts the virtio-fs share `tag` at `target`.
+    fn mount_virtiofs(&self, tag: &str, target: &Path, read_only: bool) -> std::io::Result<()>;
 }
 
 /// The real system, as PID 1 of a guest.
@@ -42,6 +44,16 @@ impl System for Linux {
         nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts).map_err(Into::into)
     }
 
+    fn mount_virtiofs(&self, tag: &str, target: &Path, read_only: bool) -> std::io::Result<()> {
+        use nix::mount::{MsFlags, mount};
+        std::fs::create_dir_all(target)?;
+        let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+        if read_only {
+            flags |= MsFlags::MS_RDONLY;
+        }
+        mount(Some(tag), target, Some("virtiofs"), flags, None::<&str>).map_err(Into::into)
+    }
+
     fn power_off(&self) {
         if self.guest {
             nix::unistd::sync();
@@ -63,6 +75,8 @@ pub enum Call {
     Clock(i64),
     /// power_off.
     PowerOff,
+    /// mount_virtiofs.
+    MountVirtiofs(String, String, bool),
 }
 
 /// Records calls instead of making them.
@@ -99,5 +113,13 @@ impl System for Recorder {
     }
     fn power_off(&self) {
         self.push(Call::PowerOff);
+    }
+    fn mount_virtiofs(&self, tag: &str, target: &Path, read_only: bool) -> std::io::Result<()> {
+        self.push(Call::MountVirtiofs(
+            tag.into(),
+            target.display().to_string(),
+            read_only,
+        ));
+        Ok(())
     }
 }

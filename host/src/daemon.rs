@@ -16,9 +16,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let store = Store::open(&config.root_dir.join("moat.redb"))?;
     let images = ImageManager::open(&config, store.clone())?;
+    let sandboxes = crate::sandbox::SandboxManager::open(&config, store.clone()).await?;
+    let containers = crate::containers::ContainerManager::open(
+        store.clone(),
+        sandboxes.clone(),
+        images.clone(),
+        std::time::Duration::from_secs(config.sandbox.agent_timeout_secs),
+    )?;
     let socket: PathBuf = config.socket_path();
     info!(version = env!("CARGO_PKG_VERSION"), root = %config.root_dir.display(), "moatd starting");
-    crate::cri::serve(config, store, images, &socket, shutdown_signal()).await?;
+    crate::cri::serve(
+        config,
+        store,
+        images,
+        sandboxes,
+        containers,
+        &socket,
+        shutdown_signal(),
+    )
+    .await?;
     info!("moatd stopped");
     Ok(())
 }

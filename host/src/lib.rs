@@ -4,13 +4,17 @@
 //! - `images`: references, registries, content store, layer snapshots, image records.
 //! - `network`: pod networking (CNI).
 //! - `store`: the embedded transactional state database.
+//! - `devices`: device back-ends for the micro-VMs (vhost-user-vsock).
 //! - `config`, `logging`, `daemon`: set-up.
 
 pub mod config;
+pub mod containers;
 pub mod cri;
 pub mod daemon;
+pub mod devices;
 pub mod hypervisor;
 pub mod images;
 pub mod logging;
 pub mod network;
+pub mod sandbox;
 pub mod store;

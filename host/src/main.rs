@@ -25,10 +25,93 @@ struct Args {
     /// Log format (overrides `log.format`).
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
+    /// Directory of the guest image (overrides `sandbox.guest_dir`).
+    #[arg(long)]
+    guest_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Serve one VM's vhost-user-vsock device (moatd starts this per sandbox).
+    VsockBackend {
+        /// The vhost-user socket the VMM connects to.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The hybrid-vsock Unix socket.
+        #[arg(long)]
+        uds_path: PathBuf,
+        /// The guest CID.
+        #[arg(long, default_value_t = 3)]
+        guest_cid: u64,
+    },
+    /// Serve one VM's vhost-user-fs (virtio-fs) device (moatd starts this per sandbox).
+    FsBackend {
+        /// The vhost-user socket the VMM connects to.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The directory shared with the guest.
+        #[arg(long)]
+        shared_dir: PathBuf,
+        /// Refuse every change to the share.
+        #[arg(long)]
+        read_only: bool,
+    },
+}
+
+fn fs_backend(socket: PathBuf, shared_dir: PathBuf, read_only: bool) -> ExitCode {
+    moat_host::logging::init(&moat_host::config::LogConfig::default());
+    let cfg = moat_host::devices::fs::FsBackendConfig {
+        socket,
+        shared_dir,
+        read_only,
+    };
+    match moat_host::devices::fs::run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("moatd fs-backend: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn vsock_backend(socket: PathBuf, uds_path: PathBuf, guest_cid: u64) -> ExitCode {
+    let log = moat_host::config::LogConfig::default();
+    moat_host::logging::init(&log);
+    let cfg = moat_host::devices::vsock::VsockBackendConfig {
+        socket,
+        uds_path,
+        guest_cid,
+    };
+    match moat_host::devices::vsock::run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("moatd vsock-backend: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    match args.command {
+        Some(Sub::VsockBackend {
+            socket,
+            uds_path,
+            guest_cid,
+        }) => {
+            return vsock_backend(socket, uds_path, guest_cid);
+        }
+        Some(Sub::FsBackend {
+            socket,
+            shared_dir,
+            read_only,
+        }) => {
+            return fs_backend(socket, shared_dir, read_only);
+        }
+        None => {}
+    }
     let (path, explicit) = match &args.config {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
@@ -48,6 +131,9 @@ fn main() -> ExitCode {
     }
     if let Some(r) = args.run_dir {
         config.run_dir = r;
+    }
+    if let Some(g) = args.guest_dir {
+        config.sandbox.guest_dir = g;
     }
     if let Some(f) = args.log_format {
         config.log.format = if f == "json" {

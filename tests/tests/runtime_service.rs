@@ -46,7 +46,12 @@ async fn status_tells_the_truth_about_runtime_and_network() {
         .expect("status")
         .into_inner();
     let rt = condition(&s, "RuntimeReady");
-    assert!(!rt.status, "no sandboxes can run yet");
+    assert!(!rt.status, "no guest image at the default path");
+    assert!(
+        rt.message.contains("guest-image/build.sh"),
+        "{}",
+        rt.message
+    );
     assert!(!rt.message.is_empty());
     let net = condition(&s, "NetworkReady");
     assert!(!net.status);
@@ -150,18 +155,18 @@ async fn calls_not_served_yet_say_so_by_name() {
     let e = m
         .runtime()
         .await
-        .run_pod_sandbox(cri::RunPodSandboxRequest::default())
+        .attach(cri::AttachRequest::default())
         .await
         .expect_err("not served yet");
     assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("RunPodSandbox"), "{}", e.message());
+    assert!(e.message().contains("Attach"), "{}", e.message());
     let e = m
         .runtime()
         .await
-        .exec_sync(cri::ExecSyncRequest::default())
+        .port_forward(cri::PortForwardRequest::default())
         .await
         .expect_err("not served yet");
-    assert!(e.message().contains("ExecSync"), "{}", e.message());
+    assert!(e.message().contains("PortForward"), "{}", e.message());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,7 +1,9 @@
 //! The CRI v1 edge: the gRPC services kubelet and crictl talk to, the Unix socket they
 //! listen on, and the mapping of typed errors to gRPC statuses.
 
+pub mod container;
 pub mod image_service;
+pub mod pod_sandbox;
 pub mod runtime_service;
 pub mod socket;
 pub mod status;
@@ -15,6 +17,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::Config;
 use crate::images::ImageManager;
+use crate::sandbox::SandboxManager;
 use crate::store::Store;
 
 /// Serves both CRI services on `socket` until `shutdown` resolves.
@@ -22,12 +25,14 @@ pub async fn serve(
     config: Config,
     store: Store,
     images: ImageManager,
+    sandboxes: SandboxManager,
+    containers: crate::containers::ContainerManager,
     socket: &Path,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let listener = socket::bind(socket)?;
     tracing::info!(socket = %socket.display(), "serving CRI v1");
-    let runtime = runtime_service::CriRuntimeService::new(config, store);
+    let runtime = runtime_service::CriRuntimeService::new(config, store, sandboxes, containers);
     let image = image_service::CriImageService::new(images);
     let result = tonic::transport::Server::builder()
         .trace_fn(|req| tracing::info_span!("cri", method = %req.uri().path()))

@@ -9,9 +9,13 @@ use k8s_cri::v1 as cri;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
+use super::container;
+use super::pod_sandbox;
 use super::status::not_yet;
 use crate::config::{CgroupDriver, Config};
+use crate::containers::ContainerManager;
 use crate::network::cni_config::default_network;
+use crate::sandbox::SandboxManager;
 use crate::store::Store;
 
 const POD_CIDR_KEY: &str = "pod_cidr";
@@ -20,21 +24,65 @@ const POD_CIDR_KEY: &str = "pod_cidr";
 pub struct CriRuntimeService {
     config: Config,
     store: Store,
+    sandboxes: SandboxManager,
+    containers: ContainerManager,
 }
 
 impl CriRuntimeService {
-    /// From the config and the state store.
-    pub fn new(config: Config, store: Store) -> Self {
-        Self { config, store }
+    /// From the config, the state store and the sandbox manager.
+    pub fn new(
+        config: Config,
+        store: Store,
+        sandboxes: SandboxManager,
+        containers: ContainerManager,
+    ) -> Self {
+        Self {
+            config,
+            store,
+            sandboxes,
+            containers,
+        }
+    }
+
+    /// Why pods cannot run here, if they cannot.
+    fn runtime_problem(&self) -> Option<String> {
+        let k = self.config.sandbox.kernel();
+        let i = self.config.sandbox.initramfs();
+        if !k.is_file() || !i.is_file() {
+            return Some(format!(
+                "the guest image is missing ({} and {}); build it with guest-image/build.sh",
+                k.display(),
+                i.display()
+            ));
+        }
+        let qemu = &self.config.qemu.binary;
+        let found = if qemu.contains('/') {
+            std::path::Path::new(qemu).is_file()
+        } else {
+            std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(qemu).is_file()))
+        };
+        if !found {
+            return Some(format!(
+                "{qemu} not found; install Debian's qemu-system-x86"
+            ));
+        }
+        None
     }
 
     fn conditions(&self) -> Vec<cri::RuntimeCondition> {
-        let runtime = cri::RuntimeCondition {
-            r#type: "RuntimeReady".into(),
-            status: false,
-            reason: "SandboxesNotSupported".into(),
-            message: "this version of moatd serves images only; it cannot run pod sandboxes yet"
-                .into(),
+        let runtime = match self.runtime_problem() {
+            None => cri::RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: true,
+                ..Default::default()
+            },
+            Some(why) => cri::RuntimeCondition {
+                r#type: "RuntimeReady".into(),
+                status: false,
+                reason: "GuestNotReady".into(),
+                message: why,
+            },
         };
         let network = match default_network(&self.config.cni.conf_dir) {
             Ok(_) => cri::RuntimeCondition {
@@ -168,81 +216,168 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         Err(not_yet("GetContainerEvents"))
     }
 
+    #[instrument(skip_all, fields(pod, sandbox))]
     async fn run_pod_sandbox(
         &self,
-        _request: Request<cri::RunPodSandboxRequest>,
+        request: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        Err(not_yet("RunPodSandbox"))
+        let req = pod_sandbox::run_request(request.into_inner())?;
+        tracing::Span::current().record(
+            "pod",
+            format!("{}/{}", req.metadata.namespace, req.metadata.name).as_str(),
+        );
+        let id = self.sandboxes.run(req).await?;
+        tracing::Span::current().record("sandbox", id.as_str());
+        Ok(Response::new(cri::RunPodSandboxResponse {
+            pod_sandbox_id: id,
+        }))
     }
 
+    #[instrument(skip_all, fields(sandbox))]
     async fn stop_pod_sandbox(
         &self,
-        _request: Request<cri::StopPodSandboxRequest>,
+        request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        Err(not_yet("StopPodSandbox"))
+        let id = request.into_inner().pod_sandbox_id;
+        tracing::Span::current().record("sandbox", id.as_str());
+        if let Some(r) = self.sandboxes.get(&id)? {
+            self.containers.sandbox_gone(&r.id, false).await?;
+        }
+        self.sandboxes.stop(&id).await?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
+    #[instrument(skip_all, fields(sandbox))]
     async fn remove_pod_sandbox(
         &self,
-        _request: Request<cri::RemovePodSandboxRequest>,
+        request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        Err(not_yet("RemovePodSandbox"))
+        let id = request.into_inner().pod_sandbox_id;
+        tracing::Span::current().record("sandbox", id.as_str());
+        if let Some(r) = self.sandboxes.get(&id)? {
+            self.containers.sandbox_gone(&r.id, true).await?;
+        }
+        self.sandboxes.remove(&id).await?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
+    #[instrument(skip_all, fields(sandbox))]
     async fn pod_sandbox_status(
         &self,
-        _request: Request<cri::PodSandboxStatusRequest>,
+        request: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        Err(not_yet("PodSandboxStatus"))
+        let req = request.into_inner();
+        tracing::Span::current().record("sandbox", req.pod_sandbox_id.as_str());
+        let r = self.sandboxes.get(&req.pod_sandbox_id)?.ok_or_else(|| {
+            Status::not_found(format!("pod sandbox {} not found", req.pod_sandbox_id))
+        })?;
+        let mut info = HashMap::new();
+        if req.verbose {
+            let v = serde_json::json!({"vcpus": r.vcpus, "memoryMiB": r.memory_mib, "vm": r.vm, "hostname": r.hostname});
+            info.insert("info".to_owned(), v.to_string());
+        }
+        Ok(Response::new(cri::PodSandboxStatusResponse {
+            status: Some(pod_sandbox::status(&r)),
+            info,
+            containers_statuses: vec![],
+            timestamp: crate::images::now_nanos(),
+        }))
     }
 
+    #[instrument(skip_all)]
     async fn list_pod_sandbox(
         &self,
-        _request: Request<cri::ListPodSandboxRequest>,
+        request: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        Err(not_yet("ListPodSandbox"))
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let items = self
+            .sandboxes
+            .list()?
+            .iter()
+            .filter(|r| pod_sandbox::matches(r, &filter))
+            .map(pod_sandbox::item)
+            .collect();
+        Ok(Response::new(cri::ListPodSandboxResponse { items }))
     }
 
+    #[instrument(skip_all, fields(sandbox, container))]
     async fn create_container(
         &self,
-        _request: Request<cri::CreateContainerRequest>,
+        request: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        Err(not_yet("CreateContainer"))
+        let req = container::create_request(request.into_inner())?;
+        tracing::Span::current().record("sandbox", req.sandbox_id.as_str());
+        let id = self.containers.create(req).await?;
+        tracing::Span::current().record("container", id.as_str());
+        Ok(Response::new(cri::CreateContainerResponse {
+            container_id: id,
+        }))
     }
 
+    #[instrument(skip_all, fields(container))]
     async fn start_container(
         &self,
-        _request: Request<cri::StartContainerRequest>,
+        request: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        Err(not_yet("StartContainer"))
+        let id = request.into_inner().container_id;
+        tracing::Span::current().record("container", id.as_str());
+        self.containers.start(&id).await?;
+        Ok(Response::new(cri::StartContainerResponse {}))
     }
 
+    #[instrument(skip_all, fields(container))]
     async fn stop_container(
         &self,
-        _request: Request<cri::StopContainerRequest>,
+        request: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        Err(not_yet("StopContainer"))
+        let req = request.into_inner();
+        tracing::Span::current().record("container", req.container_id.as_str());
+        let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
+        self.containers.stop(&req.container_id, timeout).await?;
+        Ok(Response::new(cri::StopContainerResponse {}))
     }
 
+    #[instrument(skip_all, fields(container))]
     async fn remove_container(
         &self,
-        _request: Request<cri::RemoveContainerRequest>,
+        request: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        Err(not_yet("RemoveContainer"))
+        let id = request.into_inner().container_id;
+        tracing::Span::current().record("container", id.as_str());
+        self.containers.remove(&id).await?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
+    #[instrument(skip_all)]
     async fn list_containers(
         &self,
-        _request: Request<cri::ListContainersRequest>,
+        request: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        Err(not_yet("ListContainers"))
+        let filter = request.into_inner().filter.unwrap_or_default();
+        let containers = self
+            .containers
+            .list()?
+            .iter()
+            .filter(|r| container::matches(r, &filter))
+            .map(container::item)
+            .collect();
+        Ok(Response::new(cri::ListContainersResponse { containers }))
     }
 
+    #[instrument(skip_all, fields(container))]
     async fn container_status(
         &self,
-        _request: Request<cri::ContainerStatusRequest>,
+        request: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        Err(not_yet("ContainerStatus"))
+        let req = request.into_inner();
+        tracing::Span::current().record("container", req.container_id.as_str());
+        let r = self.containers.get(&req.container_id)?.ok_or_else(|| {
+            Status::not_found(format!("container {} not found", req.container_id))
+        })?;
+        Ok(Response::new(cri::ContainerStatusResponse {
+            status: Some(container::status(&r)),
+            info: HashMap::new(),
+        }))
     }
 
     async fn update_container_resources(
@@ -252,18 +387,34 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         Err(not_yet("UpdateContainerResources"))
     }
 
+    #[instrument(skip_all, fields(container))]
     async fn reopen_container_log(
         &self,
-        _request: Request<cri::ReopenContainerLogRequest>,
+        request: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        Err(not_yet("ReopenContainerLog"))
+        let id = request.into_inner().container_id;
+        tracing::Span::current().record("container", id.as_str());
+        self.containers.reopen_log(&id).await?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
+    #[instrument(skip_all, fields(container))]
     async fn exec_sync(
         &self,
-        _request: Request<cri::ExecSyncRequest>,
+        request: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        Err(not_yet("ExecSync"))
+        let req = request.into_inner();
+        tracing::Span::current().record("container", req.container_id.as_str());
+        let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
+        let r = self
+            .containers
+            .exec_sync(&req.container_id, req.cmd, timeout)
+            .await?;
+        Ok(Response::new(cri::ExecSyncResponse {
+            stdout: r.stdout,
+            stderr: r.stderr,
+            exit_code: r.exit_code,
+        }))
     }
 
     async fn exec(

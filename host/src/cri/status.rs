@@ -28,8 +28,42 @@ impl From<ImageError> for Status {
 /// The answer for a CRI method this moatd does not serve yet.
 pub fn not_yet(method: &str) -> Status {
     Status::unimplemented(format!(
-        "{method} is not implemented by this version of moatd; only the image service, Version, Status, RuntimeConfig and UpdateRuntimeConfig are served"
+        "{method} is not implemented by this version of moatd; containers, exec and streaming come next; the image service and pod sandboxes are served"
     ))
+}
+
+impl From<crate::sandbox::SandboxError> for Status {
+    fn from(e: crate::sandbox::SandboxError) -> Self {
+        use crate::sandbox::SandboxError as E;
+        let code = match &e {
+            E::InvalidArgument(_) => Code::InvalidArgument,
+            E::NotFound(_) => Code::NotFound,
+            E::NameTaken { .. } => Code::AlreadyExists,
+            E::FailedPrecondition(_) | E::Transition { .. } => Code::FailedPrecondition,
+            E::Timeout { .. } => Code::DeadlineExceeded,
+            E::Hypervisor {
+                source: crate::hypervisor::HypervisorError::MissingImage { .. },
+                ..
+            } => Code::FailedPrecondition,
+            E::Hypervisor { .. } | E::Agent { .. } | E::Store(_) | E::Io { .. } => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<crate::containers::ContainerError> for Status {
+    fn from(e: crate::containers::ContainerError) -> Self {
+        use crate::containers::ContainerError as E;
+        let code = match &e {
+            E::InvalidArgument(_) => Code::InvalidArgument,
+            E::NotFound(_) => Code::NotFound,
+            E::NameTaken(_) => Code::AlreadyExists,
+            E::FailedPrecondition(_) => Code::FailedPrecondition,
+            E::Timeout(_) => Code::DeadlineExceeded,
+            E::Agent { .. } | E::Store(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
 }
 
 #[cfg(test)]

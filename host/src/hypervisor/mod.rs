@@ -28,6 +28,8 @@ pub struct VmSpec {
     pub vsock_socket: PathBuf,
     /// The guest's vsock CID.
     pub guest_cid: u64,
+    /// virtio-fs devices: (tag, vhost-user socket of its backend).
+    pub fs_shares: Vec<(String, PathBuf)>,
     /// Where the guest console goes.
     pub console_log: PathBuf,
     /// Where the VMM's own stdout and stderr go.

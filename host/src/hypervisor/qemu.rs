@@ -98,18 +98,24 @@ impl Qemu {
             format!("file:{}", spec.console_log.display()),
             "-chardev".into(),
             format!("socket,id=vsock0,path={}", spec.vsock_socket.display()),
+            // The CID is no device property: the backend reports it in the config space.
             "-device".into(),
-            format!(
-                "vhost-user-vsock-device,chardev=vsock0,guest-cid={}",
-                spec.guest_cid
-            ),
+            "vhost-user-vsock-device,chardev=vsock0".into(),
+        ];
+        for (i, (tag, sock)) in spec.fs_shares.iter().enumerate() {
+            a.push("-chardev".into());
+            a.push(format!("socket,id=fs{i},path={}", sock.display()));
+            a.push("-device".into());
+            a.push(format!("vhost-user-fs-device,chardev=fs{i},tag={tag}"));
+        }
+        a.extend([
             "-kernel".into(),
             spec.kernel.display().to_string(),
             "-initrd".into(),
             spec.initramfs.display().to_string(),
             "-append".into(),
             cmdline.join(" "),
-        ];
+        ]);
         a.shrink_to_fit();
         a
     }
@@ -148,6 +154,7 @@ mod tests {
             kernel_args: vec!["moat.debug".into()],
             vsock_socket: PathBuf::from("/run/v.sock"),
             guest_cid: 3,
+            fs_shares: vec![("layers".into(), PathBuf::from("/run/fs.sock"))],
             console_log: PathBuf::from("/run/console.log"),
             vmm_log: PathBuf::from("/run/vmm.log"),
         }
@@ -171,13 +178,11 @@ mod tests {
             "{a}"
         );
         assert!(a.contains("virtio-mmio.force-legacy=false"), "{a}");
-        assert!(
-            a.contains("vhost-user-vsock-device,chardev=vsock0,guest-cid=3"),
-            "{a}"
-        );
+        assert!(a.contains("vhost-user-vsock-device,chardev=vsock0 "), "{a}");
         assert!(a.contains("tsc_early_khz=2000000"), "{a}");
         assert!(a.contains("moat.debug"), "{a}");
         assert!(a.contains("-smp 2"), "{a}");
+        assert!(a.contains("socket,id=fs0,path=/run/fs.sock -device vhost-user-fs-device,chardev=fs0,tag=layers"), "{a}");
     }
 
     #[test]

@@ -112,6 +112,11 @@ impl ImageManager {
         self.inner.index.resolve(&parse_local(name)?)
     }
 
+    /// The config blob of an image (its id is the config digest).
+    pub fn config_blob(&self, id: &str) -> Result<Vec<u8>, ImageError> {
+        self.inner.content.read(id)
+    }
+
     /// Every image.
     pub fn list(&self) -> Result<Vec<ImageRecord>, ImageError> {
         let mut v = self.inner.index.list()?;

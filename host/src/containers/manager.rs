@@ -1,0 +1,724 @@
+//! The container manager: CreateContainer, StartContainer, StopContainer, RemoveContainer,
+//! status, list, ExecSync and ReopenContainerLog. Every change of state goes through the
+//! state machine and is persisted; every call into the guest has a deadline. For each
+//! started container two tasks run: one copies its output into the CRI log file, one
+//! waits for its exit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Component, Path};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use moat_proto::agent::agent_client::AgentClient;
+use moat_proto::agent::{
+    ContainerRequest, CreateContainerRequest, ExecSyncRequest, SignalContainerRequest,
+    WaitContainerRequest, output_chunk,
+};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use super::error::ContainerError;
+use super::logs::{Formatter, LogFile, Stream};
+use super::record::{ContainerRecord, ContainerStore};
+use super::spec::{self, ContainerInput, ImageDefaults};
+use super::state::{ContainerEvent, ContainerState, apply};
+use crate::images::ImageManager;
+use crate::images::leases::KeyedLocks;
+use crate::images::now_nanos;
+use crate::sandbox::SandboxManager;
+use crate::store::Store;
+
+/// What CreateContainer asks for.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    /// The pod sandbox.
+    pub sandbox_id: String,
+    /// Metadata name.
+    pub name: String,
+    /// Metadata attempt.
+    pub attempt: u32,
+    /// The image, by id, tag or digest.
+    pub image: String,
+    /// The process and security settings.
+    pub input: ContainerInput,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Log path relative to the pod's log directory.
+    pub log_path: String,
+}
+
+/// The result of ExecSync.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecResult {
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+    /// Exit code.
+    pub exit_code: i32,
+}
+
+struct Inner {
+    records: ContainerStore,
+    sandboxes: SandboxManager,
+    images: ImageManager,
+    locks: KeyedLocks,
+    create: tokio::sync::Mutex<()>,
+    reopen: Mutex<HashMap<String, mpsc::Sender<tokio::sync::oneshot::Sender<std::io::Result<()>>>>>,
+    call_timeout: Duration,
+}
+
+/// The container manager.
+#[derive(Clone)]
+pub struct ContainerManager {
+    inner: Arc<Inner>,
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    hex::encode(b)
+}
+
+/// Checks that a relative log path stays inside the pod's log directory.
+pub fn safe_log_path(dir: &str, rel: &str) -> Result<String, ContainerError> {
+    if rel.is_empty() || dir.is_empty() {
+        return Ok(String::new());
+    }
+    let p = Path::new(rel);
+    if p.is_absolute() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
+        return Err(ContainerError::InvalidArgument(format!(
+            "log path {rel:?} must be relative to the pod's log directory and must not contain '..'"
+        )));
+    }
+    Ok(Path::new(dir).join(p).display().to_string())
+}
+
+fn image_defaults(config: &[u8]) -> ImageDefaults {
+    let Ok(c) = serde_json::from_slice::<oci_spec::image::ImageConfiguration>(config) else {
+        return ImageDefaults::default();
+    };
+    let Some(c) = c.config() else {
+        return ImageDefaults::default();
+    };
+    ImageDefaults {
+        entrypoint: c.entrypoint().clone().unwrap_or_default(),
+        cmd: c.cmd().clone().unwrap_or_default(),
+        env: c.env().clone().unwrap_or_default(),
+        working_dir: c.working_dir().clone().unwrap_or_default(),
+        user: c.user().clone().unwrap_or_default(),
+    }
+}
+
+fn agent_err(id: &str, s: tonic::Status) -> ContainerError {
+    if s.code() == tonic::Code::DeadlineExceeded {
+        ContainerError::Timeout(format!(
+            "container {id}: the agent did not answer in time: {}",
+            s.message()
+        ))
+    } else {
+        ContainerError::Agent {
+            id: id.into(),
+            detail: s.message().into(),
+        }
+    }
+}
+
+impl ContainerManager {
+    /// Opens the records.
+    pub fn open(
+        store: Store,
+        sandboxes: SandboxManager,
+        images: ImageManager,
+        call_timeout: Duration,
+    ) -> Result<Self, ContainerError> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                records: ContainerStore::open(store)?,
+                sandboxes,
+                images,
+                locks: KeyedLocks::default(),
+                create: tokio::sync::Mutex::new(()),
+                reopen: Mutex::new(HashMap::new()),
+                call_timeout,
+            }),
+        })
+    }
+
+    fn req<T>(&self, msg: T, extra: Duration) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(self.inner.call_timeout + extra);
+        r
+    }
+
+    async fn agent(&self, sandbox_id: &str) -> Result<AgentClient<Channel>, ContainerError> {
+        self.inner.sandboxes.agent(sandbox_id).await.map_err(|e| {
+            ContainerError::FailedPrecondition(format!(
+                "pod sandbox {sandbox_id} is not running: {e}"
+            ))
+        })
+    }
+
+    /// Finds a container by full id or unique prefix.
+    pub fn get(&self, id: &str) -> Result<Option<ContainerRecord>, ContainerError> {
+        if id.is_empty() {
+            return Err(ContainerError::InvalidArgument(
+                "container id is empty".into(),
+            ));
+        }
+        let mut hits = self
+            .inner
+            .records
+            .list()?
+            .into_iter()
+            .filter(|r| r.id.starts_with(id));
+        let first = hits.next();
+        if hits.next().is_some() {
+            return Err(ContainerError::InvalidArgument(format!(
+                "container id prefix {id:?} is ambiguous"
+            )));
+        }
+        Ok(first)
+    }
+
+    fn must_get(&self, id: &str) -> Result<ContainerRecord, ContainerError> {
+        self.get(id)?
+            .ok_or_else(|| ContainerError::NotFound(format!("container {id} not found")))
+    }
+
+    /// Every container.
+    pub fn list(&self) -> Result<Vec<ContainerRecord>, ContainerError> {
+        let mut v = self.inner.records.list()?;
+        v.sort_by_key(|r| r.created_at);
+        Ok(v)
+    }
+
+    fn transition(
+        &self,
+        r: &mut ContainerRecord,
+        ev: ContainerEvent,
+    ) -> Result<bool, ContainerError> {
+        match apply(r.state, ev)
+            .map_err(|t| ContainerError::FailedPrecondition(format!("container {}: {t}", r.id)))?
+        {
+            Some(s) => {
+                r.state = s;
+                self.inner.records.put(r)?;
+                Ok(true)
+            }
+            None => {
+                self.inner.records.delete(&r.id)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// CreateContainer.
+    pub async fn create(&self, req: CreateRequest) -> Result<String, ContainerError> {
+        if req.name.is_empty() {
+            return Err(ContainerError::InvalidArgument(
+                "container metadata needs a name".into(),
+            ));
+        }
+        let sandbox = self
+            .inner
+            .sandboxes
+            .get(&req.sandbox_id)
+            .map_err(|e| ContainerError::InvalidArgument(e.to_string()))?
+            .ok_or_else(|| {
+                ContainerError::NotFound(format!("pod sandbox {} not found", req.sandbox_id))
+            })?;
+        if !sandbox.state.is_ready() {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                sandbox.id
+            )));
+        }
+        let image = self
+            .inner
+            .images
+            .status(&req.image)
+            .map_err(|e| ContainerError::InvalidArgument(e.to_string()))?
+            .ok_or_else(|| {
+                ContainerError::NotFound(format!("image {:?} not found; pull it first", req.image))
+            })?;
+        let log_path = safe_log_path(&sandbox.log_directory, &req.log_path)?;
+        let defaults =
+            image_defaults(&self.inner.images.config_blob(&image.id).unwrap_or_default());
+        let mut input = req.input.clone();
+        input.hostname = sandbox.hostname.clone();
+        let reserved = format!(
+            "{}_{}_{}",
+            req.name,
+            sandbox.metadata.reserved_name(),
+            req.attempt
+        );
+        let _c = self.inner.create.lock().await;
+        if self
+            .inner
+            .records
+            .list()?
+            .iter()
+            .any(|r| r.reserved_name == reserved)
+        {
+            return Err(ContainerError::NameTaken(req.name));
+        }
+        let id = random_id();
+        let built = spec::build(&id, &sandbox.id, &defaults, &input)
+            .map_err(|e| ContainerError::InvalidArgument(e.0))?;
+        let mut agent = self.agent(&sandbox.id).await?;
+        let create = CreateContainerRequest {
+            container_id: id.clone(),
+            spec_json: serde_json::to_vec(&built.spec)
+                .map_err(|e| ContainerError::InvalidArgument(e.to_string()))?,
+            layers: image
+                .layers
+                .iter()
+                .map(|l| l.diff_id.trim_start_matches("sha256:").to_owned())
+                .collect(),
+            image_user: built.image_user,
+            default_seccomp: built.default_seccomp,
+        };
+        agent
+            .create_container(self.req(create, Duration::from_secs(20)))
+            .await
+            .map_err(|s| agent_err(&id, s))?;
+        let record = ContainerRecord {
+            id: id.clone(),
+            sandbox_id: sandbox.id.clone(),
+            name: req.name.clone(),
+            attempt: req.attempt,
+            image: req.image.clone(),
+            image_id: image.id.clone(),
+            image_ref: image
+                .repo_digests
+                .first()
+                .or(image.repo_tags.first())
+                .cloned()
+                .unwrap_or_else(|| image.id.clone()),
+            labels: req.labels,
+            annotations: req.annotations,
+            log_path,
+            log_path_rel: req.log_path,
+            state: ContainerState::Created,
+            created_at: now_nanos(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            reserved_name: reserved,
+        };
+        self.inner.records.put(&record)?;
+        info!(container = %id, sandbox = %sandbox.id, name = %record.name, "container created");
+        Ok(id)
+    }
+
+    /// StartContainer.
+    pub async fn start(&self, id: &str) -> Result<(), ContainerError> {
+        let mut r = self.must_get(id)?;
+        let _g = self.inner.locks.lock(&r.id).await;
+        if r.state != ContainerState::Created {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {} is {:?}, not created",
+                r.id, r.state
+            )));
+        }
+        let mut agent = self.agent(&r.sandbox_id).await?;
+        // Subscribe to the output before the process can write anything.
+        let output = agent
+            .output(self.req(
+                ContainerRequest {
+                    container_id: r.id.clone(),
+                },
+                Duration::ZERO,
+            ))
+            .await
+            .map_err(|s| agent_err(&r.id, s))?
+            .into_inner();
+        if let Err(s) = agent
+            .start_container(self.req(
+                ContainerRequest {
+                    container_id: r.id.clone(),
+                },
+                Duration::ZERO,
+            ))
+            .await
+        {
+            r.reason = "StartError".into();
+            r.message = s.message().into();
+            r.exit_code = 128;
+            r.finished_at = now_nanos();
+            self.transition(&mut r, ContainerEvent::StartFailed)?;
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {} could not start: {}",
+                r.id,
+                s.message()
+            )));
+        }
+        r.started_at = now_nanos();
+        self.transition(&mut r, ContainerEvent::Started)?;
+        self.spawn_log_copier(&r, output);
+        self.spawn_waiter(&r, agent);
+        info!(container = %r.id, "container started");
+        Ok(())
+    }
+
+    fn spawn_log_copier(
+        &self,
+        r: &ContainerRecord,
+        mut output: tonic::Streaming<moat_proto::agent::OutputChunk>,
+    ) {
+        let (tx, mut rx) = mpsc::channel::<tokio::sync::oneshot::Sender<std::io::Result<()>>>(4);
+        self.inner
+            .reopen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(r.id.clone(), tx);
+        let path = r.log_path.clone();
+        let id = r.id.clone();
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut file = if path.is_empty() {
+                None
+            } else {
+                LogFile::open(Path::new(&path))
+                    .map_err(|e| warn!(container = %id, error = %e, "cannot open the log file"))
+                    .ok()
+            };
+            let mut fmt = Formatter::default();
+            loop {
+                tokio::select! {
+                    chunk = output.message() => match chunk {
+                        Ok(Some(c)) => {
+                            let stream = if c.stream == output_chunk::Stream::Stderr as i32 { Stream::Stderr } else { Stream::Stdout };
+                            let bytes = fmt.push(stream, &c.data, c.time);
+                            if let Some(f) = file.as_mut() {
+                                let _ = f.write(&bytes);
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
+                    },
+                    Some(done) = rx.recv() => {
+                        let r = file.as_mut().map(|f| f.reopen()).unwrap_or(Ok(()));
+                        let _ = done.send(r);
+                    }
+                }
+            }
+            if let Some(f) = file.as_mut() {
+                let _ = f.write(&fmt.finish(now_nanos()));
+            }
+            this.inner
+                .reopen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        });
+    }
+
+    fn spawn_waiter(&self, r: &ContainerRecord, mut agent: AgentClient<Channel>) {
+        let this = self.clone();
+        let id = r.id.clone();
+        tokio::spawn(async move {
+            loop {
+                let req = this.req(
+                    WaitContainerRequest {
+                        container_id: id.clone(),
+                        timeout_ms: 10_000,
+                    },
+                    Duration::from_secs(10),
+                );
+                match agent.wait_container(req).await {
+                    Ok(w) => {
+                        let w = w.into_inner();
+                        if w.exited {
+                            this.record_exit(&id, w).await;
+                            return;
+                        }
+                    }
+                    Err(s) => {
+                        // The VM is gone or the container was removed: stop waiting.
+                        if this
+                            .get(&id)
+                            .ok()
+                            .flatten()
+                            .is_none_or(|r| r.state != ContainerState::Running)
+                        {
+                            return;
+                        }
+                        warn!(container = %id, error = %s.message(), "waiting for the container failed");
+                        if this
+                            .inner
+                            .sandboxes
+                            .agent(
+                                &this
+                                    .get(&id)
+                                    .ok()
+                                    .flatten()
+                                    .map(|r| r.sandbox_id)
+                                    .unwrap_or_default(),
+                            )
+                            .await
+                            .is_err()
+                        {
+                            this.mark_exited(&id, 255, "Unknown", "the pod's VM is gone")
+                                .await;
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    async fn record_exit(&self, id: &str, w: moat_proto::agent::WaitContainerResponse) {
+        let (reason, msg) = if !w.error.is_empty() {
+            ("StartError", w.error.clone())
+        } else if w.oom_killed {
+            ("OOMKilled", String::new())
+        } else if w.exit_code == 0 {
+            ("Completed", String::new())
+        } else {
+            ("Error", String::new())
+        };
+        let code = if w.error.is_empty() { w.exit_code } else { 128 };
+        self.mark_exited(id, code, reason, &msg).await;
+        if w.finished_at > 0
+            && let Ok(Some(mut r)) = self.get(id)
+        {
+            r.finished_at = w.finished_at;
+            let _ = self.inner.records.put(&r);
+        }
+    }
+
+    async fn mark_exited(&self, id: &str, code: i32, reason: &str, message: &str) {
+        let _g = self.inner.locks.lock(id).await;
+        let Ok(Some(mut r)) = self.get(id) else {
+            return;
+        };
+        if r.state == ContainerState::Exited {
+            return;
+        }
+        r.exit_code = code;
+        r.reason = reason.into();
+        r.message = message.into();
+        r.finished_at = now_nanos();
+        if let Err(e) = self.transition(&mut r, ContainerEvent::Exited) {
+            warn!(container = %id, error = %e, "could not record the exit");
+        }
+        info!(container = %id, code, reason, "container exited");
+    }
+
+    /// StopContainer: SIGTERM, then SIGKILL after `timeout`. Idempotent; unknown ids are fine.
+    pub async fn stop(&self, id: &str, timeout: Duration) -> Result<(), ContainerError> {
+        let Some(r) = self.get(id)? else {
+            return Ok(());
+        };
+        if r.state != ContainerState::Running {
+            return Ok(());
+        }
+        let Ok(mut agent) = self.agent(&r.sandbox_id).await else {
+            self.mark_exited(&r.id, 255, "Unknown", "the pod's VM is gone")
+                .await;
+            return Ok(());
+        };
+        for (sig, wait) in [
+            (libc::SIGTERM, timeout),
+            (libc::SIGKILL, Duration::from_secs(10)),
+        ] {
+            let s = SignalContainerRequest {
+                container_id: r.id.clone(),
+                signal: sig,
+            };
+            if let Err(e) = agent.signal_container(self.req(s, Duration::ZERO)).await {
+                warn!(container = %r.id, error = %e.message(), "signal failed");
+            }
+            let w = WaitContainerRequest {
+                container_id: r.id.clone(),
+                timeout_ms: wait.as_millis().min(u32::MAX as u128) as u32,
+            };
+            if let Ok(resp) = agent.wait_container(self.req(w, wait)).await {
+                let resp = resp.into_inner();
+                if resp.exited {
+                    self.record_exit(&r.id, resp).await;
+                    return Ok(());
+                }
+            }
+        }
+        Err(ContainerError::Timeout(format!(
+            "container {} did not stop even after SIGKILL",
+            r.id
+        )))
+    }
+
+    /// RemoveContainer: stops it if needed and frees it in the guest. Unknown ids are fine.
+    pub async fn remove(&self, id: &str) -> Result<(), ContainerError> {
+        let Some(r) = self.get(id)? else {
+            return Ok(());
+        };
+        if r.state == ContainerState::Running {
+            self.stop(&r.id, Duration::ZERO).await?;
+        }
+        let _g = self.inner.locks.lock(&r.id).await;
+        let Some(mut r) = self.get(&r.id)? else {
+            return Ok(());
+        };
+        if let Ok(mut agent) = self.agent(&r.sandbox_id).await {
+            let _ = agent
+                .remove_container(self.req(
+                    ContainerRequest {
+                        container_id: r.id.clone(),
+                    },
+                    Duration::ZERO,
+                ))
+                .await;
+        }
+        self.transition(&mut r, ContainerEvent::Remove)?;
+        info!(container = %r.id, "container removed");
+        Ok(())
+    }
+
+    /// Marks every container of a sandbox exited (its VM is going away) or removes them.
+    pub async fn sandbox_gone(&self, sandbox_id: &str, remove: bool) -> Result<(), ContainerError> {
+        for r in self
+            .list()?
+            .into_iter()
+            .filter(|r| r.sandbox_id == sandbox_id)
+        {
+            if r.state == ContainerState::Running {
+                self.stop(&r.id, Duration::from_secs(2)).await.ok();
+                self.mark_exited(&r.id, 137, "Error", "the pod was stopped")
+                    .await;
+            }
+            if remove {
+                let _g = self.inner.locks.lock(&r.id).await;
+                self.inner.records.delete(&r.id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// ExecSync: runs `cmd` in the container, with a timeout (0 = the default deadline).
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecResult, ContainerError> {
+        if cmd.is_empty() {
+            return Err(ContainerError::InvalidArgument(
+                "ExecSync needs a command".into(),
+            ));
+        }
+        let r = self.must_get(id)?;
+        if r.state != ContainerState::Running {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {} is not running",
+                r.id
+            )));
+        }
+        let mut agent = self.agent(&r.sandbox_id).await?;
+        let t = if timeout.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            timeout
+        };
+        let req = ExecSyncRequest {
+            container_id: r.id.clone(),
+            cmd,
+            timeout_ms: t.as_millis().min(u32::MAX as u128) as u32,
+        };
+        let resp = agent
+            .exec_sync(self.req(req, t))
+            .await
+            .map_err(|s| agent_err(&r.id, s))?
+            .into_inner();
+        if resp.timed_out {
+            return Err(ContainerError::Timeout(format!(
+                "command timed out after {} s",
+                t.as_secs_f64()
+            )));
+        }
+        Ok(ExecResult {
+            stdout: resp.stdout,
+            stderr: resp.stderr,
+            exit_code: resp.exit_code,
+        })
+    }
+
+    /// ReopenContainerLog.
+    pub async fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
+        let r = self.must_get(id)?;
+        if r.state != ContainerState::Running {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {} is not running",
+                r.id
+            )));
+        }
+        let tx = self
+            .inner
+            .reopen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&r.id)
+            .cloned();
+        let Some(tx) = tx else {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {} has no log copier",
+                r.id
+            )));
+        };
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        tx.send(done_tx)
+            .await
+            .map_err(|_| ContainerError::FailedPrecondition("the log copier has ended".into()))?;
+        match tokio::time::timeout(Duration::from_secs(5), done_rx).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(ContainerError::FailedPrecondition(format!(
+                "reopen {}: {e}",
+                r.log_path
+            ))),
+            _ => Err(ContainerError::Timeout(
+                "the log copier did not answer".into(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_paths_stay_in_the_pod_log_dir() {
+        assert_eq!(
+            safe_log_path("/var/log/pods/p", "c/0.log").expect("ok"),
+            "/var/log/pods/p/c/0.log"
+        );
+        assert_eq!(safe_log_path("", "c/0.log").expect("ok"), "");
+        for bad in ["../x.log", "/etc/passwd", "c/../../x"] {
+            assert!(
+                matches!(
+                    safe_log_path("/var/log/pods/p", bad),
+                    Err(ContainerError::InvalidArgument(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn image_defaults_come_from_the_config() {
+        let cfg = br#"{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/e"],"Cmd":["c"],"Env":["A=1"],"WorkingDir":"/w","User":"1000"},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let d = image_defaults(cfg);
+        assert_eq!(d.entrypoint, vec!["/e"]);
+        assert_eq!(d.user, "1000");
+        assert_eq!(image_defaults(b"junk"), ImageDefaults::default());
+    }
+}

@@ -1,0 +1,13 @@
+//! Containers inside pod VMs: the lifecycle state machine (`state`), persisted records
+//! (`record`), the OCI spec built from the CRI request and the image (`spec`), CRI log
+//! files (`logs`) and the manager (`manager`).
+
+pub mod error;
+pub mod logs;
+pub mod manager;
+pub mod record;
+pub mod spec;
+pub mod state;
+
+pub use error::ContainerError;
+pub use manager::{ContainerManager, CreateRequest, ExecResult};

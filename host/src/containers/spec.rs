@@ -1,0 +1,482 @@
+//! The OCI runtime spec of a container, from the CRI request merged with the image config
+//! the way containerd does it: entrypoint/cmd/args, env, working dir, user, security
+//! context, resources, and the defaults (mounts, masked paths, capabilities) a container
+//! runtime gives every container.
+
+use serde_json::{Value, json};
+
+/// The parts of the image config that matter here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageDefaults {
+    /// `Entrypoint`.
+    pub entrypoint: Vec<String>,
+    /// `Cmd`.
+    pub cmd: Vec<String>,
+    /// `Env` (`K=V`).
+    pub env: Vec<String>,
+    /// `WorkingDir`.
+    pub working_dir: String,
+    /// `User`.
+    pub user: String,
+}
+
+/// What the CRI request asks for, in moatd's terms.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerInput {
+    /// CRI `command` (replaces the entrypoint).
+    pub command: Vec<String>,
+    /// CRI `args` (replace the image's Cmd).
+    pub args: Vec<String>,
+    /// CRI `envs`.
+    pub env: Vec<(String, String)>,
+    /// CRI `working_dir`.
+    pub working_dir: String,
+    /// `run_as_user`.
+    pub run_as_user: Option<i64>,
+    /// `run_as_group`.
+    pub run_as_group: Option<i64>,
+    /// `run_as_username`.
+    pub run_as_username: String,
+    /// `supplemental_groups`.
+    pub supplemental_groups: Vec<i64>,
+    /// Allocate a TTY.
+    pub tty: bool,
+    /// Read-only root filesystem.
+    pub readonly_rootfs: bool,
+    /// Privileged container (all capabilities, no seccomp, no masked paths).
+    pub privileged: bool,
+    /// Capabilities to add (`NET_ADMIN` or `CAP_NET_ADMIN`; `ALL`).
+    pub add_caps: Vec<String>,
+    /// Capabilities to drop.
+    pub drop_caps: Vec<String>,
+    /// Run without seccomp (`Unconfined`); otherwise RuntimeDefault.
+    pub seccomp_unconfined: bool,
+    /// no_new_privileges.
+    pub no_new_privs: bool,
+    /// CPU quota and period.
+    pub cpu: Option<(i64, i64)>,
+    /// CPU shares.
+    pub cpu_shares: Option<u64>,
+    /// Memory limit in bytes.
+    pub memory_limit: Option<i64>,
+    /// The pod's hostname.
+    pub hostname: String,
+}
+
+/// The runtime spec plus what the agent must still resolve inside the image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuiltSpec {
+    /// The OCI runtime spec JSON.
+    pub spec: Value,
+    /// The image user to resolve from the image's /etc/passwd, if any.
+    pub image_user: String,
+    /// Apply the RuntimeDefault seccomp profile.
+    pub default_seccomp: bool,
+}
+
+/// Why a spec cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecError(pub String);
+
+/// Docker's and containerd's default capability set.
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// Every capability the guest kernel (6.1) knows.
+pub const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+const MASKED: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+fn cap_name(c: &str) -> Result<String, SpecError> {
+    let up = c.trim().to_ascii_uppercase();
+    let full = if up.starts_with("CAP_") {
+        up
+    } else {
+        format!("CAP_{up}")
+    };
+    if ALL_CAPS.contains(&full.as_str()) {
+        Ok(full)
+    } else {
+        Err(SpecError(format!("unknown capability {c:?}")))
+    }
+}
+
+fn capabilities(i: &ContainerInput) -> Result<Vec<String>, SpecError> {
+    if i.privileged {
+        return Ok(ALL_CAPS.iter().map(|s| s.to_string()).collect());
+    }
+    let mut caps: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
+    for a in &i.add_caps {
+        if a.eq_ignore_ascii_case("ALL") {
+            caps = ALL_CAPS.iter().map(|s| s.to_string()).collect();
+        } else {
+            let c = cap_name(a)?;
+            if !caps.contains(&c) {
+                caps.push(c);
+            }
+        }
+    }
+    for d in &i.drop_caps {
+        if d.eq_ignore_ascii_case("ALL") {
+            caps.clear();
+        } else {
+            let c = cap_name(d)?;
+            caps.retain(|x| *x != c);
+        }
+    }
+    Ok(caps)
+}
+
+/// The process arguments: CRI command replaces the entrypoint, CRI args replace Cmd.
+pub fn process_args(image: &ImageDefaults, i: &ContainerInput) -> Result<Vec<String>, SpecError> {
+    let (entry, cmd) = if !i.command.is_empty() {
+        (i.command.clone(), i.args.clone())
+    } else {
+        (
+            image.entrypoint.clone(),
+            if i.args.is_empty() {
+                image.cmd.clone()
+            } else {
+                i.args.clone()
+            },
+        )
+    };
+    let all: Vec<String> = entry.into_iter().chain(cmd).collect();
+    if all.is_empty() {
+        return Err(SpecError(
+            "no command: the image has no Entrypoint or Cmd and the request gives none".into(),
+        ));
+    }
+    Ok(all)
+}
+
+/// Image env, then the request's, later keys overriding earlier ones.
+pub fn merge_env(image: &[String], request: &[(String, String)]) -> Vec<String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut set = |k: &str, v: &str| match out.iter_mut().find(|(ok, _)| ok == k) {
+        Some(e) => e.1 = v.to_owned(),
+        None => out.push((k.to_owned(), v.to_owned())),
+    };
+    for e in image {
+        let (k, v) = e.split_once('=').unwrap_or((e, ""));
+        set(k, v);
+    }
+    for (k, v) in request {
+        set(k, v);
+    }
+    if !out.iter().any(|(k, _)| k == "PATH") {
+        out.insert(
+            0,
+            (
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ),
+        );
+    }
+    out.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Builds the runtime spec for container `id` of sandbox `sandbox_id`.
+pub fn build(
+    id: &str,
+    sandbox_id: &str,
+    image: &ImageDefaults,
+    i: &ContainerInput,
+) -> Result<BuiltSpec, SpecError> {
+    let args = process_args(image, i)?;
+    let env = merge_env(&image.env, &i.env);
+    let cwd = if !i.working_dir.is_empty() {
+        i.working_dir.clone()
+    } else if !image.working_dir.is_empty() {
+        image.working_dir.clone()
+    } else {
+        "/".into()
+    };
+    if !cwd.starts_with('/') {
+        return Err(SpecError(format!("working dir {cwd:?} must be absolute")));
+    }
+    // The user: CRI's run_as_user wins, then run_as_username, then the image's User.
+    let (uid, image_user) = match (i.run_as_user, i.run_as_username.as_str()) {
+        (Some(u), _) if u < 0 => return Err(SpecError(format!("run_as_user {u} is negative"))),
+        (Some(u), _) => (u, String::new()),
+        (None, name) if !name.is_empty() => (0, name.to_owned()),
+        (None, _) => (0, image.user.clone()),
+    };
+    let gid = i.run_as_group.unwrap_or(0);
+    if gid < 0 || i.supplemental_groups.iter().any(|g| *g < 0) {
+        return Err(SpecError("group ids must not be negative".into()));
+    }
+    let caps = capabilities(i)?;
+    let mut resources = json!({});
+    if let Some((quota, period)) = i.cpu {
+        resources["cpu"] = json!({"quota": quota, "period": period});
+    }
+    if let Some(shares) = i.cpu_shares {
+        resources["cpu"]["shares"] = json!(shares);
+    }
+    if let Some(m) = i.memory_limit {
+        resources["memory"] = json!({"limit": m});
+    }
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": i.tty,
+            "user": {"uid": uid, "gid": gid, "additionalGids": i.supplemental_groups},
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1_048_576u64, "soft": 1_048_576u64}],
+            "noNewPrivileges": i.no_new_privs,
+        },
+        "root": {"path": "rootfs", "readonly": i.readonly_rootfs},
+        "hostname": i.hostname,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+            {"destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts", "options": ["rbind", "rprivate", "ro"]},
+            {"destination": "/etc/resolv.conf", "type": "bind", "source": "/etc/resolv.conf", "options": ["rbind", "rprivate", "ro"]},
+            {"destination": "/etc/hostname", "type": "bind", "source": "/etc/hostname", "options": ["rbind", "rprivate", "ro"]},
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "cgroupsPath": format!("/moat/{}/{id}", &sandbox_id[..12.min(sandbox_id.len())]),
+            "resources": resources,
+            "maskedPaths": if i.privileged { Vec::new() } else { MASKED.to_vec() },
+            "readonlyPaths": if i.privileged { Vec::new() } else { READONLY.to_vec() },
+        },
+    });
+    Ok(BuiltSpec {
+        spec,
+        image_user,
+        default_seccomp: !(i.privileged || i.seccomp_unconfined),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> ImageDefaults {
+        ImageDefaults {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["serve".into(), "--port=80".into()],
+            env: vec!["PATH=/bin".into(), "A=image".into()],
+            working_dir: "/srv".into(),
+            user: "www:www".into(),
+        }
+    }
+
+    #[test]
+    fn args_merge_like_containerd() {
+        let img = image();
+        let none = ContainerInput::default();
+        assert_eq!(
+            process_args(&img, &none).expect("a"),
+            vec!["/entry", "serve", "--port=80"]
+        );
+        let args = ContainerInput {
+            args: vec!["debug".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            process_args(&img, &args).expect("a"),
+            vec!["/entry", "debug"]
+        );
+        let cmd = ContainerInput {
+            command: vec!["/bin/sh".into()],
+            ..Default::default()
+        };
+        assert_eq!(process_args(&img, &cmd).expect("a"), vec!["/bin/sh"]);
+        assert!(process_args(&ImageDefaults::default(), &none).is_err());
+    }
+
+    #[test]
+    fn env_overrides_and_path_default() {
+        let e = merge_env(
+            &["PATH=/bin".into(), "A=1".into()],
+            &[("A".into(), "2".into()), ("B".into(), "3".into())],
+        );
+        assert_eq!(e, vec!["PATH=/bin", "A=2", "B=3"]);
+        assert!(merge_env(&[], &[])[0].starts_with("PATH=/usr/local/sbin"));
+    }
+
+    #[test]
+    fn spec_parses_as_an_oci_runtime_spec() {
+        let i = ContainerInput {
+            run_as_user: Some(1000),
+            run_as_group: Some(1000),
+            supplemental_groups: vec![5],
+            add_caps: vec!["NET_ADMIN".into()],
+            drop_caps: vec!["CAP_KILL".into()],
+            cpu: Some((50_000, 100_000)),
+            memory_limit: Some(64 << 20),
+            hostname: "web".into(),
+            ..Default::default()
+        };
+        let b = build("c1", &"s".repeat(64), &image(), &i).expect("build");
+        let spec: oci_spec::runtime::Spec =
+            serde_json::from_value(b.spec.clone()).expect("a valid OCI spec");
+        let p = spec.process().as_ref().expect("process");
+        assert_eq!(p.user().uid(), 1000);
+        assert_eq!(p.cwd().display().to_string(), "/srv");
+        let caps = p.capabilities().as_ref().expect("caps");
+        let bounding: Vec<String> = caps
+            .bounding()
+            .as_ref()
+            .expect("b")
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert!(
+            bounding.iter().any(|c| c.contains("NET_ADMIN")),
+            "{bounding:?}"
+        );
+        assert!(!bounding.iter().any(|c| c.contains("KILL")), "{bounding:?}");
+        assert_eq!(b.image_user, "");
+        assert!(b.default_seccomp);
+        assert_eq!(b.spec["linux"]["resources"]["memory"]["limit"], 64 << 20);
+    }
+
+    #[test]
+    fn image_user_is_left_to_the_guest_and_privileged_gets_everything() {
+        let b = build("c", "s", &image(), &ContainerInput::default()).expect("build");
+        assert_eq!(b.image_user, "www:www");
+        let p = build(
+            "c",
+            "s",
+            &image(),
+            &ContainerInput {
+                privileged: true,
+                ..Default::default()
+            },
+        )
+        .expect("build");
+        assert!(!p.default_seccomp);
+        assert_eq!(
+            p.spec["process"]["capabilities"]["bounding"]
+                .as_array()
+                .expect("caps")
+                .len(),
+            ALL_CAPS.len()
+        );
+        assert!(
+            build(
+                "c",
+                "s",
+                &image(),
+                &ContainerInput {
+                    add_caps: vec!["NOPE".into()],
+                    ..Default::default()
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            build(
+                "c",
+                "s",
+                &image(),
+                &ContainerInput {
+                    working_dir: "rel".into(),
+                    ..Default::default()
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            build(
+                "c",
+                "s",
+                &image(),
+                &ContainerInput {
+                    run_as_user: Some(-1),
+                    ..Default::default()
+                }
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,163 @@
+//! Conversions between CRI pod sandbox messages and the sandbox manager's own types.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_cri::v1 as cri;
+
+use crate::sandbox::record::{PodMetadata, SandboxRecord};
+use crate::sandbox::state::SandboxState;
+use crate::sandbox::{DnsConfig, RunRequest};
+
+/// The manager's request from RunPodSandbox.
+pub fn run_request(req: cri::RunPodSandboxRequest) -> Result<RunRequest, tonic::Status> {
+    let c = req
+        .config
+        .ok_or_else(|| tonic::Status::invalid_argument("RunPodSandbox needs a config"))?;
+    let md = c
+        .metadata
+        .ok_or_else(|| tonic::Status::invalid_argument("pod sandbox config needs metadata"))?;
+    let linux = c.linux.unwrap_or_default();
+    let host_network = linux
+        .security_context
+        .as_ref()
+        .and_then(|s| s.namespace_options.as_ref())
+        .is_some_and(|n| n.network == cri::NamespaceMode::Node as i32);
+    let res = linux.resources.unwrap_or_default();
+    let dns = c
+        .dns_config
+        .map(|d| DnsConfig {
+            servers: d.servers,
+            searches: d.searches,
+            options: d.options,
+        })
+        .unwrap_or_default();
+    Ok(RunRequest {
+        metadata: PodMetadata {
+            name: md.name,
+            uid: md.uid,
+            namespace: md.namespace,
+            attempt: md.attempt,
+        },
+        hostname: c.hostname,
+        labels: c.labels.into_iter().collect(),
+        annotations: c.annotations.into_iter().collect(),
+        log_directory: c.log_directory,
+        runtime_handler: req.runtime_handler,
+        dns,
+        cpu: (res.cpu_quota > 0).then_some((res.cpu_quota, res.cpu_period)),
+        memory_limit_bytes: (res.memory_limit_in_bytes > 0).then_some(res.memory_limit_in_bytes),
+        host_network,
+    })
+}
+
+fn cri_state(s: SandboxState) -> i32 {
+    if s.is_ready() {
+        cri::PodSandboxState::SandboxReady as i32
+    } else {
+        cri::PodSandboxState::SandboxNotready as i32
+    }
+}
+
+fn metadata(m: &PodMetadata) -> cri::PodSandboxMetadata {
+    cri::PodSandboxMetadata {
+        name: m.name.clone(),
+        uid: m.uid.clone(),
+        namespace: m.namespace.clone(),
+        attempt: m.attempt,
+    }
+}
+
+fn map(m: &BTreeMap<String, String>) -> HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The CRI status of a sandbox.
+pub fn status(r: &SandboxRecord) -> cri::PodSandboxStatus {
+    cri::PodSandboxStatus {
+        id: r.id.clone(),
+        metadata: Some(metadata(&r.metadata)),
+        state: cri_state(r.state),
+        created_at: r.created_at,
+        network: Some(cri::PodSandboxNetworkStatus::default()),
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace {
+                options: Some(cri::NamespaceOption::default()),
+            }),
+        }),
+        labels: map(&r.labels),
+        annotations: map(&r.annotations),
+        runtime_handler: r.runtime_handler.clone(),
+    }
+}
+
+/// The CRI list item of a sandbox.
+pub fn item(r: &SandboxRecord) -> cri::PodSandbox {
+    cri::PodSandbox {
+        id: r.id.clone(),
+        metadata: Some(metadata(&r.metadata)),
+        state: cri_state(r.state),
+        created_at: r.created_at,
+        labels: map(&r.labels),
+        annotations: map(&r.annotations),
+        runtime_handler: r.runtime_handler.clone(),
+    }
+}
+
+/// Whether a sandbox passes a ListPodSandbox filter.
+pub fn matches(r: &SandboxRecord, f: &cri::PodSandboxFilter) -> bool {
+    if !f.id.is_empty() && !r.id.starts_with(&f.id) {
+        return false;
+    }
+    if f.state
+        .as_ref()
+        .is_some_and(|s| s.state != cri_state(r.state))
+    {
+        return false;
+    }
+    f.label_selector
+        .iter()
+        .all(|(k, v)| r.labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_network_and_resources_are_read() {
+        let req = cri::RunPodSandboxRequest {
+            config: Some(cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: "p".into(),
+                    uid: "u".into(),
+                    namespace: "n".into(),
+                    attempt: 1,
+                }),
+                linux: Some(cri::LinuxPodSandboxConfig {
+                    security_context: Some(cri::LinuxSandboxSecurityContext {
+                        namespace_options: Some(cri::NamespaceOption {
+                            network: cri::NamespaceMode::Node as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    resources: Some(cri::LinuxContainerResources {
+                        cpu_quota: 200_000,
+                        cpu_period: 100_000,
+                        memory_limit_in_bytes: 1 << 30,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            runtime_handler: "moat".into(),
+        };
+        let r = run_request(req).expect("convert");
+        assert!(r.host_network);
+        assert_eq!(r.cpu, Some((200_000, 100_000)));
+        assert_eq!(r.memory_limit_bytes, Some(1 << 30));
+        assert_eq!(r.metadata.attempt, 1);
+        assert!(run_request(cri::RunPodSandboxRequest::default()).is_err());
+    }
+}

@@ -1,0 +1,552 @@
+//! The sandbox manager: RunPodSandbox, StopPodSandbox, RemovePodSandbox, status and list,
+//! each change of state checked by the state machine and persisted before it is reported,
+//! and recovery of running VMs after a moatd restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use moat_proto::agent::agent_client::AgentClient;
+use moat_proto::agent::{SetupSandboxRequest, ShutdownRequest};
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use super::error::SandboxError;
+use super::record::{PodMetadata, SandboxRecord, SandboxStore, VmRecord};
+use super::state::{Next, SandboxEvent, SandboxState};
+use super::vm::{self, LaunchSpec, RunningVm, VmPaths};
+use crate::config::{Backend, Config};
+use crate::hypervisor::HostCaps;
+use crate::hypervisor::qemu::Qemu;
+use crate::images::leases::KeyedLocks;
+use crate::store::Store;
+
+/// DNS settings for the pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Name servers.
+    pub servers: Vec<String>,
+    /// Search domains.
+    pub searches: Vec<String>,
+    /// resolv.conf options.
+    pub options: Vec<String>,
+}
+
+impl DnsConfig {
+    /// The resolv.conf text; empty when nothing is set.
+    pub fn resolv_conf(&self) -> String {
+        let mut s = String::new();
+        if !self.searches.is_empty() {
+            s.push_str(&format!("search {}\n", self.searches.join(" ")));
+        }
+        for n in &self.servers {
+            s.push_str(&format!("nameserver {n}\n"));
+        }
+        if !self.options.is_empty() {
+            s.push_str(&format!("options {}\n", self.options.join(" ")));
+        }
+        s
+    }
+}
+
+/// What RunPodSandbox asks for, in moatd's own terms.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    /// Pod metadata.
+    pub metadata: PodMetadata,
+    /// Hostname (defaults to the pod name).
+    pub hostname: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Container log directory.
+    pub log_directory: String,
+    /// The runtime handler named by the request ("" = default).
+    pub runtime_handler: String,
+    /// DNS.
+    pub dns: DnsConfig,
+    /// CPU quota and period from the pod's resources.
+    pub cpu: Option<(i64, i64)>,
+    /// Memory limit in bytes.
+    pub memory_limit_bytes: Option<i64>,
+    /// The pod wants the host's network namespace.
+    pub host_network: bool,
+}
+
+/// A sandbox's live VM and agent connection.
+struct Live {
+    vm: Arc<RunningVm>,
+    agent: Option<AgentClient<Channel>>,
+}
+
+struct Inner {
+    config: Config,
+    records: SandboxStore,
+    qemu: Qemu,
+    live: Mutex<HashMap<String, Live>>,
+    locks: KeyedLocks,
+    create: tokio::sync::Mutex<()>,
+}
+
+/// The sandbox manager.
+#[derive(Clone)]
+pub struct SandboxManager {
+    inner: Arc<Inner>,
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 32];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    hex::encode(b)
+}
+
+/// vCPUs and memory for a pod: from its limits, or the defaults, plus the overhead.
+pub fn size_vm(
+    config: &crate::config::SandboxConfig,
+    cpu: Option<(i64, i64)>,
+    mem: Option<i64>,
+) -> (u32, u64) {
+    let vcpus = match cpu {
+        Some((quota, period)) if quota > 0 && period > 0 => {
+            ((quota + period - 1) / period).clamp(1, 64) as u32
+        }
+        _ => config.default_vcpus,
+    };
+    let memory = match mem {
+        Some(b) if b > 0 => (b as u64).div_ceil(1 << 20).max(64) + config.memory_overhead_mib,
+        _ => config.default_memory_mib,
+    };
+    (vcpus, memory)
+}
+
+impl SandboxManager {
+    /// Opens the records and takes back the VMs that survived a restart.
+    pub async fn open(config: &Config, store: Store) -> Result<Self, SandboxError> {
+        let inner = Inner {
+            config: config.clone(),
+            records: SandboxStore::open(store)?,
+            qemu: Qemu::new(config.qemu.clone(), HostCaps::probe()),
+            live: Mutex::new(HashMap::new()),
+            locks: KeyedLocks::default(),
+            create: tokio::sync::Mutex::new(()),
+        };
+        let m = Self {
+            inner: Arc::new(inner),
+        };
+        m.recover().await?;
+        Ok(m)
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.inner.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn paths(&self, id: &str) -> VmPaths {
+        VmPaths::new(&self.inner.config.run_dir, id)
+    }
+
+    fn agent_timeout(&self) -> Duration {
+        Duration::from_secs(self.inner.config.sandbox.agent_timeout_secs)
+    }
+
+    async fn recover(&self) -> Result<(), SandboxError> {
+        for mut r in self.inner.records.list()? {
+            let procs =
+                r.vm.as_ref()
+                    .map(|v| (vm::adopt(v.vmm_pid, &r.id), vm::adopt(v.backend_pid, &r.id)));
+            match (r.state, procs) {
+                (SandboxState::Ready, Some((Some(vmm), Some(backend)))) => {
+                    let fs_backend =
+                        r.vm.as_ref()
+                            .and_then(|v| v.fs_backend_pid)
+                            .and_then(|p| vm::adopt(p, &r.id));
+                    let vm = Arc::new(RunningVm {
+                        vmm,
+                        backend,
+                        fs_backend,
+                        paths: self.paths(&r.id),
+                    });
+                    self.watch(&r.id, vm.clone());
+                    self.live().insert(r.id.clone(), Live { vm, agent: None });
+                    info!(sandbox = %r.id, "sandbox VM taken back after restart");
+                }
+                (SandboxState::Creating, procs) => {
+                    // moatd died during the boot: finish the failure.
+                    if let Some((vmm, backend)) = procs {
+                        for p in [vmm, backend].into_iter().flatten() {
+                            let _ = p.terminate(Duration::from_secs(2)).await;
+                        }
+                    }
+                    let _ = std::fs::remove_dir_all(&self.paths(&r.id).dir);
+                    self.inner.records.delete(&r.id)?;
+                    warn!(sandbox = %r.id, "removed a sandbox whose boot was interrupted by a restart");
+                }
+                (SandboxState::Ready, procs) => {
+                    if let Some((vmm, backend)) = procs {
+                        for p in [vmm, backend].into_iter().flatten() {
+                            let _ = p.terminate(Duration::from_secs(2)).await;
+                        }
+                    }
+                    let _ = std::fs::remove_dir_all(&self.paths(&r.id).dir);
+                    r.state = SandboxState::Stopped;
+                    r.vm = None;
+                    self.inner.records.put(&r)?;
+                    warn!(sandbox = %r.id, "sandbox VM is gone after restart; marked not ready");
+                }
+                (SandboxState::Stopped, _) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the sandbox stopped when its VMM exits on its own.
+    fn watch(&self, id: &str, vm: Arc<RunningVm>) {
+        let this = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            while !vm.vmm.wait_timeout(Duration::from_secs(3600)).await {}
+            let _g = this.inner.locks.lock(&id).await;
+            let still_ours = this
+                .live()
+                .get(&id)
+                .is_some_and(|l| Arc::ptr_eq(&l.vm, &vm));
+            if !still_ours {
+                return;
+            }
+            warn!(sandbox = %id, "the VM exited on its own");
+            this.live().remove(&id);
+            vm::teardown(&vm).await;
+            let _ = std::fs::remove_dir_all(&vm.paths.dir);
+            let Ok(Some(mut r)) = this.get(&id) else {
+                return;
+            };
+            if let Ok(Next::State(s)) = r.state.apply(SandboxEvent::VmExited) {
+                r.state = s;
+                r.vm = None;
+                let _ = this.inner.records.put(&r);
+            }
+        });
+    }
+
+    /// Finds a record by full id or unique prefix.
+    pub fn get(&self, id: &str) -> Result<Option<SandboxRecord>, SandboxError> {
+        if id.is_empty() {
+            return Err(SandboxError::InvalidArgument(
+                "pod sandbox id is empty".into(),
+            ));
+        }
+        let all = self.inner.records.list()?;
+        let mut hits = all.into_iter().filter(|r| r.id.starts_with(id));
+        let first = hits.next();
+        if hits.next().is_some() {
+            return Err(SandboxError::InvalidArgument(format!(
+                "pod sandbox id prefix {id:?} is ambiguous"
+            )));
+        }
+        Ok(first)
+    }
+
+    /// Every sandbox.
+    pub fn list(&self) -> Result<Vec<SandboxRecord>, SandboxError> {
+        let mut v = self.inner.records.list()?;
+        v.sort_by_key(|r| r.created_at);
+        Ok(v)
+    }
+
+    /// RunPodSandbox: boots the VM, waits for the agent, sets the pod up. Returns the id.
+    pub async fn run(&self, req: RunRequest) -> Result<String, SandboxError> {
+        let md = &req.metadata;
+        if md.name.is_empty() || md.uid.is_empty() || md.namespace.is_empty() {
+            return Err(SandboxError::InvalidArgument(
+                "pod sandbox metadata needs name, uid and namespace".into(),
+            ));
+        }
+        if req.host_network {
+            return Err(SandboxError::FailedPrecondition(
+                "a VM sandbox cannot share the host's network namespace: run hostNetwork pods with a runc-based RuntimeClass".into(),
+            ));
+        }
+        let handler = if req.runtime_handler.is_empty() {
+            self.inner.config.runtime.default_handler.clone()
+        } else {
+            req.runtime_handler.clone()
+        };
+        let Some(h) = self.inner.config.runtime.handlers.get(&handler) else {
+            let known: Vec<&String> = self.inner.config.runtime.handlers.keys().collect();
+            return Err(SandboxError::InvalidArgument(format!(
+                "runtime handler {handler:?} is not configured; moatd has {known:?}"
+            )));
+        };
+        if h.backend == Backend::Builtin {
+            return Err(SandboxError::FailedPrecondition(format!(
+                "runtime handler {handler:?} asks for the built-in VMM, which this version of moatd does not have; use backend = \"qemu\" or \"auto\""
+            )));
+        }
+        let hostname = if req.hostname.is_empty() {
+            md.name.clone()
+        } else {
+            req.hostname.clone()
+        };
+        let (vcpus, memory_mib) =
+            size_vm(&self.inner.config.sandbox, req.cpu, req.memory_limit_bytes);
+
+        let (id, mut record) = {
+            let _c = self.inner.create.lock().await;
+            let name = md.reserved_name();
+            if let Some(other) = self
+                .inner
+                .records
+                .list()?
+                .into_iter()
+                .find(|r| r.metadata.reserved_name() == name)
+            {
+                return Err(SandboxError::NameTaken { name, id: other.id });
+            }
+            let mut id = random_id();
+            while self.paths(&id).dir.exists() || self.get(&id[..12])?.is_some() {
+                id = random_id();
+            }
+            let record = SandboxRecord {
+                id: id.clone(),
+                metadata: md.clone(),
+                labels: req.labels.clone(),
+                annotations: req.annotations.clone(),
+                runtime_handler: handler.clone(),
+                state: SandboxState::Creating,
+                created_at: crate::images::now_nanos(),
+                hostname: hostname.clone(),
+                log_directory: req.log_directory.clone(),
+                vcpus,
+                memory_mib,
+                vm: None,
+            };
+            self.inner.records.put(&record)?;
+            (id, record)
+        };
+        let _g = self.inner.locks.lock(&id).await;
+        let span = tracing::info_span!("sandbox", sandbox = %id);
+        let _e = span.enter();
+        drop(_e);
+        let cfg = &self.inner.config.sandbox;
+        let launched = vm::launch(
+            &self.inner.qemu,
+            self.paths(&id),
+            LaunchSpec {
+                id: &id,
+                vcpus,
+                memory_mib,
+                kernel: &cfg.kernel(),
+                initramfs: &cfg.initramfs(),
+                kernel_args: cfg.kernel_args.clone(),
+                boot_timeout: Duration::from_secs(cfg.boot_timeout_secs),
+                layers_dir: Some(&self.inner.config.root_dir.join("images/snapshots/sha256")),
+            },
+        )
+        .await;
+        let (vm, mut agent) = match launched {
+            Ok(v) => v,
+            Err(e) => {
+                self.fail_boot(&id)?;
+                return Err(e);
+            }
+        };
+        record.vm = Some(VmRecord {
+            vmm_pid: vm.vmm.pid(),
+            backend_pid: vm.backend.pid(),
+            fs_backend_pid: vm.fs_backend.as_ref().map(|p| p.pid()),
+            run_dir: vm.paths.dir.clone(),
+        });
+        self.inner.records.put(&record)?;
+        let hosts = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+        );
+        let setup = SetupSandboxRequest {
+            hostname,
+            resolv_conf: req.dns.resolv_conf(),
+            hosts,
+            time_unix_nanos: crate::images::now_nanos(),
+            shares: vec![moat_proto::agent::Share {
+                tag: vm::LAYERS_TAG.into(),
+                mount_point: vm::LAYERS_MOUNT.into(),
+                read_only: true,
+            }],
+        };
+        let mut call = tonic::Request::new(setup);
+        call.set_timeout(self.agent_timeout());
+        if let Err(e) = tokio::time::timeout(self.agent_timeout(), agent.setup_sandbox(call))
+            .await
+            .map_err(|_| tonic::Status::deadline_exceeded("timeout"))
+            .and_then(|r| r)
+        {
+            vm::teardown(&vm).await;
+            let _ = std::fs::remove_dir_all(&vm.paths.dir);
+            self.fail_boot(&id)?;
+            return Err(SandboxError::Agent {
+                id,
+                detail: format!("setting the sandbox up: {}", e.message()),
+            });
+        }
+        record.state = match record
+            .state
+            .apply(SandboxEvent::AgentReady)
+            .map_err(|source| SandboxError::Transition {
+                id: id.clone(),
+                source,
+            })? {
+            Next::State(s) => s,
+            Next::Removed => SandboxState::Stopped,
+        };
+        self.inner.records.put(&record)?;
+        let vm = Arc::new(vm);
+        self.watch(&id, vm.clone());
+        self.live().insert(
+            id.clone(),
+            Live {
+                vm,
+                agent: Some(agent),
+            },
+        );
+        info!(sandbox = %id, pod = %record.metadata.name, namespace = %record.metadata.namespace, vcpus, memory_mib, "pod sandbox ready");
+        Ok(id)
+    }
+
+    fn fail_boot(&self, id: &str) -> Result<(), SandboxError> {
+        // Creating --BootFailed--> removed: nothing of the sandbox stays.
+        debug_assert_eq!(
+            SandboxState::Creating.apply(SandboxEvent::BootFailed),
+            Ok(Next::Removed)
+        );
+        self.inner.records.delete(id)
+    }
+
+    /// The agent client of a live sandbox, connecting if needed (after a restart).
+    pub async fn agent(&self, id: &str) -> Result<AgentClient<Channel>, SandboxError> {
+        let existing = self
+            .live()
+            .get(id)
+            .map(|l| (l.agent.clone(), l.vm.paths.clone()));
+        match existing {
+            Some((Some(a), _)) => Ok(a),
+            Some((None, paths)) => {
+                let a = super::agent::channel(&paths.vsock(), self.agent_timeout())
+                    .await
+                    .map_err(|e| SandboxError::Agent {
+                        id: id.into(),
+                        detail: e.to_string(),
+                    })?;
+                if let Some(l) = self.live().get_mut(id) {
+                    l.agent = Some(a.clone());
+                }
+                Ok(a)
+            }
+            None => Err(SandboxError::FailedPrecondition(format!(
+                "pod sandbox {id} is not running"
+            ))),
+        }
+    }
+
+    /// StopPodSandbox: powers the VM off (killing it after the stop timeout). Idempotent;
+    /// an unknown id is fine.
+    pub async fn stop(&self, id: &str) -> Result<(), SandboxError> {
+        let Some(mut r) = self.get(id)? else {
+            return Ok(());
+        };
+        let id = r.id.clone();
+        let _g = self.inner.locks.lock(&id).await;
+        let live = self.live().remove(&id);
+        if let Some(l) = live {
+            if let Some(mut a) = l.agent.clone().or(self.agent_after_restart(&l).await) {
+                let mut call = tonic::Request::new(ShutdownRequest {});
+                call.set_timeout(self.agent_timeout());
+                let _ = tokio::time::timeout(self.agent_timeout(), a.shutdown(call)).await;
+            }
+            let grace = Duration::from_secs(self.inner.config.sandbox.stop_timeout_secs);
+            if !l.vm.vmm.wait_timeout(grace).await {
+                warn!(sandbox = %id, "the guest did not power off in time; killing the VMM");
+            }
+            vm::teardown(&l.vm).await;
+            let _ = std::fs::remove_dir_all(&l.vm.paths.dir);
+        }
+        if let Ok(Some(latest)) = self.get(&id) {
+            r = latest;
+        }
+        r.state =
+            match r
+                .state
+                .apply(SandboxEvent::Stop)
+                .map_err(|source| SandboxError::Transition {
+                    id: id.clone(),
+                    source,
+                })? {
+                Next::State(s) => s,
+                Next::Removed => SandboxState::Stopped,
+            };
+        r.vm = None;
+        self.inner.records.put(&r)?;
+        info!(sandbox = %id, "pod sandbox stopped");
+        Ok(())
+    }
+
+    async fn agent_after_restart(&self, l: &Live) -> Option<AgentClient<Channel>> {
+        super::agent::channel(&l.vm.paths.vsock(), self.agent_timeout())
+            .await
+            .ok()
+    }
+
+    /// RemovePodSandbox: stops the sandbox if needed and forgets it. Unknown ids are fine.
+    pub async fn remove(&self, id: &str) -> Result<(), SandboxError> {
+        let Some(r) = self.get(id)? else {
+            return Ok(());
+        };
+        if r.state != SandboxState::Stopped {
+            self.stop(&r.id).await?;
+        }
+        let _g = self.inner.locks.lock(&r.id).await;
+        let Some(r) = self.get(&r.id)? else {
+            return Ok(());
+        };
+        r.state
+            .apply(SandboxEvent::Remove)
+            .map_err(|source| SandboxError::Transition {
+                id: r.id.clone(),
+                source,
+            })?;
+        let paths = self.paths(&r.id);
+        let _ = std::fs::remove_dir_all(&paths.dir);
+        self.inner.records.delete(&r.id)?;
+        info!(sandbox = %r.id, "pod sandbox removed");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolv_conf_and_vm_size() {
+        let d = DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec![
+                "default.svc.cluster.local".into(),
+                "svc.cluster.local".into(),
+            ],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            d.resolv_conf(),
+            "search default.svc.cluster.local svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+        );
+        assert_eq!(DnsConfig::default().resolv_conf(), "");
+        let c = crate::config::SandboxConfig::default();
+        assert_eq!(size_vm(&c, None, None), (1, 256));
+        assert_eq!(
+            size_vm(&c, Some((150_000, 100_000)), Some(512 << 20)),
+            (2, 512 + 64)
+        );
+        assert_eq!(size_vm(&c, Some((0, 100_000)), Some(1)), (1, 64 + 64));
+    }
+}

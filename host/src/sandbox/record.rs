@@ -1,0 +1,175 @@
+//! Sandbox records in the state store, so moatd finds its pods (and their VMM processes)
+//! again after a restart. One table, id -> JSON record; writes are single transactions.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::error::SandboxError;
+use super::state::SandboxState;
+use crate::store::Store;
+
+const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
+
+/// The pod's identity as kubelet gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct PodMetadata {
+    /// Pod name.
+    pub name: String,
+    /// Pod UID.
+    pub uid: String,
+    /// Namespace.
+    pub namespace: String,
+    /// Attempt number.
+    pub attempt: u32,
+}
+
+impl PodMetadata {
+    /// The name reserved for the sandbox, as containerd forms it.
+    pub fn reserved_name(&self) -> String {
+        format!(
+            "{}_{}_{}_{}",
+            self.name, self.namespace, self.uid, self.attempt
+        )
+    }
+}
+
+/// The processes and files of a sandbox's VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// The VMM (QEMU) process.
+    pub vmm_pid: i32,
+    /// The vsock backend process.
+    pub backend_pid: i32,
+    /// The virtio-fs backend process, if any.
+    #[serde(default)]
+    pub fs_backend_pid: Option<i32>,
+    /// The sandbox's run directory (sockets, logs).
+    pub run_dir: PathBuf,
+}
+
+/// One pod sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    /// The sandbox id (64 hex digits).
+    pub id: String,
+    /// Pod metadata.
+    pub metadata: PodMetadata,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// The runtime handler it runs under.
+    pub runtime_handler: String,
+    /// Lifecycle state.
+    pub state: SandboxState,
+    /// Creation time, nanoseconds since the epoch.
+    pub created_at: i64,
+    /// The guest's hostname.
+    pub hostname: String,
+    /// Where kubelet wants container logs.
+    pub log_directory: String,
+    /// vCPUs of the VM.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u64,
+    /// The VM, while it exists.
+    pub vm: Option<VmRecord>,
+}
+
+/// Sandbox records.
+#[derive(Clone)]
+pub struct SandboxStore {
+    store: Store,
+}
+
+fn e(err: impl std::fmt::Display) -> SandboxError {
+    SandboxError::Store(err.to_string())
+}
+
+impl SandboxStore {
+    /// Opens the table.
+    pub fn open(store: Store) -> Result<Self, SandboxError> {
+        let txn = store.db().begin_write().map_err(e)?;
+        txn.open_table(SANDBOXES).map_err(e)?;
+        txn.commit().map_err(e)?;
+        Ok(Self { store })
+    }
+
+    /// Writes a record.
+    pub fn put(&self, r: &SandboxRecord) -> Result<(), SandboxError> {
+        let bytes = serde_json::to_vec(r).map_err(e)?;
+        let txn = self.store.db().begin_write().map_err(e)?;
+        {
+            let mut t = txn.open_table(SANDBOXES).map_err(e)?;
+            t.insert(r.id.as_str(), bytes.as_slice()).map_err(e)?;
+        }
+        txn.commit().map_err(e)
+    }
+
+    /// Deletes a record; absent is fine.
+    pub fn delete(&self, id: &str) -> Result<(), SandboxError> {
+        let txn = self.store.db().begin_write().map_err(e)?;
+        {
+            let mut t = txn.open_table(SANDBOXES).map_err(e)?;
+            t.remove(id).map_err(e)?;
+        }
+        txn.commit().map_err(e)
+    }
+
+    /// Every record.
+    pub fn list(&self) -> Result<Vec<SandboxRecord>, SandboxError> {
+        let txn = self.store.db().begin_read().map_err(e)?;
+        let t = txn.open_table(SANDBOXES).map_err(e)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(e)? {
+            let (_, v) = item.map_err(e)?;
+            out.push(serde_json::from_slice(v.value()).map_err(e)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_delete() {
+        let d = tempfile::tempdir().expect("tmp");
+        let s =
+            SandboxStore::open(Store::open(&d.path().join("db")).expect("store")).expect("open");
+        let r = SandboxRecord {
+            id: "a".repeat(64),
+            metadata: PodMetadata {
+                name: "web".into(),
+                uid: "u1".into(),
+                namespace: "default".into(),
+                attempt: 0,
+            },
+            labels: BTreeMap::from([("app".into(), "web".into())]),
+            annotations: BTreeMap::new(),
+            runtime_handler: "moat".into(),
+            state: SandboxState::Ready,
+            created_at: 1,
+            hostname: "web".into(),
+            log_directory: "/var/log/pods/x".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            vm: Some(VmRecord {
+                vmm_pid: 10,
+                backend_pid: 11,
+                fs_backend_pid: None,
+                run_dir: "/run/moat/x".into(),
+            }),
+        };
+        s.put(&r).expect("put");
+        assert_eq!(s.list().expect("list"), vec![r.clone()]);
+        assert_eq!(r.metadata.reserved_name(), "web_default_u1_0");
+        s.delete(&r.id).expect("delete");
+        s.delete(&r.id).expect("delete again");
+        assert!(s.list().expect("list").is_empty());
+    }
+}

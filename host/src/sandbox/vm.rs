@@ -1,0 +1,357 @@
+//! One sandbox's VM: its run directory, the vsock backend process, the VMM, the wait for
+//! the agent's announce, and the teardown that leaves nothing behind.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use moat_proto::agent::HealthRequest;
+use moat_proto::agent::agent_client::AgentClient;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+use super::agent;
+use super::error::SandboxError;
+use crate::hypervisor::qemu::Qemu;
+use crate::hypervisor::{VmProcess, VmSpec};
+
+/// The guest's vsock CID. Each VM has its own vsock device and backend, so every guest can
+/// use the same one.
+pub const GUEST_CID: u64 = 3;
+
+/// The files of one sandbox VM, under `<run_dir>/vm/<short id>/` (short, because Unix
+/// socket paths are limited to 108 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPaths {
+    /// The directory.
+    pub dir: PathBuf,
+}
+
+impl VmPaths {
+    /// The paths for sandbox `id` under moatd's run dir.
+    pub fn new(run_dir: &Path, id: &str) -> Self {
+        Self {
+            dir: run_dir.join("vm").join(&id[..12.min(id.len())]),
+        }
+    }
+    /// The vhost-user socket QEMU connects to.
+    pub fn vhost_socket(&self) -> PathBuf {
+        self.dir.join("v.sock")
+    }
+    /// The hybrid-vsock Unix socket.
+    pub fn vsock(&self) -> PathBuf {
+        self.dir.join("vsock")
+    }
+    /// Where guest connections to host port `port` arrive.
+    pub fn vsock_port(&self, port: u32) -> PathBuf {
+        self.dir.join(format!("vsock_{port}"))
+    }
+    /// The vhost-user socket of the `layers` virtio-fs backend.
+    pub fn fs_socket(&self) -> PathBuf {
+        self.dir.join("fs.sock")
+    }
+    /// The virtio-fs backend's output.
+    pub fn fs_log(&self) -> PathBuf {
+        self.dir.join("fs-backend.log")
+    }
+    /// The guest console.
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    /// The VMM's output.
+    pub fn vmm_log(&self) -> PathBuf {
+        self.dir.join("vmm.log")
+    }
+    /// The vsock backend's output.
+    pub fn backend_log(&self) -> PathBuf {
+        self.dir.join("vsock-backend.log")
+    }
+}
+
+/// A booted VM with a live agent.
+pub struct RunningVm {
+    /// The VMM process.
+    pub vmm: VmProcess,
+    /// The vsock backend process.
+    pub backend: VmProcess,
+    /// The virtio-fs backend serving the image layers, if the VM has one.
+    pub fs_backend: Option<VmProcess>,
+    /// Its files.
+    pub paths: VmPaths,
+}
+
+/// How to boot a VM.
+pub struct LaunchSpec<'a> {
+    /// The sandbox id.
+    pub id: &'a str,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+    /// Kernel.
+    pub kernel: &'a Path,
+    /// Initramfs.
+    pub initramfs: &'a Path,
+    /// Extra kernel arguments.
+    pub kernel_args: Vec<String>,
+    /// Deadline for boot up to a healthy agent.
+    pub boot_timeout: Duration,
+    /// The directory of layer snapshots shared read-only with the guest as `layers`.
+    pub layers_dir: Option<&'a Path>,
+}
+
+/// The virtio-fs tag of the image layers share, and where the agent mounts it.
+pub const LAYERS_TAG: &str = "layers";
+/// Where the guest mounts the layers share.
+pub const LAYERS_MOUNT: &str = "/run/moat/layers";
+
+async fn spawn_backend(
+    args: &[&std::ffi::OsStr],
+    log: &Path,
+    socket: &Path,
+    what: &str,
+    id: &str,
+) -> Result<VmProcess, SandboxError> {
+    let exe = std::env::current_exe().map_err(|e| SandboxError::io("find the moatd binary", e))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args);
+    let p =
+        VmProcess::spawn(cmd, log).map_err(|e| SandboxError::io(format!("start the {what}"), e))?;
+    if !wait_for(Duration::from_secs(10), || socket.exists()).await {
+        let _ = p.terminate(Duration::from_secs(1)).await;
+        let out = std::fs::read_to_string(log).unwrap_or_default();
+        return Err(SandboxError::Timeout {
+            id: id.into(),
+            what: format!("the {what} listening ({})", out.trim()),
+            secs: 10,
+            console: log.display().to_string(),
+        });
+    }
+    Ok(p)
+}
+
+/// Boots the VM and waits for its agent. On any failure everything started is torn down.
+pub async fn launch(
+    qemu: &Qemu,
+    paths: VmPaths,
+    spec: LaunchSpec<'_>,
+) -> Result<(RunningVm, AgentClient<Channel>), SandboxError> {
+    let _ = std::fs::remove_dir_all(&paths.dir);
+    std::fs::create_dir_all(&paths.dir)
+        .map_err(|e| SandboxError::io("create the VM run dir", e))?;
+    let result = launch_inner(qemu, &paths, &spec).await;
+    if let Err(e) = &result {
+        // The console is the first thing anyone needs: put its tail in moatd's log.
+        let console = std::fs::read_to_string(paths.console_log()).unwrap_or_default();
+        let tail: String = console
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        warn!(sandbox = %spec.id, error = %e, console = %tail, "VM boot failed; tearing it down");
+        let _ = std::fs::remove_dir_all(&paths.dir);
+    }
+    result
+}
+
+async fn launch_inner(
+    qemu: &Qemu,
+    paths: &VmPaths,
+    spec: &LaunchSpec<'_>,
+) -> Result<(RunningVm, AgentClient<Channel>), SandboxError> {
+    let id = spec.id.to_owned();
+    let announce = tokio::net::UnixListener::bind(paths.vsock_port(agent::ANNOUNCE_PORT))
+        .map_err(|e| SandboxError::io("listen for the agent's announce", e))?;
+    let (vhost, vsock) = (paths.vhost_socket(), paths.vsock());
+    let cid = GUEST_CID.to_string();
+    let backend = spawn_backend(
+        &[
+            "vsock-backend".as_ref(),
+            "--socket".as_ref(),
+            vhost.as_os_str(),
+            "--uds-path".as_ref(),
+            vsock.as_os_str(),
+            "--guest-cid".as_ref(),
+            cid.as_ref(),
+        ],
+        &paths.backend_log(),
+        &vhost,
+        "vsock backend",
+        &id,
+    )
+    .await?;
+    let fs_backend = match spec.layers_dir {
+        None => None,
+        Some(dir) => {
+            let sock = paths.fs_socket();
+            match spawn_backend(
+                &[
+                    "fs-backend".as_ref(),
+                    "--socket".as_ref(),
+                    sock.as_os_str(),
+                    "--shared-dir".as_ref(),
+                    dir.as_os_str(),
+                    "--read-only".as_ref(),
+                ],
+                &paths.fs_log(),
+                &sock,
+                "virtio-fs backend",
+                &id,
+            )
+            .await
+            {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    let _ = backend.terminate(Duration::from_secs(1)).await;
+                    return Err(e);
+                }
+            }
+        }
+    };
+    let vm_spec = VmSpec {
+        id: id.clone(),
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+        kernel: spec.kernel.to_owned(),
+        initramfs: spec.initramfs.to_owned(),
+        kernel_args: spec.kernel_args.clone(),
+        vsock_socket: paths.vhost_socket(),
+        guest_cid: GUEST_CID,
+        fs_shares: if fs_backend.is_some() {
+            vec![(LAYERS_TAG.to_owned(), paths.fs_socket())]
+        } else {
+            vec![]
+        },
+        console_log: paths.console_log(),
+        vmm_log: paths.vmm_log(),
+    };
+    let vmm = match qemu.boot(&vm_spec) {
+        Ok(v) => v,
+        Err(source) => {
+            let _ = backend.terminate(Duration::from_secs(1)).await;
+            if let Some(f) = &fs_backend {
+                let _ = f.terminate(Duration::from_secs(1)).await;
+            }
+            return Err(SandboxError::Hypervisor { id, source });
+        }
+    };
+    let vm = RunningVm {
+        vmm,
+        backend,
+        fs_backend,
+        paths: paths.clone(),
+    };
+    let started = std::time::Instant::now();
+    let exited = async { while !vm.vmm.wait_timeout(Duration::from_secs(3600)).await {} };
+    let ready = tokio::select! {
+        r = tokio::time::timeout(spec.boot_timeout, agent::wait_announce(&announce)) => Some(r),
+        _ = exited => None,
+    };
+    let fail = |what: String| SandboxError::Timeout {
+        id: id.clone(),
+        what,
+        secs: spec.boot_timeout.as_secs(),
+        console: "in moatd's log".into(),
+    };
+    match ready {
+        Some(Ok(Ok(line))) => {
+            info!(sandbox = %id, ms = started.elapsed().as_millis() as u64, %line, "agent announced")
+        }
+        Some(Ok(Err(e))) => {
+            teardown(&vm).await;
+            return Err(SandboxError::Agent {
+                id,
+                detail: format!("announce: {e}"),
+            });
+        }
+        Some(Err(_)) => {
+            teardown(&vm).await;
+            return Err(fail("the guest agent's announce".into()));
+        }
+        None => {
+            let log = std::fs::read_to_string(paths.vmm_log()).unwrap_or_default();
+            teardown(&vm).await;
+            return Err(SandboxError::Agent {
+                id,
+                detail: format!("the VMM exited during boot: {}", log.trim()),
+            });
+        }
+    }
+    let call_timeout = Duration::from_secs(10);
+    let client = async {
+        let mut c = agent::channel(&paths.vsock(), call_timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        c.health(HealthRequest {})
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>(c)
+    };
+    match tokio::time::timeout(call_timeout, client).await {
+        Ok(Ok(c)) => Ok((vm, c)),
+        Ok(Err(detail)) => {
+            teardown(&vm).await;
+            Err(SandboxError::Agent { id, detail })
+        }
+        Err(_) => {
+            teardown(&vm).await;
+            Err(fail("the agent's health answer".into()))
+        }
+    }
+}
+
+async fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    f()
+}
+
+/// Kills the VMM and the backend and waits for both.
+pub async fn teardown(vm: &RunningVm) {
+    let mut procs = vec![("vmm", &vm.vmm), ("vsock backend", &vm.backend)];
+    if let Some(f) = &vm.fs_backend {
+        procs.push(("virtio-fs backend", f));
+    }
+    for (what, p) in procs {
+        if let Err(e) = p.terminate(Duration::from_secs(5)).await {
+            warn!(pid = p.pid(), error = %e, "could not stop the {what}");
+        }
+    }
+}
+
+/// Takes hold of a sandbox's processes after a moatd restart; a pid that is gone or that
+/// now belongs to another program gives `None`.
+pub fn adopt(pid: i32, id: &str) -> Option<VmProcess> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let text = String::from_utf8_lossy(&cmdline);
+    let short = &id[..12.min(id.len())];
+    if !(text.contains(id) || text.contains(short)) {
+        return None;
+    }
+    VmProcess::adopt(pid).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_paths_stay_short() {
+        let p = VmPaths::new(Path::new("/run/moat"), &"f".repeat(64));
+        assert_eq!(p.dir, PathBuf::from("/run/moat/vm/ffffffffffff"));
+        assert_eq!(
+            p.vsock_port(1025),
+            PathBuf::from("/run/moat/vm/ffffffffffff/vsock_1025")
+        );
+        assert!(p.vsock_port(1025).as_os_str().len() < 108);
+    }
+}
