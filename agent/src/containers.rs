@@ -1,58 +1,504 @@
-//! The pod's containers inside the guest. This build has no executor yet: every call says
-//! so; the executor (agent/src/executor) replaces this.
+//! The pod's containers inside the guest: the gRPC side of the executor. For each
+//! container: its rootfs (an overlay of the image layers from the `layers` virtio-fs share
+//! and a writable layer on the guest's tmpfs), the executor's `Container`, threads copying
+//! its stdout and stderr into the `Output` stream, and a waiter that records its exit.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use moat_proto::agent::{
     CreateContainerRequest, CreateContainerResponse, ExecSyncRequest, ExecSyncResponse,
     OutputChunk, RemoveContainerResponse, SignalContainerRequest, SignalContainerResponse,
-    StartContainerResponse, WaitContainerRequest, WaitContainerResponse,
+    StartContainerResponse, WaitContainerRequest, WaitContainerResponse, output_chunk,
 };
+use oci_spec::runtime::Spec;
+use tokio::sync::{mpsc, watch};
 use tonic::Status;
+
+use crate::executor::{self, Container, Options, Stdio};
 
 /// Output stream type.
 pub type OutputStream =
     std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<OutputChunk, Status>> + Send>>;
 
-/// The containers of this pod.
-#[derive(Default)]
-pub struct Containers {}
+/// Where the image layers share is mounted.
+pub const LAYERS_ROOT: &str = "/run/moat/layers";
+/// Per-container state (writable layer, rootfs mount point).
+pub const CONTAINERS_ROOT: &str = "/run/moat/containers";
 
-fn missing() -> Status {
-    Status::unimplemented("this agent build has no container executor")
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Exit {
+    code: i32,
+    oom_killed: bool,
+    finished_at: i64,
+}
+
+struct Entry {
+    container: Arc<Container>,
+    process: oci_spec::runtime::Process,
+    dir: PathBuf,
+    output: Mutex<Option<mpsc::Receiver<OutputChunk>>>,
+    exit: watch::Receiver<Option<Exit>>,
+    exit_tx: Mutex<Option<watch::Sender<Option<Exit>>>>,
+    start_error: Mutex<String>,
+}
+
+/// The containers of this pod.
+pub struct Containers {
+    map: Mutex<HashMap<String, Arc<Entry>>>,
+    layers: PathBuf,
+    root: PathBuf,
+}
+
+impl Default for Containers {
+    fn default() -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            layers: PathBuf::from(LAYERS_ROOT),
+            root: PathBuf::from(CONTAINERS_ROOT),
+        }
+    }
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn exec_err(e: executor::Error) -> Status {
+    match e {
+        executor::Error::Spec(_) | executor::Error::User { .. } => {
+            Status::invalid_argument(e.to_string())
+        }
+        _ => Status::failed_precondition(e.to_string()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("agent task: {e}")))
+}
+
+/// Copies a pipe into the output channel until EOF.
+fn pump(fd: OwnedFd, stream: output_chunk::Stream, tx: mpsc::Sender<OutputChunk>) {
+    std::thread::spawn(move || {
+        let mut f = std::fs::File::from(fd);
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    let chunk = OutputChunk {
+                        stream: stream as i32,
+                        data: buf[..n].to_vec(),
+                        time: now_nanos(),
+                    };
+                    if tx.blocking_send(chunk).is_err() {
+                        // Nobody listens: keep draining so the process never blocks on a full pipe.
+                        continue;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    });
+}
+
+fn read_all(fd: Option<OwnedFd>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(fd) = fd {
+            let _ = std::fs::File::from(fd).read_to_end(&mut out);
+        }
+        out
+    })
 }
 
 impl Containers {
+    fn get(&self, id: &str) -> Result<Arc<Entry>, Status> {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("container {id} not found in the guest")))
+    }
+
     /// CreateContainer.
     pub async fn create(
         &self,
-        _r: CreateContainerRequest,
+        r: CreateContainerRequest,
     ) -> Result<CreateContainerResponse, Status> {
-        Err(missing())
+        if !valid_id(&r.container_id) {
+            return Err(Status::invalid_argument(format!(
+                "invalid container id {:?}",
+                r.container_id
+            )));
+        }
+        if self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&r.container_id)
+        {
+            return Err(Status::already_exists(format!(
+                "container {} exists",
+                r.container_id
+            )));
+        }
+        let mut spec: Spec = serde_json::from_slice(&r.spec_json)
+            .map_err(|e| Status::invalid_argument(format!("runtime spec: {e}")))?;
+        let mut lowers = Vec::new();
+        for l in &r.layers {
+            if !valid_id(l) {
+                return Err(Status::invalid_argument(format!("invalid layer {l:?}")));
+            }
+            let p = self.layers.join(l);
+            if !p.is_dir() {
+                return Err(Status::failed_precondition(format!(
+                    "layer {l} is not in the layers share"
+                )));
+            }
+            lowers.push(p);
+        }
+        let dir = self.root.join(&r.container_id);
+        let rootfs = dir.join("rootfs");
+        let (upper, work) = (dir.join("upper"), dir.join("work"));
+        let id = r.container_id.clone();
+        let (image_user, default_seccomp) = (r.image_user.clone(), r.default_seccomp);
+        let process_slot: Arc<Mutex<Option<oci_spec::runtime::Process>>> =
+            Arc::new(Mutex::new(None));
+        let created = blocking({
+            let process_slot = process_slot.clone();
+            let (dir, rootfs) = (dir.clone(), rootfs.clone());
+            move || -> Result<Container, Status> {
+                executor::mount_overlay(&lowers, &upper, &work, &rootfs).map_err(exec_err)?;
+                let made = (|| {
+                    if !image_user.is_empty() {
+                        let u = executor::resolve_user(&rootfs, &image_user).map_err(exec_err)?;
+                        if let Some(p) = spec.process_mut() {
+                            let mut user = p.user().clone();
+                            user.set_uid(u.uid);
+                            user.set_gid(u.gid);
+                            let mut gids = user.additional_gids().clone().unwrap_or_default();
+                            gids.extend(u.additional_gids);
+                            user.set_additional_gids(Some(gids));
+                            p.set_user(user);
+                        }
+                    }
+                    if default_seccomp {
+                        let bounding = spec
+                            .process()
+                            .as_ref()
+                            .and_then(|p| p.capabilities().as_ref())
+                            .and_then(|c| c.bounding().clone())
+                            .unwrap_or_default();
+                        if let Some(linux) = spec.linux_mut()
+                            && linux.seccomp().is_none()
+                        {
+                            linux.set_seccomp(Some(executor::runtime_default_seccomp(&bounding)));
+                        }
+                    }
+                    *process_slot.lock().unwrap_or_else(|p| p.into_inner()) =
+                        spec.process().clone();
+                    Container::create(&id, &spec, &rootfs).map_err(exec_err)
+                })();
+                if made.is_err() {
+                    let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                made
+            }
+        })
+        .await??;
+        let pid = created.pid() as u32;
+        let (tx, rx) = mpsc::channel(64);
+        match created.take_stdio() {
+            Some(Stdio::Pipes { stdout, stderr, .. }) => {
+                pump(stdout, output_chunk::Stream::Stdout, tx.clone());
+                pump(stderr, output_chunk::Stream::Stderr, tx);
+            }
+            Some(Stdio::Pty { master }) => pump(master, output_chunk::Stream::Stdout, tx),
+            None => drop(tx),
+        }
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let process = process_slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| Status::invalid_argument("the runtime spec has no process"))?;
+        let entry = Entry {
+            container: Arc::new(created),
+            process,
+            dir,
+            output: Mutex::new(Some(rx)),
+            exit: exit_rx,
+            exit_tx: Mutex::new(Some(exit_tx)),
+            start_error: Mutex::new(String::new()),
+        };
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(r.container_id.clone(), Arc::new(entry));
+        tracing::info!(container = %r.container_id, pid, "container created");
+        Ok(CreateContainerResponse { pid })
     }
-    /// StartContainer.
-    pub async fn start(&self, _id: &str) -> Result<StartContainerResponse, Status> {
-        Err(missing())
+
+    /// StartContainer; a process that cannot exec is reported here and by WaitContainer.
+    pub async fn start(&self, id: &str) -> Result<StartContainerResponse, Status> {
+        let e = self.get(id)?;
+        let c = e.container.clone();
+        let started = blocking(move || c.start()).await?;
+        let exit_tx = e.exit_tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Err(err) = started {
+            let msg = err.to_string();
+            *e.start_error.lock().unwrap_or_else(|p| p.into_inner()) = msg.clone();
+            if let Some(tx) = exit_tx {
+                let _ = tx.send(Some(Exit {
+                    code: 128,
+                    oom_killed: false,
+                    finished_at: now_nanos(),
+                }));
+            }
+            return Err(Status::failed_precondition(msg));
+        }
+        if let Some(tx) = exit_tx {
+            let c = e.container.clone();
+            std::thread::spawn(move || {
+                let exit = match c.wait_blocking() {
+                    Ok(s) => Exit {
+                        code: s.code,
+                        oom_killed: s.oom_killed,
+                        finished_at: now_nanos(),
+                    },
+                    Err(_) => Exit {
+                        code: 255,
+                        oom_killed: false,
+                        finished_at: now_nanos(),
+                    },
+                };
+                let _ = tx.send(Some(exit));
+            });
+        }
+        Ok(StartContainerResponse {})
     }
-    /// WaitContainer.
-    pub async fn wait(&self, _r: WaitContainerRequest) -> Result<WaitContainerResponse, Status> {
-        Err(missing())
+
+    /// WaitContainer: up to `timeout_ms`.
+    pub async fn wait(&self, r: WaitContainerRequest) -> Result<WaitContainerResponse, Status> {
+        let e = self.get(&r.container_id)?;
+        let mut rx = e.exit.clone();
+        let _ = tokio::time::timeout(
+            Duration::from_millis(r.timeout_ms.into()),
+            rx.wait_for(|x| x.is_some()),
+        )
+        .await;
+        let exit = *e.exit.borrow();
+        Ok(match exit {
+            None => WaitContainerResponse::default(),
+            Some(x) => WaitContainerResponse {
+                exited: true,
+                exit_code: x.code,
+                oom_killed: x.oom_killed,
+                finished_at: x.finished_at,
+                error: e
+                    .start_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            },
+        })
     }
+
     /// SignalContainer.
     pub async fn signal(
         &self,
-        _r: SignalContainerRequest,
+        r: SignalContainerRequest,
     ) -> Result<SignalContainerResponse, Status> {
-        Err(missing())
+        let e = self.get(&r.container_id)?;
+        if e.exit.borrow().is_some() {
+            return Ok(SignalContainerResponse {});
+        }
+        e.container.signal(r.signal).map_err(exec_err)?;
+        Ok(SignalContainerResponse {})
     }
-    /// RemoveContainer.
-    pub async fn remove(&self, _id: &str) -> Result<RemoveContainerResponse, Status> {
-        Err(missing())
+
+    /// RemoveContainer: kills what still runs, unmounts and deletes its files.
+    pub async fn remove(&self, id: &str) -> Result<RemoveContainerResponse, Status> {
+        let Some(e) = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+        else {
+            return Ok(RemoveContainerResponse {});
+        };
+        if e.exit.borrow().is_none() {
+            let _ = e.container.signal(libc::SIGKILL);
+            let mut rx = e.exit.clone();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|x| x.is_some())).await;
+        }
+        let dir = e.dir.clone();
+        blocking(move || {
+            let _ = nix::mount::umount2(&dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+        .await?;
+        tracing::info!(container = %id, "container removed");
+        Ok(RemoveContainerResponse {})
     }
-    /// ExecSync.
-    pub async fn exec_sync(&self, _r: ExecSyncRequest) -> Result<ExecSyncResponse, Status> {
-        Err(missing())
+
+    /// ExecSync: runs a process in the container and collects its output.
+    pub async fn exec_sync(&self, r: ExecSyncRequest) -> Result<ExecSyncResponse, Status> {
+        let e = self.get(&r.container_id)?;
+        if r.cmd.is_empty() {
+            return Err(Status::invalid_argument("exec needs a command"));
+        }
+        let c = e.container.clone();
+        let cmd = r.cmd.clone();
+        let mut p = e.process.clone();
+        let proc = blocking(move || {
+            p.set_args(Some(cmd));
+            p.set_terminal(Some(false));
+            c.exec(&p, &Options::default())
+        })
+        .await?
+        .map_err(exec_err)?;
+        let (out, err) = match proc.take_stdio() {
+            Some(Stdio::Pipes { stdout, stderr, .. }) => {
+                (read_all(Some(stdout)), read_all(Some(stderr)))
+            }
+            Some(Stdio::Pty { master }) => (read_all(Some(master)), read_all(None)),
+            None => (read_all(None), read_all(None)),
+        };
+        let proc = Arc::new(proc);
+        let waiter = {
+            let proc = proc.clone();
+            tokio::task::spawn_blocking(move || proc.wait_blocking())
+        };
+        let timeout = Duration::from_millis(r.timeout_ms.max(1).into());
+        let status = match tokio::time::timeout(timeout, waiter).await {
+            Ok(Ok(Ok(s))) => s,
+            Ok(Ok(Err(e))) => return Err(exec_err(e)),
+            Ok(Err(e)) => return Err(Status::internal(e.to_string())),
+            Err(_) => {
+                let _ = proc.signal(libc::SIGKILL);
+                return Ok(ExecSyncResponse {
+                    timed_out: true,
+                    exit_code: -1,
+                    ..Default::default()
+                });
+            }
+        };
+        let stdout = out.join().unwrap_or_default();
+        let stderr = err.join().unwrap_or_default();
+        Ok(ExecSyncResponse {
+            stdout,
+            stderr,
+            exit_code: status.code,
+            timed_out: false,
+        })
     }
-    /// Output.
-    pub async fn output(&self, _id: &str) -> Result<OutputStream, Status> {
-        Err(missing())
+
+    /// Output: the main process's stdout and stderr, once.
+    pub async fn output(&self, id: &str) -> Result<OutputStream, Status> {
+        let e = self.get(id)?;
+        let rx = e
+            .output
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "the output of container {id} is already being read"
+                ))
+            })?;
+        Ok(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx).map_ok(),
+        ))
+    }
+}
+
+trait MapOk: Sized {
+    fn map_ok(self) -> OkStream<Self>;
+}
+
+impl<S> MapOk for S {
+    fn map_ok(self) -> OkStream<Self> {
+        OkStream(self)
+    }
+}
+
+/// Wraps every item of a stream in `Ok`.
+pub struct OkStream<S>(S);
+
+impl<S: futures_core::Stream + Unpin> futures_core::Stream for OkStream<S> {
+    type Item = Result<S::Item, Status>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_next(cx)
+            .map(|o| o.map(Ok))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(valid_id(&"a".repeat(64)));
+        assert!(!valid_id("../x"));
+        assert!(!valid_id(""));
+        assert!(!valid_id(&"a".repeat(65)));
+    }
+
+    #[tokio::test]
+    async fn unknown_containers_and_bad_requests() {
+        let c = Containers {
+            map: Mutex::new(HashMap::new()),
+            layers: PathBuf::from("/nonexistent"),
+            root: PathBuf::from("/nonexistent"),
+        };
+        assert_eq!(
+            c.start("ab").await.expect_err("unknown").code(),
+            tonic::Code::NotFound
+        );
+        assert!(
+            c.remove("ab").await.is_ok(),
+            "removing an unknown container is fine"
+        );
+        let bad = CreateContainerRequest {
+            container_id: "../../x".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.create(bad).await.expect_err("bad id").code(),
+            tonic::Code::InvalidArgument
+        );
+        let r = CreateContainerRequest {
+            container_id: "ab".into(),
+            spec_json: b"{}".to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.create(r).await.expect_err("bad spec").code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

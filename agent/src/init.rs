@@ -165,12 +165,8 @@ pub async fn reap_orphans() {
     };
     loop {
         sigchld.recv().await;
-        loop {
-            match nix::sys::wait::waitpid(None, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-                Ok(nix::sys::wait::WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
+        // The executor keeps the statuses of its own children for their waiters.
+        crate::executor::reap_children();
     }
 }
 

@@ -44,6 +44,18 @@ fn valid_hostname(h: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
+/// VmRSS of this process, KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
 fn internal(what: &str, e: std::io::Error) -> Status {
     Status::internal(format!("{what}: {e}"))
 }
@@ -57,6 +69,7 @@ impl Agent for AgentService {
         Ok(Response::new(HealthResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
+            rss_kib: rss_kib(),
         }))
     }
 
@@ -85,11 +98,10 @@ impl Agent for AgentService {
                 format!("{}\n", r.hostname).as_bytes(),
             )
             .map_err(|e| internal("write /etc/hostname", e))?;
-        if !r.resolv_conf.is_empty() {
-            self.system
-                .write_file(Path::new("/etc/resolv.conf"), r.resolv_conf.as_bytes())
-                .map_err(|e| internal("write /etc/resolv.conf", e))?;
-        }
+        // Containers bind-mount it: it must exist even when the pod sets no DNS.
+        self.system
+            .write_file(Path::new("/etc/resolv.conf"), r.resolv_conf.as_bytes())
+            .map_err(|e| internal("write /etc/resolv.conf", e))?;
         if !r.hosts.is_empty() {
             self.system
                 .write_file(Path::new("/etc/hosts"), r.hosts.as_bytes())

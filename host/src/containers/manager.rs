@@ -116,16 +116,18 @@ fn image_defaults(config: &[u8]) -> ImageDefaults {
 }
 
 fn agent_err(id: &str, s: tonic::Status) -> ContainerError {
-    if s.code() == tonic::Code::DeadlineExceeded {
-        ContainerError::Timeout(format!(
-            "container {id}: the agent did not answer in time: {}",
-            s.message()
-        ))
-    } else {
-        ContainerError::Agent {
+    let msg = format!("container {id}: {}", s.message());
+    match s.code() {
+        tonic::Code::DeadlineExceeded => {
+            ContainerError::Timeout(format!("{msg} (the agent did not answer in time)"))
+        }
+        tonic::Code::InvalidArgument => ContainerError::InvalidArgument(msg),
+        tonic::Code::FailedPrecondition => ContainerError::FailedPrecondition(msg),
+        tonic::Code::NotFound => ContainerError::NotFound(msg),
+        _ => ContainerError::Agent {
             id: id.into(),
             detail: s.message().into(),
-        }
+        },
     }
 }
 

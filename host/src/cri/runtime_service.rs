@@ -273,7 +273,25 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         })?;
         let mut info = HashMap::new();
         if req.verbose {
-            let v = serde_json::json!({"vcpus": r.vcpus, "memoryMiB": r.memory_mib, "vm": r.vm, "hostname": r.hostname});
+            let mut agent_rss = None;
+            if r.state.is_ready()
+                && let Ok(mut a) = self.sandboxes.agent(&r.id).await
+            {
+                let mut call = tonic::Request::new(moat_proto::agent::HealthRequest {});
+                call.set_timeout(std::time::Duration::from_secs(
+                    self.config.sandbox.agent_timeout_secs,
+                ));
+                if let Ok(h) = a.health(call).await {
+                    agent_rss = Some(h.into_inner().rss_kib);
+                }
+            }
+            let v = serde_json::json!({
+                "vcpus": r.vcpus,
+                "memoryMiB": r.memory_mib,
+                "vm": r.vm,
+                "hostname": r.hostname,
+                "agentRssKiB": agent_rss,
+            });
             info.insert("info".to_owned(), v.to_string());
         }
         Ok(Response::new(cri::PodSandboxStatusResponse {

@@ -15,8 +15,6 @@ use std::ffi::CStr;
 use std::io;
 use std::time::Duration;
 
-use nix::sys::stat::{Mode, umask};
-
 use fuse_backend_rs::abi::fuse_abi::{
     CreateIn, FsOptions, OpenOptions, SetattrValid, stat64, statvfs64,
 };
@@ -24,6 +22,7 @@ use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileLock, FileSystem, GetxattrReply, IoctlData, ListxattrReply,
     ZeroCopyReader, ZeroCopyWriter,
 };
+use nix::sys::stat::{Mode, umask};
 
 /// `access(2)` mask bit for write permission.
 const W_OK: u32 = libc::W_OK as u32;

@@ -1,0 +1,874 @@
+//! What the container's process does between the fork and `execve`, as calls on the
+//! `Syscall` seam: enter the namespaces, build the rootfs and pivot into it, then become
+//! the process the spec describes. Each failure names its step; the parent turns the step
+//! into words with the plan (`describe`).
+
+use std::ffi::CStr;
+use std::os::fd::RawFd;
+use std::path::{Path, PathBuf};
+
+use caps::CapSet;
+use nix::errno::Errno;
+
+use super::error::Error;
+use super::plan::{NsPlan, ProcessPlan, RootfsPlan};
+use super::sys::{CVec, FileKind, Syscall};
+
+/// The steps that can fail, as sent over the pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum StepKind {
+    Setns = 1,
+    Unshare,
+    Propagation,
+    BindRootfs,
+    MountTarget,
+    Mount,
+    Remount,
+    MountPropagation,
+    Device,
+    Symlink,
+    PivotRoot,
+    Console,
+    Mask,
+    Readonly,
+    RootReadonly,
+    Hostname,
+    Domainname,
+    Sysctl,
+    Rlimit,
+    OomScoreAdj,
+    Seccomp,
+    Bounding,
+    KeepCaps,
+    Setgroups,
+    Setgid,
+    Setuid,
+    Caps,
+    Ambient,
+    Chdir,
+    NoNewPrivs,
+    Exec,
+    Stdio,
+    Wait,
+}
+
+impl StepKind {
+    fn from_u32(v: u32) -> Option<Self> {
+        use StepKind::*;
+        const ALL: [StepKind; 33] = [
+            Setns,
+            Unshare,
+            Propagation,
+            BindRootfs,
+            MountTarget,
+            Mount,
+            Remount,
+            MountPropagation,
+            Device,
+            Symlink,
+            PivotRoot,
+            Console,
+            Mask,
+            Readonly,
+            RootReadonly,
+            Hostname,
+            Domainname,
+            Sysctl,
+            Rlimit,
+            OomScoreAdj,
+            Seccomp,
+            Bounding,
+            KeepCaps,
+            Setgroups,
+            Setgid,
+            Setuid,
+            Caps,
+            Ambient,
+            Chdir,
+            NoNewPrivs,
+            Exec,
+            Stdio,
+            Wait,
+        ];
+        ALL.into_iter().find(|k| *k as u32 == v)
+    }
+}
+
+/// Index meaning "the program was on no directory of PATH".
+pub(crate) const NOT_FOUND: u32 = u32::MAX;
+
+/// A failed step: which one, which item of its list, and the errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub kind: StepKind,
+    pub index: u32,
+    pub errno: Errno,
+}
+
+impl Failure {
+    fn new(kind: StepKind, index: usize, errno: Errno) -> Self {
+        Failure {
+            kind,
+            index: index as u32,
+            errno,
+        }
+    }
+
+    /// The 12 bytes sent over the pipe.
+    pub(crate) fn encode(&self) -> [u8; 12] {
+        let mut b = [0u8; 12];
+        b[..4].copy_from_slice(&(self.kind as u32).to_ne_bytes());
+        b[4..8].copy_from_slice(&self.index.to_ne_bytes());
+        b[8..].copy_from_slice(&(self.errno as i32).to_ne_bytes());
+        b
+    }
+
+    /// The inverse of `encode`.
+    pub(crate) fn decode(b: &[u8; 12]) -> Option<Self> {
+        let word = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        Some(Failure {
+            kind: StepKind::from_u32(u32::from_ne_bytes(word(0)))?,
+            index: u32::from_ne_bytes(word(4)),
+            errno: Errno::from_raw(i32::from_ne_bytes(word(8))),
+        })
+    }
+}
+
+fn at(kind: StepKind, index: usize) -> impl FnOnce(Errno) -> Failure {
+    move |e| Failure::new(kind, index, e)
+}
+
+/// Enters the namespaces and builds the rootfs: everything up to and including the
+/// hostname, sysctls, masked and read-only paths. `ns_fds` are the namespaces to join,
+/// opened by the parent, in plan order.
+pub(crate) fn setup_rootfs<S: Syscall>(
+    sys: &S,
+    ns: &NsPlan,
+    root: &RootfsPlan,
+    ns_fds: &[(RawFd, libc::c_int)],
+    console_socket: Option<RawFd>,
+) -> Result<(), Failure> {
+    use StepKind as K;
+    for (i, &(fd, nstype)) in ns_fds.iter().enumerate() {
+        sys.setns(fd, nstype).map_err(at(K::Setns, i))?;
+    }
+    sys.unshare(ns.unshare).map_err(at(K::Unshare, 0))?;
+    // Nothing mounted from here on propagates back to the agent's namespace.
+    sys.mount(None, c"/", None, root.propagation, None)
+        .map_err(at(K::Propagation, 0))?;
+    let rootfs = root.rootfs.as_c_str();
+    sys.mount(
+        Some(rootfs),
+        rootfs,
+        None,
+        libc::MS_BIND | libc::MS_REC,
+        None,
+    )
+    .map_err(at(K::BindRootfs, 0))?;
+    for (i, m) in root.mounts.iter().enumerate() {
+        let target = m.target.as_c_str();
+        if m.file {
+            sys.create_file(target)
+        } else {
+            sys.mkdir_all(target)
+        }
+        .map_err(at(K::MountTarget, i))?;
+        sys.mount_no_symlinks(
+            m.source.as_deref(),
+            target,
+            m.fstype.as_deref(),
+            m.flags,
+            m.data.as_deref(),
+        )
+        .map_err(at(K::Mount, i))?;
+        if let Some(flags) = m.remount {
+            sys.mount(None, target, None, flags, None)
+                .map_err(at(K::Remount, i))?;
+        }
+        if m.propagation != 0 {
+            sys.mount(None, target, None, m.propagation, None)
+                .map_err(at(K::MountPropagation, i))?;
+        }
+    }
+    for (i, d) in root.devices.iter().enumerate() {
+        sys.mknod(&d.path, d.mode, d.dev, d.uid, d.gid)
+            .map_err(at(K::Device, i))?;
+    }
+    for (i, (target, link)) in root.symlinks.iter().enumerate() {
+        sys.symlink(target, link).map_err(at(K::Symlink, i))?;
+    }
+    pivot(sys, rootfs).map_err(at(K::PivotRoot, 0))?;
+    if let Some(socket) = console_socket {
+        sys.setup_console(socket, root.console.as_deref())
+            .map_err(at(K::Console, 0))?;
+    }
+    if let Some(h) = &root.hostname {
+        sys.sethostname(h).map_err(at(K::Hostname, 0))?;
+    }
+    if let Some(d) = &root.domainname {
+        sys.setdomainname(d).map_err(at(K::Domainname, 0))?;
+    }
+    // Sysctls before the read-only paths: /proc/sys is one of them.
+    for (i, (path, value, _)) in root.sysctls.iter().enumerate() {
+        sys.write_file(path, value).map_err(at(K::Sysctl, i))?;
+    }
+    for (i, p) in root.readonly.iter().enumerate() {
+        readonly(sys, p).map_err(at(K::Readonly, i))?;
+    }
+    for (i, p) in root.masked.iter().enumerate() {
+        mask(sys, p).map_err(at(K::Mask, i))?;
+    }
+    if root.root_readonly {
+        let flags = sys.mount_flags(c"/").map_err(at(K::RootReadonly, 0))?;
+        sys.mount(
+            None,
+            c"/",
+            None,
+            flags | libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+            None,
+        )
+        .map_err(at(K::RootReadonly, 0))?;
+    }
+    Ok(())
+}
+
+/// Makes `rootfs` the root. pivot_root(".", ".") stacks the old root on the new one, which
+/// is then detached. From an initramfs (whose root mount has no parent) pivot_root fails
+/// with EINVAL: then the rootfs is moved over / and chrooted into, as runc's no-pivot does.
+fn pivot<S: Syscall>(sys: &S, rootfs: &CStr) -> Result<(), Errno> {
+    sys.chdir(rootfs)?;
+    match sys.pivot_root(c".", c".") {
+        Ok(()) => {
+            // The old root, stacked on ".": keep its unmount from propagating, detach it.
+            sys.mount(None, c".", None, libc::MS_SLAVE | libc::MS_REC, None)?;
+            sys.umount2(c".", libc::MNT_DETACH)?;
+        }
+        Err(Errno::EINVAL) => {
+            sys.mount(Some(rootfs), c"/", None, libc::MS_MOVE, None)?;
+            sys.chroot(c".")?;
+        }
+        Err(e) => return Err(e),
+    }
+    sys.chdir(c"/")
+}
+
+fn readonly<S: Syscall>(sys: &S, path: &CStr) -> Result<(), Errno> {
+    match sys.file_kind(path) {
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
+    sys.mount(Some(path), path, None, libc::MS_BIND | libc::MS_REC, None)?;
+    let flags = sys.mount_flags(path)?;
+    sys.mount(
+        None,
+        path,
+        None,
+        flags | libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+        None,
+    )
+}
+
+fn mask<S: Syscall>(sys: &S, path: &CStr) -> Result<(), Errno> {
+    match sys.file_kind(path) {
+        Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e),
+        Ok(FileKind::Dir) => sys.mount(Some(c"tmpfs"), path, Some(c"tmpfs"), libc::MS_RDONLY, None),
+        Ok(FileKind::Other) => sys.mount(Some(c"/dev/null"), path, None, libc::MS_BIND, None),
+    }
+}
+
+/// Becomes the process: rlimits, oom_score_adj, (seccomp, when there are no
+/// no_new_privs), bounding set, user and groups, capabilities, umask, cwd, no_new_privs.
+pub(crate) fn setup_process<S: Syscall>(sys: &S, p: &ProcessPlan) -> Result<(), Failure> {
+    use StepKind as K;
+    for (i, &(resource, soft, hard, _)) in p.rlimits.iter().enumerate() {
+        sys.setrlimit(resource, soft, hard)
+            .map_err(at(K::Rlimit, i))?;
+    }
+    if let Some(adj) = &p.oom_score_adj {
+        sys.write_file(c"/proc/self/oom_score_adj", adj)
+            .map_err(at(K::OomScoreAdj, 0))?;
+    }
+    // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it
+    // (the calls after it must then pass it, as with runc).
+    if !p.no_new_privs {
+        load_seccomp(sys, p)?;
+    }
+    if let Some(caps) = &p.caps {
+        for (i, &cap) in caps.drop_bounding.iter().enumerate() {
+            sys.drop_bounding(cap).map_err(at(K::Bounding, i))?;
+        }
+        sys.set_keepcaps(true).map_err(at(K::KeepCaps, 0))?;
+    }
+    sys.setgroups(&p.groups).map_err(at(K::Setgroups, 0))?;
+    sys.setresgid(p.gid).map_err(at(K::Setgid, 0))?;
+    sys.setresuid(p.uid).map_err(at(K::Setuid, 0))?;
+    if let Some(caps) = &p.caps {
+        sys.set_keepcaps(false).map_err(at(K::KeepCaps, 0))?;
+        sys.set_caps(CapSet::Effective, &caps.effective)
+            .map_err(at(K::Caps, 0))?;
+        sys.set_caps(CapSet::Permitted, &caps.permitted)
+            .map_err(at(K::Caps, 1))?;
+        sys.set_caps(CapSet::Inheritable, &caps.inheritable)
+            .map_err(at(K::Caps, 2))?;
+        sys.set_ambient(&caps.ambient).map_err(at(K::Ambient, 0))?;
+    }
+    sys.umask(p.umask);
+    sys.chdir(&p.cwd).map_err(at(K::Chdir, 0))?;
+    if p.no_new_privs {
+        sys.set_no_new_privs().map_err(at(K::NoNewPrivs, 0))?;
+    }
+    Ok(())
+}
+
+fn load_seccomp<S: Syscall>(sys: &S, p: &ProcessPlan) -> Result<(), Failure> {
+    for (i, prog) in p.seccomp.programs.iter().enumerate() {
+        sys.seccomp(prog, p.seccomp.flags)
+            .map_err(at(StepKind::Seccomp, i))?;
+    }
+    Ok(())
+}
+
+/// Loads seccomp (with no_new_privs, as late as possible) and execs the first candidate
+/// that exists. Returns only on failure.
+pub(crate) fn exec<S: Syscall>(
+    sys: &S,
+    p: &ProcessPlan,
+    argv: &CVec<'_>,
+    envp: &CVec<'_>,
+) -> Failure {
+    if p.no_new_privs
+        && let Err(f) = load_seccomp(sys, p)
+    {
+        return f;
+    }
+    let mut denied = None;
+    for (i, path) in p.candidates.iter().enumerate() {
+        match sys.execve(path, argv, envp) {
+            Errno::ENOENT | Errno::ENOTDIR => {}
+            Errno::EACCES => {
+                denied.get_or_insert(i);
+            }
+            e => return Failure::new(StepKind::Exec, i, e),
+        }
+    }
+    match denied {
+        Some(i) => Failure::new(StepKind::Exec, i, Errno::EACCES),
+        None if p.candidates.len() == 1 && p.arg0.contains('/') => {
+            Failure::new(StepKind::Exec, 0, Errno::ENOENT)
+        }
+        None => Failure {
+            kind: StepKind::Exec,
+            index: NOT_FOUND,
+            errno: Errno::ENOENT,
+        },
+    }
+}
+
+fn ns_name(t: libc::c_int) -> &'static str {
+    match t {
+        libc::CLONE_NEWNS => "mount",
+        libc::CLONE_NEWCGROUP => "cgroup",
+        libc::CLONE_NEWUTS => "uts",
+        libc::CLONE_NEWIPC => "ipc",
+        libc::CLONE_NEWUSER => "user",
+        libc::CLONE_NEWPID => "pid",
+        libc::CLONE_NEWNET => "network",
+        _ => "a",
+    }
+}
+
+fn lossy(c: &CStr) -> String {
+    c.to_string_lossy().into_owned()
+}
+
+/// The error for a failure, in words taken from the plan.
+pub(crate) fn describe(
+    f: Failure,
+    join: &[(PathBuf, libc::c_int)],
+    root: Option<&RootfsPlan>,
+    p: &ProcessPlan,
+) -> Error {
+    use StepKind as K;
+    let i = f.index as usize;
+    let mount = |i: usize| root.and_then(|r| r.mounts.get(i));
+    let what = match f.kind {
+        K::Setns => match join.get(i) {
+            Some((path, t)) => format!("join {} namespace {}", ns_name(*t), path.display()),
+            None => "join a namespace".into(),
+        },
+        K::Unshare => "unshare namespaces".into(),
+        K::Propagation => "set the propagation of /".into(),
+        K::BindRootfs => format!(
+            "bind the rootfs {}",
+            root.map(|r| lossy(&r.rootfs)).unwrap_or_default()
+        ),
+        K::MountTarget => match mount(i) {
+            Some(m) => format!("create the mount point {}", m.destination),
+            None => "create a mount point".into(),
+        },
+        K::Mount | K::Remount | K::MountPropagation => match mount(i) {
+            Some(m) => {
+                let verb = match f.kind {
+                    K::Remount => "remount",
+                    K::MountPropagation => "set the propagation of",
+                    _ => "mount",
+                };
+                if m.kind == "bind" {
+                    let src = m.source.as_deref().map(lossy).unwrap_or_default();
+                    format!("{verb} bind {src} on {}", m.destination)
+                } else {
+                    format!("{verb} {} on {}", m.kind, m.destination)
+                }
+            }
+            None => "mount".into(),
+        },
+        K::Device => format!(
+            "mknod {}",
+            root.and_then(|r| r.devices.get(i))
+                .map(|d| d.name.clone())
+                .unwrap_or_default()
+        ),
+        K::Symlink => format!(
+            "symlink {}",
+            root.and_then(|r| r.symlinks.get(i))
+                .map(|(_, l)| lossy(l))
+                .unwrap_or_default()
+        ),
+        K::PivotRoot => format!(
+            "pivot_root {}",
+            root.map(|r| lossy(&r.rootfs)).unwrap_or_default()
+        ),
+        K::Console => "set up the console".into(),
+        K::Mask => format!(
+            "mask {}",
+            root.and_then(|r| r.masked.get(i))
+                .map(|c| lossy(c))
+                .unwrap_or_default()
+        ),
+        K::Readonly => format!(
+            "make {} read-only",
+            root.and_then(|r| r.readonly.get(i))
+                .map(|c| lossy(c))
+                .unwrap_or_default()
+        ),
+        K::RootReadonly => "make / read-only".into(),
+        K::Hostname => format!(
+            "sethostname {}",
+            root.and_then(|r| r.hostname.as_deref())
+                .map(lossy)
+                .unwrap_or_default()
+        ),
+        K::Domainname => "setdomainname".into(),
+        K::Sysctl => format!(
+            "sysctl {}",
+            root.and_then(|r| r.sysctls.get(i))
+                .map(|s| s.2.clone())
+                .unwrap_or_default()
+        ),
+        K::Rlimit => format!(
+            "setrlimit {}",
+            p.rlimits.get(i).map(|r| r.3.clone()).unwrap_or_default()
+        ),
+        K::OomScoreAdj => "write oom_score_adj".into(),
+        K::Seccomp => "load the seccomp filter".into(),
+        K::Bounding => format!(
+            "drop {} from the bounding set",
+            p.caps
+                .as_ref()
+                .and_then(|c| c.drop_bounding.get(i))
+                .map(|c| c.to_string())
+                .unwrap_or_default()
+        ),
+        K::KeepCaps => "set keepcaps".into(),
+        K::Setgroups => format!("setgroups {:?}", p.groups),
+        K::Setgid => format!("setgid {}", p.gid),
+        K::Setuid => format!("setuid {}", p.uid),
+        K::Caps => format!(
+            "set the {} capabilities",
+            ["effective", "permitted", "inheritable"]
+                .get(i)
+                .copied()
+                .unwrap_or("")
+        ),
+        K::Ambient => "set the ambient capabilities".into(),
+        K::Chdir => format!("chdir {}", lossy(&p.cwd)),
+        K::NoNewPrivs => "set no_new_privs".into(),
+        K::Exec if f.index == NOT_FOUND => return Error::NotFound(p.arg0.clone()),
+        K::Exec => format!(
+            "exec {}",
+            p.candidates
+                .get(i)
+                .map(|c| lossy(c))
+                .unwrap_or_else(|| p.arg0.clone())
+        ),
+        K::Stdio => "set up stdio".into(),
+        K::Wait => "wait for the parent".into(),
+    };
+    Error::Setup {
+        what,
+        errno: f.errno,
+    }
+}
+
+/// The /proc path of a namespace of `pid`.
+pub(crate) fn ns_path(pid: i32, name: &str) -> PathBuf {
+    Path::new("/proc")
+        .join(pid.to_string())
+        .join("ns")
+        .join(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::executor::plan::{self, SeccompPlan};
+    use crate::executor::sys::{Call, Recorder};
+    use oci_spec::runtime::{LinuxBuilder, MountBuilder, ProcessBuilder, Spec, UserBuilder};
+    use std::ffi::CString;
+
+    fn spec() -> Spec {
+        let mut spec = Spec::default();
+        spec.set_hostname(Some("box".into()));
+        let mut mounts = oci_spec::runtime::get_default_mounts();
+        mounts.push(
+            MountBuilder::default()
+                .destination("/data")
+                .typ("bind")
+                .source("/tmp")
+                .options(vec!["rbind".to_string(), "ro".to_string()])
+                .build()
+                .expect("mount"),
+        );
+        spec.set_mounts(Some(mounts));
+        let linux = LinuxBuilder::default()
+            .masked_paths(vec!["/proc/kcore".to_string(), "/proc/acpi".to_string()])
+            .readonly_paths(vec!["/proc/sys".to_string()])
+            .build()
+            .expect("linux");
+        spec.set_linux(Some(linux));
+        let process = ProcessBuilder::default()
+            .args(vec!["/bin/sh".to_string()])
+            .cwd("/home")
+            .user(
+                UserBuilder::default()
+                    .uid(1000u32)
+                    .gid(100u32)
+                    .additional_gids(vec![10u32])
+                    .build()
+                    .expect("user"),
+            )
+            .no_new_privileges(true)
+            .capabilities(oci_spec::runtime::LinuxCapabilities::default())
+            .build()
+            .expect("process");
+        spec.set_process(Some(process));
+        spec
+    }
+
+    fn plan_for(spec: &Spec) -> plan::Plan {
+        let seccomp = SeccompPlan {
+            programs: vec![vec![]; 2],
+            flags: 0,
+        };
+        plan::plan(spec, Path::new("/run/rootfs"), seccomp).expect("plan")
+    }
+
+    fn mounts(calls: &[Call]) -> Vec<(String, Option<String>)> {
+        calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::Mount { target, fstype, .. } => Some((target.clone(), fstype.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rootfs_setup_mounts_then_pivots_then_masks() {
+        let spec = spec();
+        let plan = plan_for(&spec);
+        let rec = Recorder {
+            dirs: vec!["/proc/acpi".into()],
+            ..Default::default()
+        };
+        setup_rootfs(&rec, &plan.ns, &plan.root, &[], None).expect("setup");
+        let calls = rec.calls();
+        assert_eq!(calls[0], Call::Unshare(plan.ns.unshare));
+        assert_eq!(
+            calls[1],
+            Call::Mount {
+                source: None,
+                target: "/".into(),
+                fstype: None,
+                flags: libc::MS_SLAVE | libc::MS_REC,
+                data: None
+            }
+        );
+        let m = mounts(&calls);
+        let targets: Vec<&str> = m.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(
+            &targets[..9],
+            &[
+                "/",
+                "/run/rootfs",
+                "/run/rootfs/proc",
+                "/run/rootfs/dev",
+                "/run/rootfs/dev/pts",
+                "/run/rootfs/dev/shm",
+                "/run/rootfs/dev/mqueue",
+                "/run/rootfs/sys",
+                "/run/rootfs/sys/fs/cgroup",
+            ]
+        );
+        // The read-only bind: a bind, then its ro remount.
+        let bind = calls
+            .iter()
+            .position(|c| {
+                matches!(c, Call::Mount { target, flags, .. }
+            if target == "/run/rootfs/data" && *flags == libc::MS_BIND | libc::MS_REC)
+            })
+            .expect("bind");
+        assert!(matches!(&calls[bind + 1], Call::Mount { flags, .. }
+            if *flags == libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY));
+        // Devices after the mounts, the pivot after the devices.
+        let null = calls
+            .iter()
+            .position(|c| matches!(c, Call::Mknod(p, _, _) if p == "/run/rootfs/dev/null"))
+            .expect("null");
+        let pivot = calls
+            .iter()
+            .position(|c| matches!(c, Call::PivotRoot(..)))
+            .expect("pivot");
+        assert!(bind < null && null < pivot);
+        assert_eq!(calls[pivot - 1], Call::Chdir("/run/rootfs".into()));
+        assert_eq!(calls[pivot], Call::PivotRoot(".".into(), ".".into()));
+        assert_eq!(calls[pivot + 2], Call::Umount(".".into(), libc::MNT_DETACH));
+        assert_eq!(calls[pivot + 3], Call::Chdir("/".into()));
+        let rest = &calls[pivot + 4..];
+        assert_eq!(rest[0], Call::Hostname("box".into()));
+        // /proc/sys bound read-only; /proc/kcore (a file) gets /dev/null, /proc/acpi (a
+        // directory) a read-only tmpfs.
+        assert!(matches!(&rest[2], Call::Mount { target, flags, .. }
+            if target == "/proc/sys" && flags & libc::MS_RDONLY != 0));
+        assert!(
+            matches!(&rest[3], Call::Mount { source: Some(s), target, .. }
+            if s == "/dev/null" && target == "/proc/kcore")
+        );
+        assert!(
+            matches!(&rest[4], Call::Mount { fstype: Some(t), target, flags, .. }
+            if t == "tmpfs" && target == "/proc/acpi" && *flags == libc::MS_RDONLY)
+        );
+        // The default spec's root is read-only: the last remount.
+        assert!(matches!(&rest[5], Call::Mount { target, flags, .. }
+            if target == "/" && flags & (libc::MS_RDONLY | libc::MS_REMOUNT | libc::MS_BIND)
+                == libc::MS_RDONLY | libc::MS_REMOUNT | libc::MS_BIND));
+        assert_eq!(rest.len(), 6);
+    }
+
+    #[test]
+    fn pivot_root_falls_back_to_move_and_chroot_on_an_initramfs() {
+        let spec = spec();
+        let plan = plan_for(&spec);
+        let rec = Recorder {
+            fail: vec![(|c| matches!(c, Call::PivotRoot(..)), Errno::EINVAL)],
+            ..Default::default()
+        };
+        setup_rootfs(&rec, &plan.ns, &plan.root, &[], None).expect("setup");
+        let calls = rec.calls();
+        let pivot = calls
+            .iter()
+            .position(|c| matches!(c, Call::PivotRoot(..)))
+            .expect("pivot");
+        assert_eq!(
+            calls[pivot + 1],
+            Call::Mount {
+                source: Some("/run/rootfs".into()),
+                target: "/".into(),
+                fstype: None,
+                flags: libc::MS_MOVE,
+                data: None
+            }
+        );
+        assert_eq!(calls[pivot + 2], Call::Chroot(".".into()));
+        assert_eq!(calls[pivot + 3], Call::Chdir("/".into()));
+    }
+
+    #[test]
+    fn a_failed_mount_is_described_by_its_destination() {
+        let spec = spec();
+        let plan = plan_for(&spec);
+        let rec = Recorder {
+            fail: vec![(
+                |c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "mqueue"),
+                Errno::ENODEV,
+            )],
+            ..Default::default()
+        };
+        let f = setup_rootfs(&rec, &plan.ns, &plan.root, &[], None).expect_err("fails");
+        let f = Failure::decode(&f.encode()).expect("roundtrip");
+        let err = describe(f, &[], Some(&plan.root), &plan.process);
+        assert_eq!(
+            err.to_string(),
+            "mount mqueue on /dev/mqueue: No such device"
+        );
+    }
+
+    #[test]
+    fn process_setup_drops_caps_around_the_user_switch() {
+        let spec = spec();
+        let plan = plan_for(&spec);
+        let rec = Recorder::default();
+        setup_process(&rec, &plan.process).expect("setup");
+        let calls = rec.calls();
+        // The default spec's NOFILE rlimit first.
+        assert_eq!(
+            calls[0],
+            Call::Rlimit(libc::RLIMIT_NOFILE as i32, 1024, 1024)
+        );
+        let first_drop = calls
+            .iter()
+            .position(|c| matches!(c, Call::DropBounding(_)))
+            .expect("drop");
+        assert!(calls.contains(&Call::DropBounding(caps::Capability::CAP_SYS_ADMIN)));
+        assert!(!calls.contains(&Call::DropBounding(caps::Capability::CAP_KILL)));
+        let tail: Vec<_> = calls[first_drop..]
+            .iter()
+            .filter(|c| !matches!(c, Call::DropBounding(_)))
+            .cloned()
+            .collect();
+        let default_caps = vec![
+            caps::Capability::CAP_KILL,
+            caps::Capability::CAP_NET_BIND_SERVICE,
+            caps::Capability::CAP_AUDIT_WRITE,
+        ];
+        assert_eq!(
+            tail,
+            vec![
+                Call::KeepCaps(true),
+                Call::Setgroups(vec![10]),
+                Call::Setresgid(100),
+                Call::Setresuid(1000),
+                Call::KeepCaps(false),
+                Call::SetCaps("effective", default_caps.clone()),
+                Call::SetCaps("permitted", default_caps.clone()),
+                Call::SetCaps("inheritable", default_caps.clone()),
+                Call::Ambient(default_caps),
+                Call::Umask(0o022),
+                Call::Chdir("/home".into()),
+                Call::NoNewPrivs,
+            ]
+        );
+        // With no_new_privs, seccomp waits for exec.
+        assert!(!calls.iter().any(|c| matches!(c, Call::Seccomp(..))));
+    }
+
+    #[test]
+    fn without_no_new_privs_seccomp_loads_before_the_caps_go() {
+        let mut spec = spec();
+        spec.process_mut()
+            .as_mut()
+            .expect("process")
+            .set_no_new_privileges(Some(false));
+        let plan = plan_for(&spec);
+        let rec = Recorder::default();
+        setup_process(&rec, &plan.process).expect("setup");
+        let calls = rec.calls();
+        let seccomp = calls
+            .iter()
+            .position(|c| matches!(c, Call::Seccomp(..)))
+            .expect("seccomp");
+        let drop = calls
+            .iter()
+            .position(|c| matches!(c, Call::DropBounding(_)))
+            .expect("drop");
+        assert!(seccomp < drop);
+        assert!(!calls.contains(&Call::NoNewPrivs));
+    }
+
+    #[test]
+    fn exec_searches_path_and_reports_what_failed() {
+        let mut spec = spec();
+        let process = spec.process_mut().as_mut().expect("process");
+        process.set_args(Some(vec!["nope".into()]));
+        process.set_env(Some(vec!["PATH=/a:/b".into()]));
+        let plan = plan_for(&spec);
+        let rec = Recorder {
+            fail: vec![(|c| matches!(c, Call::Execve(..)), Errno::ENOENT)],
+            ..Default::default()
+        };
+        let argv = CVec::new(&plan.process.argv);
+        let envp = CVec::new(&plan.process.envp);
+        let f = exec(&rec, &plan.process, &argv, &envp);
+        let calls = rec.calls();
+        assert_eq!(calls[0], Call::Seccomp(0, 0));
+        assert_eq!(calls[1], Call::Seccomp(0, 0));
+        assert_eq!(
+            calls[2],
+            Call::Execve(
+                "/a/nope".into(),
+                vec!["nope".into()],
+                vec!["PATH=/a:/b".into()]
+            )
+        );
+        assert!(matches!(&calls[3], Call::Execve(p, ..) if p == "/b/nope"));
+        let err = describe(f, &[], None, &plan.process);
+        assert_eq!(
+            err.to_string(),
+            "exec nope: executable file not found in $PATH"
+        );
+
+        let process = spec.process_mut().as_mut().expect("process");
+        process.set_args(Some(vec!["/bin/nope".into()]));
+        let plan = plan_for(&spec);
+        let argv = CVec::new(&plan.process.argv);
+        let f = exec(&rec, &plan.process, &argv, &envp);
+        let err = describe(f, &[], None, &plan.process);
+        assert_eq!(err.to_string(), "exec /bin/nope: No such file or directory");
+    }
+
+    #[test]
+    fn every_step_survives_the_pipe() {
+        for v in 1..=StepKind::Wait as u32 {
+            let kind = StepKind::from_u32(v).expect("kind");
+            let f = Failure {
+                kind,
+                index: 7,
+                errno: Errno::EPERM,
+            };
+            assert_eq!(Failure::decode(&f.encode()), Some(f));
+        }
+        assert_eq!(StepKind::from_u32(StepKind::Wait as u32 + 1), None);
+    }
+
+    #[test]
+    fn joined_namespaces_come_first() {
+        let spec = spec();
+        let plan = plan_for(&spec);
+        let rec = Recorder {
+            fail: vec![(|c| matches!(c, Call::Setns(4, _)), Errno::EINVAL)],
+            ..Default::default()
+        };
+        let fds = [(3, libc::CLONE_NEWIPC), (4, libc::CLONE_NEWUTS)];
+        let f = setup_rootfs(&rec, &plan.ns, &plan.root, &fds, None).expect_err("fails");
+        assert_eq!(
+            rec.calls(),
+            vec![
+                Call::Setns(3, libc::CLONE_NEWIPC),
+                Call::Setns(4, libc::CLONE_NEWUTS)
+            ]
+        );
+        let join = vec![
+            (PathBuf::from("/proc/9/ns/ipc"), libc::CLONE_NEWIPC),
+            (PathBuf::from("/proc/9/ns/uts"), libc::CLONE_NEWUTS),
+        ];
+        let err = describe(f, &join, Some(&plan.root), &plan.process);
+        assert_eq!(
+            err.to_string(),
+            "join uts namespace /proc/9/ns/uts: Invalid argument"
+        );
+        let _ = CString::default();
+    }
+}

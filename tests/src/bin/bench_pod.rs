@@ -1,0 +1,220 @@
+//! Benchmark: pod sandbox start-up, against the floor of the QEMU backend measured in the
+//! same run. The floor is a bare boot of the same kernel and initramfs with the same QEMU
+//! command line and the same vsock backend, timed from QEMU's start to the agent's first
+//! vsock answer (the announce, then a host CONNECT answered OK). RunPodSandbox is timed
+//! over the CRI socket of a release moatd. Also: host memory per idle pod beyond guest RAM
+//! (RSS of the VMM and backend processes, less the guest RAM QEMU holds as shared memory)
+//! and the agent's RSS in the guest.
+//!
+//! Usage: bench-pod [--runs N]   (set MOATD_BIN to the release moatd; needs guest-image/out)
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use moat_host::hypervisor::qemu::{Qemu, QemuConfig};
+use moat_host::hypervisor::{HostCaps, VmSpec};
+use moat_tests::moatd::{Moatd, moatd_bin};
+
+fn guest_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest-image/out");
+    assert!(
+        d.join("vmlinux").is_file(),
+        "no guest image: run guest-image/build.sh"
+    );
+    d
+}
+
+/// One bare boot: vsock backend + QEMU, until the agent answers over vsock.
+fn bare_boot(dir: &Path) -> Duration {
+    let work = tempfile::tempdir().expect("tmp");
+    let w = work.path();
+    let vhost = w.join("v.sock");
+    let uds = w.join("vsock");
+    let announce = UnixListener::bind(w.join("vsock_1025")).expect("bind announce");
+    let mut backend = Command::new(moatd_bin())
+        .args(["vsock-backend", "--socket"])
+        .arg(&vhost)
+        .arg("--uds-path")
+        .arg(&uds)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("backend");
+    while !vhost.exists() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let qemu = Qemu::new(QemuConfig::default(), HostCaps::probe());
+    let spec = VmSpec {
+        id: "bench".into(),
+        vcpus: 1,
+        memory_mib: 256,
+        kernel: dir.join("vmlinux"),
+        initramfs: dir.join("initramfs.cpio"),
+        kernel_args: vec![],
+        vsock_socket: vhost,
+        guest_cid: 3,
+        fs_shares: vec![],
+        console_log: w.join("console.log"),
+        vmm_log: w.join("vmm.log"),
+    };
+    let started = Instant::now();
+    let mut vm = Command::new("qemu-system-x86_64")
+        .args(qemu.args(&spec))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("qemu");
+    let (s, _) = announce.accept().expect("announce");
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .expect("announce line");
+    let mut c = UnixStream::connect(&uds).expect("connect");
+    c.write_all(b"CONNECT 1024\n").expect("connect line");
+    let mut buf = [0u8; 3];
+    c.read_exact(&mut buf).expect("OK");
+    assert_eq!(&buf, b"OK ");
+    let took = started.elapsed();
+    let _ = vm.kill();
+    let _ = vm.wait();
+    let _ = backend.kill();
+    let _ = backend.wait();
+    took
+}
+
+fn status_kib(pid: &str, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// (total RSS, RSS beyond shared memory) in KiB of the processes mentioning `needle`.
+fn rss_of(needle: &str) -> (u64, u64) {
+    let mut total = 0;
+    let mut own = 0;
+    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        if !String::from_utf8_lossy(&cmd).contains(needle) {
+            continue;
+        }
+        let rss = status_kib(&pid, "VmRSS:");
+        total += rss;
+        own += rss - status_kib(&pid, "RssShmem:");
+    }
+    (total, own)
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn pod(i: usize) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: format!("bench-{i}"),
+            uid: format!("uid-{i}"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let runs = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5usize);
+    let dir = guest_dir();
+    let m = Moatd::start(&format!("[sandbox]\nguest_dir = \"{}\"\n", dir.display())).await;
+    let mut rt = m.runtime().await;
+    let (mut bare, mut run) = (Vec::new(), Vec::new());
+    let mut mem = Vec::new();
+    for i in 0..runs {
+        let d = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || bare_boot(&dir)
+        })
+        .await
+        .expect("bare boot");
+        bare.push(d);
+        let started = Instant::now();
+        let id = rt
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod(i)),
+                runtime_handler: String::new(),
+            })
+            .await
+            .expect("run pod")
+            .into_inner()
+            .pod_sandbox_id;
+        run.push(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (total, own) = rss_of(&id[..12]);
+        let st = rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id.clone(),
+                verbose: true,
+            })
+            .await
+            .expect("status")
+            .into_inner();
+        let info: serde_json::Value = serde_json::from_str(&st.info["info"]).expect("json");
+        let agent = info["agentRssKiB"].as_u64().unwrap_or(0);
+        mem.push((total, own, agent));
+        println!(
+            "run {i}: bare boot {:>6.3} s   RunPodSandbox {:>6.3} s   host RSS {:>6} KiB (beyond guest RAM {:>6} KiB)   agent RSS {:>5} KiB",
+            bare[i].as_secs_f64(),
+            run[i].as_secs_f64(),
+            total,
+            own,
+            agent
+        );
+        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .expect("stop");
+        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+            .expect("remove");
+    }
+    let (b, r) = (median(&mut bare), median(&mut run));
+    mem.sort();
+    let (total, own, agent) = mem[mem.len() / 2];
+    println!(
+        "median over {runs} runs: bare boot to the agent's first vsock answer {:.3} s, RunPodSandbox {:.3} s",
+        b.as_secs_f64(),
+        r.as_secs_f64()
+    );
+    println!(
+        "ratio RunPodSandbox/bare boot: {:.2} (goal: 1.30 or less)",
+        r.as_secs_f64() / b.as_secs_f64()
+    );
+    println!(
+        "host memory per idle pod: {:.1} MiB RSS in all, {:.1} MiB beyond guest RAM (VMM + vsock + virtio-fs backends)",
+        total as f64 / 1024.0,
+        own as f64 / 1024.0
+    );
+    println!(
+        "agent RSS in the guest: {:.1} MiB (goal: under 8 MiB)",
+        agent as f64 / 1024.0
+    );
+}

@@ -1,0 +1,421 @@
+//! Containers in pod VMs, end to end: an image built from busybox-static and pushed to a
+//! real docker-registry, pulled by moatd, a pod VM booted under QEMU, containers created,
+//! started, logged, exec'd into, stopped and removed through the CRI socket.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use moat_tests::moatd::Moatd;
+use moat_tests::oci::{Compression, Flavor, Image, Layer, busybox_layer_tar};
+use moat_tests::registry::Registry;
+use tonic::Code;
+
+fn guest_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest-image/out");
+    assert!(
+        dir.join("vmlinuz").is_file(),
+        "the guest image is missing: run guest-image/build.sh"
+    );
+    dir
+}
+
+struct Pod {
+    m: Moatd,
+    id: String,
+    image: String,
+    logs: tempfile::TempDir,
+    _reg: Registry,
+}
+
+async fn pod_with_image(name: &str) -> Pod {
+    let reg = Registry::start().await;
+    let img = Image::new(
+        vec![Layer::new(
+            &busybox_layer_tar(),
+            Compression::Gzip,
+            Flavor::Oci,
+        )],
+        Flavor::Oci,
+        "amd64",
+        "",
+    );
+    reg.push_image("t/busybox", "v1", &img).await;
+    let m = Moatd::start(&format!(
+        "[sandbox]\nguest_dir = \"{}\"\n",
+        guest_dir().display()
+    ))
+    .await;
+    let image = format!("{}/t/busybox:v1", reg.addr);
+    m.images()
+        .await
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+    let logs = tempfile::tempdir().expect("logs");
+    let cfg = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("u-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: format!("{name}-host"),
+        log_directory: logs.path().display().to_string(),
+        ..Default::default()
+    };
+    let id = m
+        .runtime()
+        .await
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("run pod: {e:?}\n{}", m.log()))
+        .into_inner()
+        .pod_sandbox_id;
+    Pod {
+        m,
+        id,
+        image,
+        logs,
+        _reg: reg,
+    }
+}
+
+impl Pod {
+    async fn create(&self, name: &str, cmd: &[&str]) -> Result<String, tonic::Status> {
+        let cfg = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            log_path: format!("{name}/0.log"),
+            ..Default::default()
+        };
+        self.m
+            .runtime()
+            .await
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: self.id.clone(),
+                config: Some(cfg),
+                sandbox_config: None,
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    async fn start(&self, id: &str) {
+        self.m
+            .runtime()
+            .await
+            .start_container(cri::StartContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("start: {e:?}\n{}", self.m.log()));
+    }
+
+    async fn status(&self, id: &str) -> cri::ContainerStatus {
+        self.m
+            .runtime()
+            .await
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .expect("status")
+            .into_inner()
+            .status
+            .expect("status")
+    }
+
+    async fn wait_state(&self, id: &str, state: cri::ContainerState) -> cri::ContainerStatus {
+        for _ in 0..300 {
+            let s = self.status(id).await;
+            if s.state == state as i32 {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "container {id} never reached {state:?}: {:?}",
+            self.status(id).await
+        );
+    }
+
+    async fn exec(&self, id: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
+        self.m
+            .runtime()
+            .await
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.into(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout: 10,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("exec {cmd:?}: {e:?}"))
+            .into_inner()
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.logs.path().join(name).join("0.log")).unwrap_or_default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_runs_logs_execs_and_stops() {
+    let p = pod_with_image("web").await;
+    let id = p
+        .create(
+            "web",
+            &[
+                "/bin/sh",
+                "-c",
+                "echo hello from moat; echo oops >&2; exec sleep 300",
+            ],
+        )
+        .await
+        .expect("create");
+    assert_eq!(
+        p.status(&id).await.state,
+        cri::ContainerState::ContainerCreated as i32
+    );
+    p.start(&id).await;
+    let st = p
+        .wait_state(&id, cri::ContainerState::ContainerRunning)
+        .await;
+    assert!(st.started_at > 0);
+    assert_eq!(
+        st.image_ref.split('@').next(),
+        Some(p.image.trim_end_matches(":v1"))
+    );
+
+    let found = moat_tests::wait_until(Duration::from_secs(20), || {
+        p.log("web").contains("stderr F oops")
+    })
+    .await;
+    assert!(found, "log so far: {:?}", p.log("web"));
+    let log = p.log("web");
+    let line = log
+        .lines()
+        .find(|l| l.contains("hello from moat"))
+        .expect("stdout line");
+    let mut parts = line.splitn(4, ' ');
+    let ts = parts.next().expect("ts");
+    assert!(
+        ts.ends_with('Z') && ts.contains('T'),
+        "RFC 3339 timestamp: {ts}"
+    );
+    assert_eq!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some("stdout"), Some("F"), Some("hello from moat"))
+    );
+
+    let r = p.exec(&id, &["cat", "/etc/hostname"]).await;
+    assert_eq!(
+        (r.exit_code, String::from_utf8_lossy(&r.stdout).trim()),
+        (0, "web-host")
+    );
+    let r = p.exec(&id, &["sh", "-c", "echo err >&2; exit 3"]).await;
+    assert_eq!(r.exit_code, 3);
+    assert_eq!(String::from_utf8_lossy(&r.stderr).trim(), "err");
+    let r = p
+        .exec(&id, &["sh", "-c", "echo $$; ls /proc | grep -c '^[0-9]'"])
+        .await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+
+    // PID 1 of the container (sleep) ignores SIGTERM: SIGKILL after the timeout.
+    p.m.runtime()
+        .await
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 1,
+        })
+        .await
+        .expect("stop");
+    let st = p
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(st.exit_code, 137);
+    assert!(st.finished_at >= st.started_at);
+    // Stopping again is fine; ExecSync into a stopped container is not.
+    p.m.runtime()
+        .await
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 1,
+        })
+        .await
+        .expect("stop again");
+    let e =
+        p.m.runtime()
+            .await
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["true".into()],
+                timeout: 5,
+            })
+            .await
+            .expect_err("exec into an exited container");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    p.m.runtime()
+        .await
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("remove");
+    p.m.runtime()
+        .await
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("remove again");
+    let e =
+        p.m.runtime()
+            .await
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id,
+                verbose: false,
+            })
+            .await
+            .expect_err("gone");
+    assert_eq!(e.code(), Code::NotFound);
+    p.m.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await
+        .expect("remove pod");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_that_exit_or_cannot_start_say_why() {
+    let p = pod_with_image("jobs").await;
+    let done = p
+        .create("done", &["/bin/sh", "-c", "echo finished; exit 7"])
+        .await
+        .expect("create");
+    p.start(&done).await;
+    let st = p
+        .wait_state(&done, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (7, "Error"));
+    assert!(
+        moat_tests::wait_until(Duration::from_secs(5), || p
+            .log("done")
+            .contains("stdout F finished"))
+        .await
+    );
+
+    let ok = p.create("ok", &["true"]).await.expect("create");
+    p.start(&ok).await;
+    let st = p
+        .wait_state(&ok, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));
+
+    let bad = p.create("bad", &["/bin/nope"]).await.expect("create");
+    let start =
+        p.m.runtime()
+            .await
+            .start_container(cri::StartContainerRequest {
+                container_id: bad.clone(),
+            })
+            .await;
+    let st = p
+        .wait_state(&bad, cri::ContainerState::ContainerExited)
+        .await;
+    assert!(
+        start.is_err() || st.reason == "StartError",
+        "{start:?} {st:?}"
+    );
+    assert!(
+        st.message.contains("/bin/nope"),
+        "the reason names the missing binary: {st:?}"
+    );
+
+    // The same name again in the same pod is refused while the first exists.
+    let e = p.create("done", &["true"]).await.expect_err("duplicate");
+    assert_eq!(e.code(), Code::AlreadyExists);
+    // Unknown pod, unknown image, bad log path.
+    let e =
+        p.m.runtime()
+            .await
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: "0".repeat(64),
+                config: Some(cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: "x".into(),
+                        attempt: 0,
+                    }),
+                    image: Some(cri::ImageSpec {
+                        image: p.image.clone(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                sandbox_config: None,
+            })
+            .await
+            .expect_err("unknown pod");
+    assert_eq!(e.code(), Code::NotFound);
+
+    let list =
+        p.m.runtime()
+            .await
+            .list_containers(cri::ListContainersRequest {
+                filter: Some(cri::ContainerFilter {
+                    pod_sandbox_id: p.id.clone(),
+                    state: Some(cri::ContainerStateValue {
+                        state: cri::ContainerState::ContainerExited as i32,
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .containers;
+    assert_eq!(list.len(), 3);
+    // Removing the pod removes its containers.
+    p.m.runtime()
+        .await
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await
+        .expect("stop pod");
+    p.m.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await
+        .expect("remove pod");
+    let all =
+        p.m.runtime()
+            .await
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await
+            .expect("list")
+            .into_inner()
+            .containers;
+    assert!(all.is_empty());
+}
