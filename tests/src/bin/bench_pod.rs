@@ -18,6 +18,8 @@ use k8s_cri::v1 as cri;
 use moat_host::hypervisor::qemu::{Qemu, QemuConfig};
 use moat_host::hypervisor::{HostCaps, VmSpec};
 use moat_tests::moatd::{Moatd, moatd_bin};
+use moat_tests::oci::{Compression, Flavor, Image, Layer, busybox_layer_tar};
+use moat_tests::registry::Registry;
 
 fn guest_dir() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest-image/out");
@@ -97,10 +99,12 @@ fn status_kib(pid: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// (total RSS, RSS beyond shared memory) in KiB of the processes mentioning `needle`.
-fn rss_of(needle: &str) -> (u64, u64) {
+/// (total RSS, RSS beyond shared memory) in KiB of the processes mentioning `needle`,
+/// and that second figure per process kind.
+fn rss_of(needle: &str) -> (u64, u64, Vec<(String, u64)>) {
     let mut total = 0;
     let mut own = 0;
+    let mut kinds = Vec::new();
     for e in std::fs::read_dir("/proc").expect("proc").flatten() {
         let pid = e.file_name().to_string_lossy().into_owned();
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
@@ -110,10 +114,23 @@ fn rss_of(needle: &str) -> (u64, u64) {
             continue;
         }
         let rss = status_kib(&pid, "VmRSS:");
+        // Private memory: anonymous pages. File pages (the QEMU binary, the kernel image it
+        // maps) are page cache shared by every pod; shared memory is guest RAM.
+        let mine = status_kib(&pid, "RssAnon:");
         total += rss;
-        own += rss - status_kib(&pid, "RssShmem:");
+        own += mine;
+        let text = String::from_utf8_lossy(&cmd).into_owned();
+        let kind = if text.contains("vsock-backend") {
+            "vsock backend"
+        } else if text.contains("fs-backend") {
+            "virtio-fs backend"
+        } else {
+            "qemu"
+        };
+        kinds.push((kind.to_owned(), mine));
     }
-    (total, own)
+    kinds.sort();
+    (total, own, kinds)
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -121,7 +138,7 @@ fn median(v: &mut [Duration]) -> Duration {
     v[v.len() / 2]
 }
 
-fn pod(i: usize) -> cri::PodSandboxConfig {
+fn pod(i: usize, logs: &Path) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: format!("bench-{i}"),
@@ -129,6 +146,27 @@ fn pod(i: usize) -> cri::PodSandboxConfig {
             namespace: "bench".into(),
             attempt: 0,
         }),
+        log_directory: logs.join(format!("pod{i}")).display().to_string(),
+        ..Default::default()
+    }
+}
+
+fn container(image: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "c".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo ready; exec sleep 600".into(),
+        ],
+        log_path: "c/0.log".into(),
         ..Default::default()
     }
 }
@@ -145,6 +183,32 @@ async fn main() {
     let dir = guest_dir();
     let m = Moatd::start(&format!("[sandbox]\nguest_dir = \"{}\"\n", dir.display())).await;
     let mut rt = m.runtime().await;
+    let reg = Registry::start().await;
+    let img = Image::new(
+        vec![Layer::new(
+            &busybox_layer_tar(),
+            Compression::Gzip,
+            Flavor::Oci,
+        )],
+        Flavor::Oci,
+        "amd64",
+        "",
+    );
+    reg.push_image("bench/busybox", "v1", &img).await;
+    let image = format!("{}/bench/busybox:v1", reg.addr);
+    m.images()
+        .await
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+    let logs = tempfile::tempdir().expect("logs");
+    let (mut first_log, mut execs) = (Vec::new(), Vec::new());
     let (mut bare, mut run) = (Vec::new(), Vec::new());
     let mut mem = Vec::new();
     for i in 0..runs {
@@ -158,7 +222,7 @@ async fn main() {
         let started = Instant::now();
         let id = rt
             .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod(i)),
+                config: Some(pod(i, logs.path())),
                 runtime_handler: String::new(),
             })
             .await
@@ -166,8 +230,44 @@ async fn main() {
             .into_inner()
             .pod_sandbox_id;
         run.push(started.elapsed());
+        let cid = rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: id.clone(),
+                config: Some(container(&image)),
+                sandbox_config: None,
+            })
+            .await
+            .expect("create")
+            .into_inner()
+            .container_id;
+        rt.start_container(cri::StartContainerRequest {
+            container_id: cid.clone(),
+        })
+        .await
+        .expect("start");
+        let log = logs.path().join(format!("pod{i}/c/0.log"));
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("stdout F ready")
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        first_log.push(started.elapsed());
+        for _ in 0..20 {
+            let t = Instant::now();
+            let r = rt
+                .exec_sync(cri::ExecSyncRequest {
+                    container_id: cid.clone(),
+                    cmd: vec!["true".into()],
+                    timeout: 10,
+                })
+                .await
+                .expect("exec");
+            assert_eq!(r.into_inner().exit_code, 0);
+            execs.push(t.elapsed());
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (total, own) = rss_of(&id[..12]);
+        let (total, own, kinds) = rss_of(&id[..12]);
         let st = rt
             .pod_sandbox_status(cri::PodSandboxStatusRequest {
                 pod_sandbox_id: id.clone(),
@@ -179,8 +279,18 @@ async fn main() {
         let info: serde_json::Value = serde_json::from_str(&st.info["info"]).expect("json");
         let agent = info["agentRssKiB"].as_u64().unwrap_or(0);
         mem.push((total, own, agent));
+        if i == 0 {
+            let parts: Vec<String> = kinds
+                .iter()
+                .map(|(k, v)| format!("{k} {:.1} MiB", *v as f64 / 1024.0))
+                .collect();
+            println!(
+                "host memory beyond guest RAM by process: {}",
+                parts.join(", ")
+            );
+        }
         println!(
-            "run {i}: bare boot {:>6.3} s   RunPodSandbox {:>6.3} s   host RSS {:>6} KiB (beyond guest RAM {:>6} KiB)   agent RSS {:>5} KiB",
+            "run {i}: bare boot {:>6.3} s   RunPodSandbox {:>6.3} s   host RSS {:>6} KiB (private beyond guest RAM {:>6} KiB)   agent RSS {:>5} KiB",
             bare[i].as_secs_f64(),
             run[i].as_secs_f64(),
             total,
@@ -197,6 +307,7 @@ async fn main() {
             .expect("remove");
     }
     let (b, r) = (median(&mut bare), median(&mut run));
+    let (fl, ex) = (median(&mut first_log), median(&mut execs));
     mem.sort();
     let (total, own, agent) = mem[mem.len() / 2];
     println!(
@@ -209,7 +320,17 @@ async fn main() {
         r.as_secs_f64() / b.as_secs_f64()
     );
     println!(
-        "host memory per idle pod: {:.1} MiB RSS in all, {:.1} MiB beyond guest RAM (VMM + vsock + virtio-fs backends)",
+        "RunPodSandbox to a started container's first log line: {:.3} s ({:.2}x the bare boot)",
+        fl.as_secs_f64(),
+        fl.as_secs_f64() / b.as_secs_f64()
+    );
+    println!(
+        "ExecSync of `true`, median of {} round trips: {:.1} ms",
+        execs.len(),
+        ex.as_secs_f64() * 1000.0
+    );
+    println!(
+        "host memory per pod with one idle container: {:.1} MiB RSS in all (guest RAM and shared page cache included), {:.1} MiB private beyond guest RAM (VMM + vsock + virtio-fs backends)",
         total as f64 / 1024.0,
         own as f64 / 1024.0
     );
