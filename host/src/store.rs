@@ -4,7 +4,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, TableDefinition};
+use std::marker::PhantomData;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Small runtime-wide values (the pod CIDR, ...).
 pub const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
@@ -63,6 +67,72 @@ impl Store {
     }
 }
 
+/// A table of JSON records by string key, one transaction per write.
+pub struct JsonTable<T> {
+    store: Store,
+    def: TableDefinition<'static, &'static str, &'static [u8]>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for JsonTable<T> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            def: self.def,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> JsonTable<T> {
+    /// Opens (creating) the table `name`.
+    pub fn open(store: Store, name: &'static str) -> Result<Self, StoreError> {
+        let def = TableDefinition::new(name);
+        let txn = store.db().begin_write().map_err(e)?;
+        txn.open_table(def).map_err(e)?;
+        txn.commit().map_err(e)?;
+        Ok(Self {
+            store,
+            def,
+            _t: PhantomData,
+        })
+    }
+
+    /// Writes a record.
+    pub fn put(&self, key: &str, value: &T) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(e)?;
+        let txn = self.store.db().begin_write().map_err(e)?;
+        {
+            let mut t = txn.open_table(self.def).map_err(e)?;
+            t.insert(key, bytes.as_slice()).map_err(e)?;
+        }
+        txn.commit().map_err(e)
+    }
+
+    /// Deletes a record; absent is fine.
+    pub fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let txn = self.store.db().begin_write().map_err(e)?;
+        {
+            let mut t = txn.open_table(self.def).map_err(e)?;
+            t.remove(key).map_err(e)?;
+        }
+        txn.commit().map_err(e)
+    }
+
+    /// Every record.
+    pub fn list(&self) -> Result<Vec<T>, StoreError> {
+        use redb::ReadableDatabase;
+        let txn = self.store.db().begin_read().map_err(e)?;
+        let t = txn.open_table(self.def).map_err(e)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(e)? {
+            let (_, v) = item.map_err(e)?;
+            out.push(serde_json::from_slice(v.value()).map_err(e)?);
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +148,19 @@ mod tests {
         }
         let s = Store::open(&p).expect("reopen");
         assert_eq!(s.get_meta("k").expect("get").as_deref(), Some("v"));
+    }
+
+    #[test]
+    fn json_tables_put_list_delete() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let t: JsonTable<Vec<u32>> =
+            JsonTable::open(Store::open(&dir.path().join("db")).expect("store"), "t")
+                .expect("table");
+        t.put("a", &vec![1, 2]).expect("put");
+        t.put("b", &vec![3]).expect("put");
+        assert_eq!(t.list().expect("list"), vec![vec![1, 2], vec![3]]);
+        t.delete("a").expect("delete");
+        t.delete("a").expect("absent is fine");
+        assert_eq!(t.list().expect("list"), vec![vec![3]]);
     }
 }

@@ -24,10 +24,10 @@ use super::record::{ContainerRecord, ContainerStore};
 use super::spec::{self, ContainerInput, ImageDefaults};
 use super::state::{ContainerEvent, ContainerState, apply};
 use crate::images::ImageManager;
-use crate::images::leases::KeyedLocks;
 use crate::images::now_nanos;
 use crate::sandbox::SandboxManager;
 use crate::store::Store;
+use crate::sync::KeyedLocks;
 
 /// What CreateContainer asks for.
 #[derive(Debug, Clone, Default)]
@@ -75,14 +75,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct ContainerManager {
     inner: Arc<Inner>,
-}
-
-fn random_id() -> String {
-    let mut b = [0u8; 32];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    hex::encode(b)
 }
 
 /// Checks that a relative log path stays inside the pod's log directory.
@@ -168,24 +160,8 @@ impl ContainerManager {
 
     /// Finds a container by full id or unique prefix.
     pub fn get(&self, id: &str) -> Result<Option<ContainerRecord>, ContainerError> {
-        if id.is_empty() {
-            return Err(ContainerError::InvalidArgument(
-                "container id is empty".into(),
-            ));
-        }
-        let mut hits = self
-            .inner
-            .records
-            .list()?
-            .into_iter()
-            .filter(|r| r.id.starts_with(id));
-        let first = hits.next();
-        if hits.next().is_some() {
-            return Err(ContainerError::InvalidArgument(format!(
-                "container id prefix {id:?} is ambiguous"
-            )));
-        }
-        Ok(first)
+        crate::ids::by_prefix(self.inner.records.list()?, id, |r| r.id.as_str())
+            .map_err(|e| ContainerError::InvalidArgument(format!("container id: {e}")))
     }
 
     fn must_get(&self, id: &str) -> Result<ContainerRecord, ContainerError> {
@@ -270,7 +246,7 @@ impl ContainerManager {
         {
             return Err(ContainerError::NameTaken(req.name));
         }
-        let id = random_id();
+        let id = crate::ids::random_id();
         let built = spec::build(&id, &sandbox.id, &defaults, &input)
             .map_err(|e| ContainerError::InvalidArgument(e.0))?;
         let mut agent = self.agent(&sandbox.id).await?;

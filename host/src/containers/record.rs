@@ -2,14 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::error::ContainerError;
 use super::state::ContainerState;
-use crate::store::Store;
-
-const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+use crate::store::{JsonTable, Store, StoreError};
 
 /// One container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,55 +51,36 @@ pub struct ContainerRecord {
     pub reserved_name: String,
 }
 
-/// Container records.
+/// Container records, by id.
 #[derive(Clone)]
 pub struct ContainerStore {
-    store: Store,
+    table: JsonTable<ContainerRecord>,
 }
 
-fn e(err: impl std::fmt::Display) -> ContainerError {
-    ContainerError::Store(err.to_string())
+fn e(err: StoreError) -> ContainerError {
+    ContainerError::Store(err.0)
 }
 
 impl ContainerStore {
     /// Opens the table.
     pub fn open(store: Store) -> Result<Self, ContainerError> {
-        let txn = store.db().begin_write().map_err(e)?;
-        txn.open_table(CONTAINERS).map_err(e)?;
-        txn.commit().map_err(e)?;
-        Ok(Self { store })
+        Ok(Self {
+            table: JsonTable::open(store, "containers").map_err(e)?,
+        })
     }
 
     /// Writes a record.
     pub fn put(&self, r: &ContainerRecord) -> Result<(), ContainerError> {
-        let bytes = serde_json::to_vec(r).map_err(e)?;
-        let txn = self.store.db().begin_write().map_err(e)?;
-        {
-            let mut t = txn.open_table(CONTAINERS).map_err(e)?;
-            t.insert(r.id.as_str(), bytes.as_slice()).map_err(e)?;
-        }
-        txn.commit().map_err(e)
+        self.table.put(&r.id, r).map_err(e)
     }
 
     /// Deletes a record; absent is fine.
     pub fn delete(&self, id: &str) -> Result<(), ContainerError> {
-        let txn = self.store.db().begin_write().map_err(e)?;
-        {
-            let mut t = txn.open_table(CONTAINERS).map_err(e)?;
-            t.remove(id).map_err(e)?;
-        }
-        txn.commit().map_err(e)
+        self.table.delete(id).map_err(e)
     }
 
     /// Every record.
     pub fn list(&self) -> Result<Vec<ContainerRecord>, ContainerError> {
-        let txn = self.store.db().begin_read().map_err(e)?;
-        let t = txn.open_table(CONTAINERS).map_err(e)?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(e)? {
-            let (_, v) = item.map_err(e)?;
-            out.push(serde_json::from_slice(v.value()).map_err(e)?);
-        }
-        Ok(out)
+        self.table.list().map_err(e)
     }
 }

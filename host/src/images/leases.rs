@@ -3,32 +3,9 @@
 //! pulls in flight safe from a collection running beside them.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Mutex, MutexGuard};
 
-/// One async lock per key, created on demand and dropped when unused.
-#[derive(Default)]
-pub struct KeyedLocks {
-    map: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
-}
-
-impl KeyedLocks {
-    /// Waits for the lock of `key`.
-    pub async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let m = {
-            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-            map.retain(|_, w| w.strong_count() > 0);
-            match map.get(key).and_then(Weak::upgrade) {
-                Some(m) => m,
-                None => {
-                    let m = Arc::new(tokio::sync::Mutex::new(()));
-                    map.insert(key.to_owned(), Arc::downgrade(&m));
-                    m
-                }
-            }
-        };
-        m.lock_owned().await
-    }
-}
+pub use crate::sync::KeyedLocks;
 
 /// Keys (digests) that garbage collection must not touch.
 #[derive(Default)]
@@ -100,20 +77,5 @@ mod tests {
         assert_eq!(l.lock().get("x"), Some(&1));
         drop(b);
         assert!(l.lock().is_empty());
-    }
-
-    #[tokio::test]
-    async fn keyed_locks_serialise_one_key_only() {
-        let locks = KeyedLocks::default();
-        let g = locks.lock("a").await;
-        // Another key is free.
-        let _h = locks.lock("b").await;
-        let again =
-            tokio::time::timeout(std::time::Duration::from_millis(50), locks.lock("a")).await;
-        assert!(again.is_err(), "the same key must wait");
-        drop(g);
-        let again =
-            tokio::time::timeout(std::time::Duration::from_millis(50), locks.lock("a")).await;
-        assert!(again.is_ok());
     }
 }

@@ -18,8 +18,8 @@ use super::vm::{self, LaunchSpec, RunningVm, VmPaths};
 use crate::config::{Backend, Config};
 use crate::hypervisor::HostCaps;
 use crate::hypervisor::qemu::Qemu;
-use crate::images::leases::KeyedLocks;
 use crate::store::Store;
+use crate::sync::KeyedLocks;
 
 /// DNS settings for the pod.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -95,14 +95,6 @@ pub struct SandboxManager {
     inner: Arc<Inner>,
 }
 
-fn random_id() -> String {
-    let mut b = [0u8; 32];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    hex::encode(b)
-}
-
 /// vCPUs and memory for a pod: from its limits, or the defaults, plus the overhead.
 pub fn size_vm(
     config: &crate::config::SandboxConfig,
@@ -173,23 +165,15 @@ impl SandboxManager {
                     self.live().insert(r.id.clone(), Live { vm, agent: None });
                     info!(sandbox = %r.id, "sandbox VM taken back after restart");
                 }
-                (SandboxState::Creating, procs) => {
+                (SandboxState::Creating, _) => {
                     // moatd died during the boot: finish the failure.
-                    if let Some((vmm, backend)) = procs {
-                        for p in [vmm, backend].into_iter().flatten() {
-                            let _ = p.terminate(Duration::from_secs(2)).await;
-                        }
-                    }
+                    self.kill_recorded(&r).await;
                     let _ = std::fs::remove_dir_all(&self.paths(&r.id).dir);
                     self.inner.records.delete(&r.id)?;
                     warn!(sandbox = %r.id, "removed a sandbox whose boot was interrupted by a restart");
                 }
-                (SandboxState::Ready, procs) => {
-                    if let Some((vmm, backend)) = procs {
-                        for p in [vmm, backend].into_iter().flatten() {
-                            let _ = p.terminate(Duration::from_secs(2)).await;
-                        }
-                    }
+                (SandboxState::Ready, _) => {
+                    self.kill_recorded(&r).await;
                     let _ = std::fs::remove_dir_all(&self.paths(&r.id).dir);
                     r.state = SandboxState::Stopped;
                     r.vm = None;
@@ -200,6 +184,19 @@ impl SandboxManager {
             }
         }
         Ok(())
+    }
+
+    /// Kills whatever is left of the processes a record names (after a restart).
+    async fn kill_recorded(&self, r: &SandboxRecord) {
+        let Some(v) = &r.vm else { return };
+        let pids = [Some(v.vmm_pid), Some(v.backend_pid), v.fs_backend_pid];
+        for p in pids
+            .into_iter()
+            .flatten()
+            .filter_map(|pid| vm::adopt(pid, &r.id))
+        {
+            let _ = p.terminate(Duration::from_secs(2)).await;
+        }
     }
 
     /// Marks the sandbox stopped when its VMM exits on its own.
@@ -233,20 +230,8 @@ impl SandboxManager {
 
     /// Finds a record by full id or unique prefix.
     pub fn get(&self, id: &str) -> Result<Option<SandboxRecord>, SandboxError> {
-        if id.is_empty() {
-            return Err(SandboxError::InvalidArgument(
-                "pod sandbox id is empty".into(),
-            ));
-        }
-        let all = self.inner.records.list()?;
-        let mut hits = all.into_iter().filter(|r| r.id.starts_with(id));
-        let first = hits.next();
-        if hits.next().is_some() {
-            return Err(SandboxError::InvalidArgument(format!(
-                "pod sandbox id prefix {id:?} is ambiguous"
-            )));
-        }
-        Ok(first)
+        crate::ids::by_prefix(self.inner.records.list()?, id, |r| r.id.as_str())
+            .map_err(|e| SandboxError::InvalidArgument(format!("pod sandbox id: {e}")))
     }
 
     /// Every sandbox.
@@ -305,9 +290,9 @@ impl SandboxManager {
             {
                 return Err(SandboxError::NameTaken { name, id: other.id });
             }
-            let mut id = random_id();
+            let mut id = crate::ids::random_id();
             while self.paths(&id).dir.exists() || self.get(&id[..12])?.is_some() {
-                id = random_id();
+                id = crate::ids::random_id();
             }
             let record = SandboxRecord {
                 id: id.clone(),

@@ -4,14 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::error::SandboxError;
 use super::state::SandboxState;
-use crate::store::Store;
-
-const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
+use crate::store::{JsonTable, Store, StoreError};
 
 /// The pod's identity as kubelet gave it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -79,56 +76,37 @@ pub struct SandboxRecord {
     pub vm: Option<VmRecord>,
 }
 
-/// Sandbox records.
+/// Sandbox records, by id.
 #[derive(Clone)]
 pub struct SandboxStore {
-    store: Store,
+    table: JsonTable<SandboxRecord>,
 }
 
-fn e(err: impl std::fmt::Display) -> SandboxError {
-    SandboxError::Store(err.to_string())
+fn e(err: StoreError) -> SandboxError {
+    SandboxError::Store(err.0)
 }
 
 impl SandboxStore {
     /// Opens the table.
     pub fn open(store: Store) -> Result<Self, SandboxError> {
-        let txn = store.db().begin_write().map_err(e)?;
-        txn.open_table(SANDBOXES).map_err(e)?;
-        txn.commit().map_err(e)?;
-        Ok(Self { store })
+        Ok(Self {
+            table: JsonTable::open(store, "sandboxes").map_err(e)?,
+        })
     }
 
     /// Writes a record.
     pub fn put(&self, r: &SandboxRecord) -> Result<(), SandboxError> {
-        let bytes = serde_json::to_vec(r).map_err(e)?;
-        let txn = self.store.db().begin_write().map_err(e)?;
-        {
-            let mut t = txn.open_table(SANDBOXES).map_err(e)?;
-            t.insert(r.id.as_str(), bytes.as_slice()).map_err(e)?;
-        }
-        txn.commit().map_err(e)
+        self.table.put(&r.id, r).map_err(e)
     }
 
     /// Deletes a record; absent is fine.
     pub fn delete(&self, id: &str) -> Result<(), SandboxError> {
-        let txn = self.store.db().begin_write().map_err(e)?;
-        {
-            let mut t = txn.open_table(SANDBOXES).map_err(e)?;
-            t.remove(id).map_err(e)?;
-        }
-        txn.commit().map_err(e)
+        self.table.delete(id).map_err(e)
     }
 
     /// Every record.
     pub fn list(&self) -> Result<Vec<SandboxRecord>, SandboxError> {
-        let txn = self.store.db().begin_read().map_err(e)?;
-        let t = txn.open_table(SANDBOXES).map_err(e)?;
-        let mut out = Vec::new();
-        for item in t.iter().map_err(e)? {
-            let (_, v) = item.map_err(e)?;
-            out.push(serde_json::from_slice(v.value()).map_err(e)?);
-        }
-        Ok(out)
+        self.table.list().map_err(e)
     }
 }
 
