@@ -194,6 +194,8 @@ impl Default for RuntimeConfig {
 pub struct HandlerConfig {
     /// `auto` (the built-in VMM where hardware KVM exists, QEMU otherwise), `qemu` or `builtin`.
     pub backend: Backend,
+    /// QEMU acceleration for this handler's pods (`kvm` or `tcg`), overriding `qemu.accel`.
+    pub accel: Option<crate::hypervisor::Accel>,
 }
 
 /// Which VMM runs a handler's pods.

@@ -53,6 +53,8 @@ async fn status_tells_the_truth_about_runtime_and_network() {
         rt.message
     );
     assert!(!rt.message.is_empty());
+    let handlers: Vec<&str> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(handlers, vec!["moat"], "the configured runtime handlers");
     let net = condition(&s, "NetworkReady");
     assert!(!net.status);
     assert_eq!(net.reason, "NetworkPluginNotReady");

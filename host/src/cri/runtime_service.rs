@@ -159,7 +159,19 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
                 conditions: self.conditions(),
             }),
             info,
-            runtime_handlers: vec![],
+            runtime_handlers: self
+                .config
+                .runtime
+                .handlers
+                .keys()
+                .map(|name| cri::RuntimeHandler {
+                    name: name.clone(),
+                    features: Some(cri::RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: false,
+                        user_namespaces: false,
+                    }),
+                })
+                .collect(),
             features: Some(cri::RuntimeFeatures {
                 supplemental_groups_policy: false,
             }),

@@ -9,6 +9,15 @@ use std::path::PathBuf;
 
 pub use process::VmProcess;
 
+/// A way to run VMs. Boot returns the VMM process; stopping, killing and waiting go through
+/// that process (and the guest agent's Shutdown), so the surface stays this small.
+pub trait Hypervisor: Send + Sync + std::fmt::Debug {
+    /// The backend's name (`qemu`, `builtin`).
+    fn name(&self) -> &'static str;
+    /// Starts the VM described by `spec`.
+    fn boot(&self, spec: &VmSpec) -> Result<VmProcess, HypervisorError>;
+}
+
 /// Everything a backend needs to boot one sandbox VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {

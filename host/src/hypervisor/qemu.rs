@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use super::{Accel, HostCaps, HypervisorError, VmProcess, VmSpec};
+use super::{Accel, HostCaps, Hypervisor, HypervisorError, VmProcess, VmSpec};
 
 /// QEMU settings from the config.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -125,7 +125,7 @@ impl Qemu {
     }
 
     /// Starts the VM.
-    pub fn boot(&self, spec: &VmSpec) -> Result<VmProcess, HypervisorError> {
+    pub fn start(&self, spec: &VmSpec) -> Result<VmProcess, HypervisorError> {
         for (what, p) in [("kernel", &spec.kernel), ("initramfs", &spec.initramfs)] {
             if !p.is_file() {
                 return Err(HypervisorError::MissingImage {
@@ -140,6 +140,15 @@ impl Qemu {
             binary: self.config.binary.clone(),
             source,
         })
+    }
+}
+
+impl Hypervisor for Qemu {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+    fn boot(&self, spec: &VmSpec) -> Result<VmProcess, HypervisorError> {
+        self.start(spec)
     }
 }
 
@@ -220,7 +229,7 @@ mod tests {
             },
         );
         assert!(matches!(
-            q.boot(&spec()),
+            q.start(&spec()),
             Err(HypervisorError::MissingImage { what: "kernel", .. })
         ));
     }

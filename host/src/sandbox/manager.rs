@@ -17,7 +17,8 @@ use super::state::{Next, SandboxEvent, SandboxState};
 use super::vm::{self, LaunchSpec, RunningVm, VmPaths};
 use crate::config::{Backend, Config};
 use crate::hypervisor::HostCaps;
-use crate::hypervisor::qemu::Qemu;
+use crate::hypervisor::Hypervisor;
+use crate::hypervisor::qemu::{Qemu, QemuConfig};
 use crate::store::Store;
 use crate::sync::KeyedLocks;
 
@@ -83,7 +84,8 @@ struct Live {
 struct Inner {
     config: Config,
     records: SandboxStore,
-    qemu: Qemu,
+    /// One hypervisor per runtime handler.
+    hypervisors: HashMap<String, Arc<dyn Hypervisor>>,
     live: Mutex<HashMap<String, Live>>,
     locks: KeyedLocks,
     create: tokio::sync::Mutex<()>,
@@ -93,6 +95,27 @@ struct Inner {
 #[derive(Clone)]
 pub struct SandboxManager {
     inner: Arc<Inner>,
+}
+
+/// The hypervisor of each runtime handler: QEMU (the built-in VMM is not in this version),
+/// with the handler's acceleration override if it has one.
+fn hypervisors(config: &Config) -> HashMap<String, Arc<dyn Hypervisor>> {
+    let caps = HostCaps::probe();
+    config
+        .runtime
+        .handlers
+        .iter()
+        .map(|(name, h)| {
+            let q = QemuConfig {
+                accel: h.accel.or(config.qemu.accel),
+                ..config.qemu.clone()
+            };
+            (
+                name.clone(),
+                Arc::new(Qemu::new(q, caps.clone())) as Arc<dyn Hypervisor>,
+            )
+        })
+        .collect()
 }
 
 /// vCPUs and memory for a pod: from its limits, or the defaults, plus the overhead.
@@ -120,7 +143,7 @@ impl SandboxManager {
         let inner = Inner {
             config: config.clone(),
             records: SandboxStore::open(store)?,
-            qemu: Qemu::new(config.qemu.clone(), HostCaps::probe()),
+            hypervisors: hypervisors(config),
             live: Mutex::new(HashMap::new()),
             locks: KeyedLocks::default(),
             create: tokio::sync::Mutex::new(()),
@@ -270,6 +293,16 @@ impl SandboxManager {
                 "runtime handler {handler:?} asks for the built-in VMM, which this version of moatd does not have; use backend = \"qemu\" or \"auto\""
             )));
         }
+        let hypervisor = self
+            .inner
+            .hypervisors
+            .get(&handler)
+            .cloned()
+            .ok_or_else(|| {
+                SandboxError::InvalidArgument(format!(
+                    "runtime handler {handler:?} has no hypervisor"
+                ))
+            })?;
         let hostname = if req.hostname.is_empty() {
             md.name.clone()
         } else {
@@ -317,7 +350,7 @@ impl SandboxManager {
         drop(_e);
         let cfg = &self.inner.config.sandbox;
         let launched = vm::launch(
-            &self.inner.qemu,
+            hypervisor.as_ref(),
             self.paths(&id),
             LaunchSpec {
                 id: &id,

@@ -12,8 +12,7 @@ use tracing::{info, warn};
 
 use super::agent;
 use super::error::SandboxError;
-use crate::hypervisor::qemu::Qemu;
-use crate::hypervisor::{VmProcess, VmSpec};
+use crate::hypervisor::{Hypervisor, VmProcess, VmSpec};
 
 /// The guest's vsock CID. Each VM has its own vsock device and backend, so every guest can
 /// use the same one.
@@ -132,14 +131,14 @@ async fn spawn_backend(
 
 /// Boots the VM and waits for its agent. On any failure everything started is torn down.
 pub async fn launch(
-    qemu: &Qemu,
+    hypervisor: &dyn Hypervisor,
     paths: VmPaths,
     spec: LaunchSpec<'_>,
 ) -> Result<(RunningVm, AgentClient<Channel>), SandboxError> {
     let _ = std::fs::remove_dir_all(&paths.dir);
     std::fs::create_dir_all(&paths.dir)
         .map_err(|e| SandboxError::io("create the VM run dir", e))?;
-    let result = launch_inner(qemu, &paths, &spec).await;
+    let result = launch_inner(hypervisor, &paths, &spec).await;
     if let Err(e) = &result {
         // The console is the first thing anyone needs: put its tail in moatd's log.
         let console = std::fs::read_to_string(paths.console_log()).unwrap_or_default();
@@ -159,7 +158,7 @@ pub async fn launch(
 }
 
 async fn launch_inner(
-    qemu: &Qemu,
+    hypervisor: &dyn Hypervisor,
     paths: &VmPaths,
     spec: &LaunchSpec<'_>,
 ) -> Result<(RunningVm, AgentClient<Channel>), SandboxError> {
@@ -229,7 +228,7 @@ async fn launch_inner(
         console_log: paths.console_log(),
         vmm_log: paths.vmm_log(),
     };
-    let vmm = match qemu.boot(&vm_spec) {
+    let vmm = match hypervisor.boot(&vm_spec) {
         Ok(v) => v,
         Err(source) => {
             let _ = backend.terminate(Duration::from_secs(1)).await;
