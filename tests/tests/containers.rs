@@ -419,3 +419,125 @@ async fn containers_that_exit_or_cannot_start_say_why() {
             .containers;
     assert!(all.is_empty());
 }
+
+fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&dir.display().to_string()))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_paths_are_mounted_read_only_or_read_write() {
+    let p = pod_with_image("vols").await;
+    let ro = tempfile::tempdir().expect("ro");
+    std::fs::write(ro.path().join("in.txt"), "from the host\n").expect("write");
+    let rw = tempfile::tempdir().expect("rw");
+    let mount = |host: &std::path::Path, path: &str, readonly: bool| cri::Mount {
+        container_path: path.into(),
+        host_path: host.display().to_string(),
+        readonly,
+        ..Default::default()
+    };
+    let cfg = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: "vols".into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: p.image.clone(), ..Default::default() }),
+        command: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "cat /ro/in.txt; echo written > /rw/out.txt; (echo x > /ro/nope 2>/dev/null && echo ro-writable) || echo ro-refused; exec sleep 300".into(),
+        ],
+        mounts: vec![mount(ro.path(), "/ro", true), mount(rw.path(), "/rw", false)],
+        log_path: "vols/0.log".into(),
+        ..Default::default()
+    };
+    let id =
+        p.m.runtime()
+            .await
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: p.id.clone(),
+                config: Some(cfg),
+                sandbox_config: None,
+            })
+            .await
+            .expect("create with mounts")
+            .into_inner()
+            .container_id;
+    p.start(&id).await;
+    let done =
+        moat_tests::wait_until(Duration::from_secs(20), || p.log("vols").contains("ro-")).await;
+    assert!(done, "log: {}", p.log("vols"));
+    let log = p.log("vols");
+    assert!(log.contains("stdout F from the host"), "{log}");
+    assert!(log.contains("stdout F ro-refused"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(rw.path().join("out.txt")).expect("written through"),
+        "written\n"
+    );
+    assert!(!ro.path().join("nope").exists());
+    let st = p.status(&id).await;
+    assert_eq!(st.mounts.len(), 2);
+    assert!(
+        st.mounts
+            .iter()
+            .any(|m| m.container_path == "/ro" && m.readonly)
+    );
+
+    let run_dir = p.m.root().with_file_name("run");
+    assert_eq!(
+        mounts_under(&run_dir).len(),
+        2,
+        "two host binds while the container exists"
+    );
+    p.m.runtime()
+        .await
+        .remove_container(cri::RemoveContainerRequest { container_id: id })
+        .await
+        .expect("remove");
+    assert!(
+        mounts_under(&run_dir).is_empty(),
+        "binds released: {:?}",
+        mounts_under(&run_dir)
+    );
+    assert_eq!(
+        std::fs::read_to_string(ro.path().join("in.txt")).expect("host data kept"),
+        "from the host\n"
+    );
+
+    // A relative container path is refused.
+    let bad = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "bad".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: p.image.clone(),
+            ..Default::default()
+        }),
+        command: vec!["true".into()],
+        mounts: vec![mount(ro.path(), "relative/path", true)],
+        ..Default::default()
+    };
+    let e =
+        p.m.runtime()
+            .await
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: p.id.clone(),
+                config: Some(bad),
+                sandbox_config: None,
+            })
+            .await
+            .expect_err("relative container path");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    p.m.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await
+        .expect("remove pod");
+    assert!(mounts_under(&run_dir).is_empty());
+}

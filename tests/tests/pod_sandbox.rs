@@ -148,8 +148,8 @@ async fn a_pod_boots_a_vm_then_stops_and_goes_without_a_trace() {
     assert_eq!(state(&m, &id).await.expect("status"), READY);
     assert_eq!(
         processes_with(&id[..12]).len(),
-        3,
-        "one VMM, one vsock backend and one virtio-fs backend"
+        4,
+        "one VMM, one vsock backend, two virtio-fs backends (layers, volumes)"
     );
 
     let list = m

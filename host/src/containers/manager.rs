@@ -48,6 +48,8 @@ pub struct CreateRequest {
     pub annotations: BTreeMap<String, String>,
     /// Log path relative to the pod's log directory.
     pub log_path: String,
+    /// Host paths to mount into the container.
+    pub mounts: Vec<crate::sandbox::volumes::HostMount>,
 }
 
 /// The result of ExecSync.
@@ -247,9 +249,30 @@ impl ContainerManager {
             return Err(ContainerError::NameTaken(req.name));
         }
         let id = crate::ids::random_id();
-        let built = spec::build(&id, &sandbox.id, &defaults, &input)
-            .map_err(|e| ContainerError::InvalidArgument(e.0))?;
-        let mut agent = self.agent(&sandbox.id).await?;
+        let volumes = self.inner.sandboxes.volumes_dir(&sandbox.id);
+        let binds = crate::sandbox::volumes::prepare(&volumes, &id[..12], &req.mounts)
+            .map_err(|e| ContainerError::InvalidArgument(e.to_string()))?;
+        input.binds = binds
+            .iter()
+            .map(|b| (b.guest_path.clone(), b.container_path.clone(), b.read_only))
+            .collect();
+        let release = || {
+            let _ = crate::sandbox::volumes::release(&volumes.join(&id[..12]));
+        };
+        let built = match spec::build(&id, &sandbox.id, &defaults, &input) {
+            Ok(b) => b,
+            Err(e) => {
+                release();
+                return Err(ContainerError::InvalidArgument(e.0));
+            }
+        };
+        let mut agent = match self.agent(&sandbox.id).await {
+            Ok(a) => a,
+            Err(e) => {
+                release();
+                return Err(e);
+            }
+        };
         let create = CreateContainerRequest {
             container_id: id.clone(),
             spec_json: serde_json::to_vec(&built.spec)
@@ -262,10 +285,13 @@ impl ContainerManager {
             image_user: built.image_user,
             default_seccomp: built.default_seccomp,
         };
-        agent
+        if let Err(st) = agent
             .create_container(self.req(create, Duration::from_secs(20)))
             .await
-            .map_err(|s| agent_err(&id, s))?;
+        {
+            release();
+            return Err(agent_err(&id, st));
+        }
         let record = ContainerRecord {
             id: id.clone(),
             sandbox_id: sandbox.id.clone(),
@@ -291,6 +317,17 @@ impl ContainerManager {
             reason: String::new(),
             message: String::new(),
             reserved_name: reserved,
+            mounts: req
+                .mounts
+                .iter()
+                .map(|m| {
+                    (
+                        m.container_path.clone(),
+                        m.host_path.display().to_string(),
+                        m.read_only,
+                    )
+                })
+                .collect(),
         };
         self.inner.records.put(&record)?;
         info!(container = %id, sandbox = %sandbox.id, name = %record.name, "container created");
@@ -556,6 +593,14 @@ impl ContainerManager {
                     Duration::ZERO,
                 ))
                 .await;
+        }
+        let volumes = self
+            .inner
+            .sandboxes
+            .volumes_dir(&r.sandbox_id)
+            .join(&r.id[..12]);
+        if let Err(e) = crate::sandbox::volumes::release(&volumes) {
+            warn!(container = %r.id, error = %e, "could not release the container's volumes");
         }
         self.transition(&mut r, ContainerEvent::Remove)?;
         info!(container = %r.id, "container removed");

@@ -49,6 +49,9 @@ pub struct ContainerRecord {
     pub message: String,
     /// The reserved name (unique among live containers).
     pub reserved_name: String,
+    /// Mounts: (container path, host path, read-only).
+    #[serde(default)]
+    pub mounts: Vec<(String, String, bool)>,
 }
 
 /// Container records, by id.

@@ -61,6 +61,8 @@ pub struct ContainerInput {
     pub memory_limit: Option<i64>,
     /// The pod's hostname.
     pub hostname: String,
+    /// Bind mounts: (source in the guest, destination in the container, read-only).
+    pub binds: Vec<(String, String, bool)>,
 }
 
 /// The runtime spec plus what the agent must still resolve inside the image.
@@ -253,6 +255,22 @@ pub fn merge_env(image: &[String], request: &[(String, String)]) -> Vec<String> 
     out.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
+/// The mounts every container gets.
+fn default_mounts() -> Vec<Value> {
+    vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+        json!({"destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts", "options": ["rbind", "rprivate", "ro"]}),
+        json!({"destination": "/etc/resolv.conf", "type": "bind", "source": "/etc/resolv.conf", "options": ["rbind", "rprivate", "ro"]}),
+        json!({"destination": "/etc/hostname", "type": "bind", "source": "/etc/hostname", "options": ["rbind", "rprivate", "ro"]}),
+    ]
+}
+
 /// Builds the runtime spec for container `id` of sandbox `sandbox_id`.
 pub fn build(
     id: &str,
@@ -294,6 +312,14 @@ pub fn build(
     if let Some(m) = i.memory_limit {
         resources["memory"] = json!({"limit": m});
     }
+    let mut mounts = default_mounts();
+    for (source, dest, ro) in &i.binds {
+        let mut options = vec!["rbind", "rprivate"];
+        options.push(if *ro { "ro" } else { "rw" });
+        mounts.push(
+            json!({"destination": dest, "type": "bind", "source": source, "options": options}),
+        );
+    }
     let spec = json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -308,18 +334,7 @@ pub fn build(
         },
         "root": {"path": "rootfs", "readonly": i.readonly_rootfs},
         "hostname": i.hostname,
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
-            {"destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts", "options": ["rbind", "rprivate", "ro"]},
-            {"destination": "/etc/resolv.conf", "type": "bind", "source": "/etc/resolv.conf", "options": ["rbind", "rprivate", "ro"]},
-            {"destination": "/etc/hostname", "type": "bind", "source": "/etc/hostname", "options": ["rbind", "rprivate", "ro"]},
-        ],
+        "mounts": mounts,
         "linux": {
             "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
             "cgroupsPath": format!("/moat/{}/{id}", &sandbox_id[..12.min(sandbox_id.len())]),

@@ -23,11 +23,20 @@ pub fn create_request(req: cri::CreateContainerRequest) -> Result<CreateRequest,
             "container config needs an image",
         ));
     }
-    if !c.mounts.is_empty() || !c.devices.is_empty() || !c.cdi_devices.is_empty() {
+    if !c.devices.is_empty() || !c.cdi_devices.is_empty() {
         return Err(tonic::Status::failed_precondition(
-            "volume mounts and devices are not supported by this version of moatd",
+            "devices are not supported by this version of moatd",
         ));
     }
+    let mounts = c
+        .mounts
+        .iter()
+        .map(|m| crate::sandbox::volumes::HostMount {
+            host_path: m.host_path.clone().into(),
+            container_path: m.container_path.clone(),
+            read_only: m.readonly,
+        })
+        .collect();
     let linux = c.linux.unwrap_or_default();
     let sc = linux.security_context.unwrap_or_default();
     let caps = sc.capabilities.unwrap_or_default();
@@ -65,6 +74,7 @@ pub fn create_request(req: cri::CreateContainerRequest) -> Result<CreateRequest,
         cpu_shares: (res.cpu_shares > 0).then_some(res.cpu_shares as u64),
         memory_limit: (res.memory_limit_in_bytes > 0).then_some(res.memory_limit_in_bytes),
         hostname: String::new(),
+        binds: Vec::new(),
     };
     Ok(CreateRequest {
         sandbox_id: req.pod_sandbox_id,
@@ -75,6 +85,7 @@ pub fn create_request(req: cri::CreateContainerRequest) -> Result<CreateRequest,
         labels: c.labels.into_iter().collect(),
         annotations: c.annotations.into_iter().collect(),
         log_path: c.log_path,
+        mounts,
     })
 }
 
@@ -112,7 +123,16 @@ pub fn status(r: &ContainerRecord) -> cri::ContainerStatus {
         message: r.message.clone(),
         labels: map(&r.labels),
         annotations: map(&r.annotations),
-        mounts: vec![],
+        mounts: r
+            .mounts
+            .iter()
+            .map(|(c, h, ro)| cri::Mount {
+                container_path: c.clone(),
+                host_path: h.clone(),
+                readonly: *ro,
+                ..Default::default()
+            })
+            .collect(),
         log_path: r.log_path.clone(),
         resources: None,
         image_id: r.image_id.clone(),

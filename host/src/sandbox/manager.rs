@@ -174,14 +174,15 @@ impl SandboxManager {
                     .map(|v| (vm::adopt(v.vmm_pid, &r.id), vm::adopt(v.backend_pid, &r.id)));
             match (r.state, procs) {
                 (SandboxState::Ready, Some((Some(vmm), Some(backend)))) => {
-                    let fs_backend =
-                        r.vm.as_ref()
-                            .and_then(|v| v.fs_backend_pid)
-                            .and_then(|p| vm::adopt(p, &r.id));
+                    let fs_backends =
+                        r.vm.iter()
+                            .flat_map(|v| v.fs_backend_pids.iter())
+                            .filter_map(|p| vm::adopt(*p, &r.id))
+                            .collect();
                     let vm = Arc::new(RunningVm {
                         vmm,
                         backend,
-                        fs_backend,
+                        fs_backends,
                         paths: self.paths(&r.id),
                     });
                     self.watch(&r.id, vm.clone());
@@ -191,13 +192,13 @@ impl SandboxManager {
                 (SandboxState::Creating, _) => {
                     // moatd died during the boot: finish the failure.
                     self.kill_recorded(&r).await;
-                    let _ = std::fs::remove_dir_all(&self.paths(&r.id).dir);
+                    self.paths(&r.id).remove();
                     self.inner.records.delete(&r.id)?;
                     warn!(sandbox = %r.id, "removed a sandbox whose boot was interrupted by a restart");
                 }
                 (SandboxState::Ready, _) => {
                     self.kill_recorded(&r).await;
-                    let _ = std::fs::remove_dir_all(&self.paths(&r.id).dir);
+                    self.paths(&r.id).remove();
                     r.state = SandboxState::Stopped;
                     r.vm = None;
                     self.inner.records.put(&r)?;
@@ -212,12 +213,10 @@ impl SandboxManager {
     /// Kills whatever is left of the processes a record names (after a restart).
     async fn kill_recorded(&self, r: &SandboxRecord) {
         let Some(v) = &r.vm else { return };
-        let pids = [Some(v.vmm_pid), Some(v.backend_pid), v.fs_backend_pid];
-        for p in pids
+        let pids = [v.vmm_pid, v.backend_pid]
             .into_iter()
-            .flatten()
-            .filter_map(|pid| vm::adopt(pid, &r.id))
-        {
+            .chain(v.fs_backend_pids.iter().copied());
+        for p in pids.filter_map(|pid| vm::adopt(pid, &r.id)) {
             let _ = p.terminate(Duration::from_secs(2)).await;
         }
     }
@@ -239,7 +238,7 @@ impl SandboxManager {
             warn!(sandbox = %id, "the VM exited on its own");
             this.live().remove(&id);
             vm::teardown(&vm).await;
-            let _ = std::fs::remove_dir_all(&vm.paths.dir);
+            vm.paths.remove();
             let Ok(Some(mut r)) = this.get(&id) else {
                 return;
             };
@@ -255,6 +254,11 @@ impl SandboxManager {
     pub fn get(&self, id: &str) -> Result<Option<SandboxRecord>, SandboxError> {
         crate::ids::by_prefix(self.inner.records.list()?, id, |r| r.id.as_str())
             .map_err(|e| SandboxError::InvalidArgument(format!("pod sandbox id: {e}")))
+    }
+
+    /// The host side of a sandbox's `volumes` share.
+    pub fn volumes_dir(&self, id: &str) -> std::path::PathBuf {
+        self.paths(id).volumes()
     }
 
     /// Every sandbox.
@@ -374,7 +378,7 @@ impl SandboxManager {
         record.vm = Some(VmRecord {
             vmm_pid: vm.vmm.pid(),
             backend_pid: vm.backend.pid(),
-            fs_backend_pid: vm.fs_backend.as_ref().map(|p| p.pid()),
+            fs_backend_pids: vm.fs_backends.iter().map(|p| p.pid()).collect(),
             run_dir: vm.paths.dir.clone(),
         });
         self.inner.records.put(&record)?;
@@ -386,11 +390,18 @@ impl SandboxManager {
             resolv_conf: req.dns.resolv_conf(),
             hosts,
             time_unix_nanos: crate::images::now_nanos(),
-            shares: vec![moat_proto::agent::Share {
-                tag: vm::LAYERS_TAG.into(),
-                mount_point: vm::LAYERS_MOUNT.into(),
-                read_only: true,
-            }],
+            shares: vec![
+                moat_proto::agent::Share {
+                    tag: vm::LAYERS_TAG.into(),
+                    mount_point: vm::LAYERS_MOUNT.into(),
+                    read_only: true,
+                },
+                moat_proto::agent::Share {
+                    tag: super::volumes::VOLUMES_TAG.into(),
+                    mount_point: super::volumes::VOLUMES_MOUNT.into(),
+                    read_only: false,
+                },
+            ],
         };
         let mut call = tonic::Request::new(setup);
         call.set_timeout(self.agent_timeout());
@@ -400,7 +411,7 @@ impl SandboxManager {
             .and_then(|r| r)
         {
             vm::teardown(&vm).await;
-            let _ = std::fs::remove_dir_all(&vm.paths.dir);
+            vm.paths.remove();
             self.fail_boot(&id)?;
             return Err(SandboxError::Agent {
                 id,
@@ -486,7 +497,7 @@ impl SandboxManager {
                 warn!(sandbox = %id, "the guest did not power off in time; killing the VMM");
             }
             vm::teardown(&l.vm).await;
-            let _ = std::fs::remove_dir_all(&l.vm.paths.dir);
+            l.vm.paths.remove();
         }
         if let Ok(Some(latest)) = self.get(&id) {
             r = latest;
@@ -533,7 +544,7 @@ impl SandboxManager {
                 source,
             })?;
         let paths = self.paths(&r.id);
-        let _ = std::fs::remove_dir_all(&paths.dir);
+        paths.remove();
         self.inner.records.delete(&r.id)?;
         info!(sandbox = %r.id, "pod sandbox removed");
         Ok(())

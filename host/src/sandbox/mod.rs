@@ -8,6 +8,7 @@ pub mod manager;
 pub mod record;
 pub mod state;
 pub mod vm;
+pub mod volumes;
 
 pub use error::SandboxError;
 pub use manager::{DnsConfig, RunRequest, SandboxManager};

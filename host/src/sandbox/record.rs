@@ -40,9 +40,9 @@ pub struct VmRecord {
     pub vmm_pid: i32,
     /// The vsock backend process.
     pub backend_pid: i32,
-    /// The virtio-fs backend process, if any.
+    /// The virtio-fs backend processes.
     #[serde(default)]
-    pub fs_backend_pid: Option<i32>,
+    pub fs_backend_pids: Vec<i32>,
     /// The sandbox's run directory (sockets, logs).
     pub run_dir: PathBuf,
 }
@@ -139,7 +139,7 @@ mod tests {
             vm: Some(VmRecord {
                 vmm_pid: 10,
                 backend_pid: 11,
-                fs_backend_pid: None,
+                fs_backend_pids: vec![],
                 run_dir: "/run/moat/x".into(),
             }),
         };

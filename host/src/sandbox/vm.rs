@@ -53,6 +53,26 @@ impl VmPaths {
     pub fn fs_log(&self) -> PathBuf {
         self.dir.join("fs-backend.log")
     }
+    /// The host side of the read-write `volumes` share.
+    pub fn volumes(&self) -> PathBuf {
+        self.dir.join("volumes")
+    }
+    /// The vhost-user socket of the `volumes` virtio-fs backend.
+    pub fn volumes_socket(&self) -> PathBuf {
+        self.dir.join("fsv.sock")
+    }
+    /// Unmounts the volumes, then deletes the whole directory. Nothing is deleted while a
+    /// host path is still mounted under it.
+    pub fn remove(&self) {
+        match super::volumes::release(&self.volumes()) {
+            Ok(()) => {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+            Err(e) => {
+                warn!(dir = %self.dir.display(), error = %e, "VM dir kept: volumes still mounted")
+            }
+        }
+    }
     /// The guest console.
     pub fn console_log(&self) -> PathBuf {
         self.dir.join("console.log")
@@ -73,8 +93,8 @@ pub struct RunningVm {
     pub vmm: VmProcess,
     /// The vsock backend process.
     pub backend: VmProcess,
-    /// The virtio-fs backend serving the image layers, if the VM has one.
-    pub fs_backend: Option<VmProcess>,
+    /// The virtio-fs backends (image layers, volumes).
+    pub fs_backends: Vec<VmProcess>,
     /// Its files.
     pub paths: VmPaths,
 }
@@ -135,8 +155,8 @@ pub async fn launch(
     paths: VmPaths,
     spec: LaunchSpec<'_>,
 ) -> Result<(RunningVm, AgentClient<Channel>), SandboxError> {
-    let _ = std::fs::remove_dir_all(&paths.dir);
-    std::fs::create_dir_all(&paths.dir)
+    paths.remove();
+    std::fs::create_dir_all(paths.volumes())
         .map_err(|e| SandboxError::io("create the VM run dir", e))?;
     let result = launch_inner(hypervisor, &paths, &spec).await;
     if let Err(e) = &result {
@@ -152,7 +172,7 @@ pub async fn launch(
             .collect::<Vec<_>>()
             .join("\n");
         warn!(sandbox = %spec.id, error = %e, console = %tail, "VM boot failed; tearing it down");
-        let _ = std::fs::remove_dir_all(&paths.dir);
+        paths.remove();
     }
     result
 }
@@ -183,34 +203,45 @@ async fn launch_inner(
         &id,
     )
     .await?;
-    let fs_backend = match spec.layers_dir {
-        None => None,
-        Some(dir) => {
-            let sock = paths.fs_socket();
-            match spawn_backend(
-                &[
-                    "fs-backend".as_ref(),
-                    "--socket".as_ref(),
-                    sock.as_os_str(),
-                    "--shared-dir".as_ref(),
-                    dir.as_os_str(),
-                    "--read-only".as_ref(),
-                ],
-                &paths.fs_log(),
-                &sock,
-                "virtio-fs backend",
-                &id,
-            )
-            .await
-            {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    let _ = backend.terminate(Duration::from_secs(1)).await;
-                    return Err(e);
+    let mut fs_backends = Vec::new();
+    let mut fs_shares = Vec::new();
+    let volumes = paths.volumes();
+    let mut shares: Vec<(&str, &Path, PathBuf, bool)> = Vec::new();
+    if let Some(dir) = spec.layers_dir {
+        shares.push((LAYERS_TAG, dir, paths.fs_socket(), true));
+    }
+    shares.push((
+        super::volumes::VOLUMES_TAG,
+        &volumes,
+        paths.volumes_socket(),
+        false,
+    ));
+    for (tag, dir, sock, read_only) in shares {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "fs-backend".as_ref(),
+            "--socket".as_ref(),
+            sock.as_os_str(),
+            "--shared-dir".as_ref(),
+            dir.as_os_str(),
+        ];
+        if read_only {
+            args.push("--read-only".as_ref());
+        }
+        let log = paths.dir.join(format!("fs-{tag}.log"));
+        match spawn_backend(&args, &log, &sock, "virtio-fs backend", &id).await {
+            Ok(p) => {
+                fs_backends.push(p);
+                fs_shares.push((tag.to_owned(), sock.clone()));
+            }
+            Err(e) => {
+                let _ = backend.terminate(Duration::from_secs(1)).await;
+                for f in &fs_backends {
+                    let _ = f.terminate(Duration::from_secs(1)).await;
                 }
+                return Err(e);
             }
         }
-    };
+    }
     let vm_spec = VmSpec {
         id: id.clone(),
         vcpus: spec.vcpus,
@@ -220,11 +251,7 @@ async fn launch_inner(
         kernel_args: spec.kernel_args.clone(),
         vsock_socket: paths.vhost_socket(),
         guest_cid: GUEST_CID,
-        fs_shares: if fs_backend.is_some() {
-            vec![(LAYERS_TAG.to_owned(), paths.fs_socket())]
-        } else {
-            vec![]
-        },
+        fs_shares,
         console_log: paths.console_log(),
         vmm_log: paths.vmm_log(),
     };
@@ -232,7 +259,7 @@ async fn launch_inner(
         Ok(v) => v,
         Err(source) => {
             let _ = backend.terminate(Duration::from_secs(1)).await;
-            if let Some(f) = &fs_backend {
+            for f in &fs_backends {
                 let _ = f.terminate(Duration::from_secs(1)).await;
             }
             return Err(SandboxError::Hypervisor { id, source });
@@ -241,7 +268,7 @@ async fn launch_inner(
     let vm = RunningVm {
         vmm,
         backend,
-        fs_backend,
+        fs_backends,
         paths: paths.clone(),
     };
     let started = std::time::Instant::now();
@@ -317,7 +344,7 @@ async fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 /// Kills the VMM and the backend and waits for both.
 pub async fn teardown(vm: &RunningVm) {
     let mut procs = vec![("vmm", &vm.vmm), ("vsock backend", &vm.backend)];
-    if let Some(f) = &vm.fs_backend {
+    for f in &vm.fs_backends {
         procs.push(("virtio-fs backend", f));
     }
     for (what, p) in procs {
