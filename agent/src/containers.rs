@@ -412,6 +412,50 @@ impl Containers {
         })
     }
 
+    /// UpdateResources: rewrites cpu.max and memory.max of the container's cgroup.
+    pub async fn update_resources(
+        &self,
+        r: moat_proto::agent::UpdateResourcesRequest,
+    ) -> Result<moat_proto::agent::UpdateResourcesResponse, Status> {
+        let e = self.get(&r.container_id)?;
+        let dir = e
+            .container
+            .cgroup_path()
+            .map(PathBuf::from)
+            .ok_or_else(|| Status::failed_precondition("the container has no cgroup"))?;
+        let period = if r.cpu_period == 0 {
+            100_000
+        } else {
+            r.cpu_period
+        };
+        let cpu = if r.cpu_quota > 0 {
+            format!("{} {period}", r.cpu_quota)
+        } else {
+            format!("max {period}")
+        };
+        let mem = if r.memory_limit > 0 {
+            r.memory_limit.to_string()
+        } else {
+            "max".into()
+        };
+        for (file, value) in [("cpu.max", cpu), ("memory.max", mem)] {
+            std::fs::write(dir.join(file), value.as_bytes())
+                .map_err(|err| Status::failed_precondition(format!("write {file}: {err}")))?;
+        }
+        Ok(moat_proto::agent::UpdateResourcesResponse {})
+    }
+
+    /// Stats: cgroup v2 usage of the container.
+    pub async fn stats(&self, id: &str) -> Result<moat_proto::agent::StatsResponse, Status> {
+        let e = self.get(id)?;
+        let dir = e
+            .container
+            .cgroup_path()
+            .map(PathBuf::from)
+            .ok_or_else(|| Status::failed_precondition("the container has no cgroup"))?;
+        Ok(read_stats(&dir))
+    }
+
     /// Output: the main process's stdout and stderr, once.
     pub async fn output(&self, id: &str) -> Result<OutputStream, Status> {
         let e = self.get(id)?;
@@ -428,6 +472,25 @@ impl Containers {
         Ok(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx).map_ok(),
         ))
+    }
+}
+
+/// Reads cpu.stat, memory.current, memory.stat and pids.current under `dir`.
+fn read_stats(dir: &std::path::Path) -> moat_proto::agent::StatsResponse {
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+    let key = |text: &str, k: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    };
+    let usage: u64 = read("memory.current").trim().parse().unwrap_or(0);
+    let inactive = key(&read("memory.stat"), "inactive_file ");
+    moat_proto::agent::StatsResponse {
+        timestamp: now_nanos(),
+        cpu_usage_nanos: key(&read("cpu.stat"), "usage_usec ") * 1000,
+        memory_usage_bytes: usage,
+        memory_working_set_bytes: usage.saturating_sub(inactive),
+        pids: read("pids.current").trim().parse().unwrap_or(0),
     }
 }
 
@@ -459,6 +522,33 @@ impl<S: futures_core::Stream + Unpin> futures_core::Stream for OkStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_come_from_the_cgroup_files() {
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            d.path().join("cpu.stat"),
+            "usage_usec 1500\nuser_usec 1000\n",
+        )
+        .expect("w");
+        std::fs::write(d.path().join("memory.current"), "10000\n").expect("w");
+        std::fs::write(
+            d.path().join("memory.stat"),
+            "anon 6000\ninactive_file 3000\n",
+        )
+        .expect("w");
+        std::fs::write(d.path().join("pids.current"), "4\n").expect("w");
+        let s = read_stats(d.path());
+        assert_eq!(
+            (
+                s.cpu_usage_nanos,
+                s.memory_usage_bytes,
+                s.memory_working_set_bytes,
+                s.pids
+            ),
+            (1_500_000, 10000, 7000, 4)
+        );
+    }
 
     #[test]
     fn ids_are_checked() {

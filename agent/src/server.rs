@@ -198,6 +198,26 @@ impl Agent for AgentService {
             .map(Response::new)
     }
 
+    async fn update_resources(
+        &self,
+        request: Request<moat_proto::agent::UpdateResourcesRequest>,
+    ) -> Result<Response<moat_proto::agent::UpdateResourcesResponse>, Status> {
+        self.containers
+            .update_resources(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn stats(
+        &self,
+        request: Request<ContainerRequest>,
+    ) -> Result<Response<moat_proto::agent::StatsResponse>, Status> {
+        self.containers
+            .stats(&request.into_inner().container_id)
+            .await
+            .map(Response::new)
+    }
+
     async fn output(
         &self,
         request: Request<ContainerRequest>,

@@ -541,3 +541,134 @@ async fn host_paths_are_mounted_read_only_or_read_write() {
         .expect("remove pod");
     assert!(mounts_under(&run_dir).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_resource_updates_and_log_reopen() {
+    let p = pod_with_image("ticker").await;
+    let id = p
+        .create(
+            "ticker",
+            &["/bin/sh", "-c", "while true; do echo tick; sleep 0.2; done"],
+        )
+        .await
+        .expect("create");
+    p.start(&id).await;
+    assert!(
+        moat_tests::wait_until(Duration::from_secs(20), || p
+            .log("ticker")
+            .contains("stdout F tick"))
+        .await
+    );
+
+    let s =
+        p.m.runtime()
+            .await
+            .container_stats(cri::ContainerStatsRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect("stats")
+            .into_inner()
+            .stats
+            .expect("stats");
+    assert!(
+        s.cpu
+            .and_then(|c| c.usage_core_nano_seconds)
+            .expect("cpu")
+            .value
+            > 0
+    );
+    assert!(
+        s.memory
+            .and_then(|m| m.working_set_bytes)
+            .expect("memory")
+            .value
+            > 0
+    );
+    let all =
+        p.m.runtime()
+            .await
+            .list_container_stats(cri::ListContainerStatsRequest { filter: None })
+            .await
+            .expect("list stats")
+            .into_inner()
+            .stats;
+    assert_eq!(all.len(), 1);
+
+    let res = cri::LinuxContainerResources {
+        cpu_quota: 50_000,
+        cpu_period: 100_000,
+        memory_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    };
+    p.m.runtime()
+        .await
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(res),
+            ..Default::default()
+        })
+        .await
+        .expect("update");
+    let r = p
+        .exec(
+            &id,
+            &[
+                "sh",
+                "-c",
+                &format!(
+                    "cat /sys/fs/cgroup/moat/*/{id}/memory.max /sys/fs/cgroup/moat/*/{id}/cpu.max"
+                ),
+            ],
+        )
+        .await;
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "67108864\n50000 100000\n",
+        "{r:?}"
+    );
+
+    // kubelet rotates the log: rename, then ReopenContainerLog.
+    let log = p.logs.path().join("ticker/0.log");
+    std::fs::rename(&log, p.logs.path().join("ticker/0.log.1")).expect("rotate");
+    p.m.runtime()
+        .await
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("reopen");
+    assert!(
+        moat_tests::wait_until(Duration::from_secs(10), || p
+            .log("ticker")
+            .contains("stdout F tick"))
+        .await,
+        "new log file"
+    );
+
+    // Removing the pod removes everything: processes, mounts, files.
+    p.m.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await
+        .expect("remove pod");
+    let run_dir = p.m.root().with_file_name("run");
+    assert!(mounts_under(&run_dir).is_empty());
+    let vm_dir = run_dir.join("vm");
+    assert_eq!(
+        std::fs::read_dir(&vm_dir).map(|d| d.count()).unwrap_or(0),
+        0,
+        "nothing left in {}",
+        vm_dir.display()
+    );
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&p.id[..12]))
+        .collect();
+    assert!(left.is_empty(), "processes left: {left:?}");
+}

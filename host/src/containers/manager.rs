@@ -675,6 +675,59 @@ impl ContainerManager {
         })
     }
 
+    /// Usage of a running container from its cgroup in the guest.
+    pub async fn stats(
+        &self,
+        id: &str,
+    ) -> Result<(ContainerRecord, Option<moat_proto::agent::StatsResponse>), ContainerError> {
+        let r = self.must_get(id)?;
+        if r.state != ContainerState::Running {
+            return Ok((r, None));
+        }
+        let mut agent = self.agent(&r.sandbox_id).await?;
+        let s = agent
+            .stats(self.req(
+                ContainerRequest {
+                    container_id: r.id.clone(),
+                },
+                Duration::ZERO,
+            ))
+            .await
+            .map_err(|s| agent_err(&r.id, s))?
+            .into_inner();
+        Ok((r, Some(s)))
+    }
+
+    /// UpdateContainerResources: new CPU and memory limits for a running container.
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        cpu: Option<(i64, i64)>,
+        memory: Option<i64>,
+    ) -> Result<(), ContainerError> {
+        let r = self.must_get(id)?;
+        if r.state != ContainerState::Running && r.state != ContainerState::Created {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {} has exited",
+                r.id
+            )));
+        }
+        let mut agent = self.agent(&r.sandbox_id).await?;
+        let (quota, period) = cpu.unwrap_or((0, 100_000));
+        let req = moat_proto::agent::UpdateResourcesRequest {
+            container_id: r.id.clone(),
+            cpu_quota: quota,
+            cpu_period: period.max(1) as u64,
+            memory_limit: memory.unwrap_or(0),
+        };
+        agent
+            .update_resources(self.req(req, Duration::ZERO))
+            .await
+            .map_err(|s| agent_err(&r.id, s))?;
+        info!(container = %r.id, ?cpu, ?memory, "container resources updated");
+        Ok(())
+    }
+
     /// ReopenContainerLog.
     pub async fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
         let r = self.must_get(id)?;

@@ -171,3 +171,35 @@ pub fn matches(r: &ContainerRecord, f: &cri::ContainerFilter) -> bool {
             .iter()
             .all(|(k, v)| r.labels.get(k) == Some(v))
 }
+
+/// ContainerStats from a record and the guest's figures.
+pub fn stats(
+    r: &ContainerRecord,
+    s: Option<&moat_proto::agent::StatsResponse>,
+) -> cri::ContainerStats {
+    let v = |value| Some(cri::UInt64Value { value });
+    cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: r.id.clone(),
+            metadata: Some(cri::ContainerMetadata {
+                name: r.name.clone(),
+                attempt: r.attempt,
+            }),
+            labels: map(&r.labels),
+            annotations: map(&r.annotations),
+        }),
+        cpu: s.map(|s| cri::CpuUsage {
+            timestamp: s.timestamp,
+            usage_core_nano_seconds: v(s.cpu_usage_nanos),
+            usage_nano_cores: None,
+        }),
+        memory: s.map(|s| cri::MemoryUsage {
+            timestamp: s.timestamp,
+            working_set_bytes: v(s.memory_working_set_bytes),
+            usage_bytes: v(s.memory_usage_bytes),
+            ..Default::default()
+        }),
+        writable_layer: None,
+        swap: None,
+    }
+}

@@ -410,11 +410,20 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         }))
     }
 
+    #[instrument(skip_all, fields(container))]
     async fn update_container_resources(
         &self,
-        _request: Request<cri::UpdateContainerResourcesRequest>,
+        request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        Err(not_yet("UpdateContainerResources"))
+        let req = request.into_inner();
+        tracing::Span::current().record("container", req.container_id.as_str());
+        let res = req.linux.unwrap_or_default();
+        let cpu = (res.cpu_quota > 0).then_some((res.cpu_quota, res.cpu_period.max(1)));
+        let mem = (res.memory_limit_in_bytes > 0).then_some(res.memory_limit_in_bytes);
+        self.containers
+            .update_resources(&req.container_id, cpu, mem)
+            .await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     #[instrument(skip_all, fields(container))]
@@ -468,18 +477,46 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         Err(not_yet("PortForward"))
     }
 
+    #[instrument(skip_all, fields(container))]
     async fn container_stats(
         &self,
-        _request: Request<cri::ContainerStatsRequest>,
+        request: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        Err(not_yet("ContainerStats"))
+        let id = request.into_inner().container_id;
+        tracing::Span::current().record("container", id.as_str());
+        let (r, s) = self.containers.stats(&id).await?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(container::stats(&r, s.as_ref())),
+        }))
     }
 
+    #[instrument(skip_all)]
     async fn list_container_stats(
         &self,
-        _request: Request<cri::ListContainerStatsRequest>,
+        request: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        Err(not_yet("ListContainerStats"))
+        let f = request.into_inner().filter.unwrap_or_default();
+        let filter = cri::ContainerFilter {
+            id: f.id,
+            pod_sandbox_id: f.pod_sandbox_id,
+            label_selector: f.label_selector,
+            state: Some(cri::ContainerStateValue {
+                state: cri::ContainerState::ContainerRunning as i32,
+            }),
+        };
+        let mut stats = Vec::new();
+        for r in self
+            .containers
+            .list()?
+            .iter()
+            .filter(|r| container::matches(r, &filter))
+        {
+            // A container that exits meanwhile is simply left out.
+            if let Ok((r, s)) = self.containers.stats(&r.id).await {
+                stats.push(container::stats(&r, s.as_ref()));
+            }
+        }
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
     async fn pod_sandbox_stats(

@@ -28,7 +28,7 @@ impl From<ImageError> for Status {
 /// The answer for a CRI method this moatd does not serve yet.
 pub fn not_yet(method: &str) -> Status {
     Status::unimplemented(format!(
-        "{method} is not implemented by this version of moatd; containers, exec and streaming come next; the image service and pod sandboxes are served"
+        "{method} is not implemented by this version of moatd; Exec, Attach and PortForward streaming, pod and sandbox stats and checkpoints come next; the image service, pod sandboxes and containers are served"
     ))
 }
 
