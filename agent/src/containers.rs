@@ -469,9 +469,10 @@ impl Containers {
                     "the output of container {id} is already being read"
                 ))
             })?;
-        Ok(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx).map_ok(),
-        ))
+        Ok(Box::pin(Resubscribable {
+            rx: Some(rx),
+            entry: e,
+        }))
     }
 }
 
@@ -494,28 +495,32 @@ fn read_stats(dir: &std::path::Path) -> moat_proto::agent::StatsResponse {
     }
 }
 
-trait MapOk: Sized {
-    fn map_ok(self) -> OkStream<Self>;
+/// The output stream of one reader. When the reader goes away (moatd restarted, say) the
+/// channel goes back to the container, so the next Output call carries on where this one
+/// stopped instead of losing the rest.
+struct Resubscribable {
+    rx: Option<mpsc::Receiver<OutputChunk>>,
+    entry: Arc<Entry>,
 }
 
-impl<S> MapOk for S {
-    fn map_ok(self) -> OkStream<Self> {
-        OkStream(self)
-    }
-}
-
-/// Wraps every item of a stream in `Ok`.
-pub struct OkStream<S>(S);
-
-impl<S: futures_core::Stream + Unpin> futures_core::Stream for OkStream<S> {
-    type Item = Result<S::Item, Status>;
+impl futures_core::Stream for Resubscribable {
+    type Item = Result<OutputChunk, Status>;
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        std::pin::Pin::new(&mut self.0)
-            .poll_next(cx)
-            .map(|o| o.map(Ok))
+        match self.rx.as_mut() {
+            Some(rx) => rx.poll_recv(cx).map(|o| o.map(Ok)),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for Resubscribable {
+    fn drop(&mut self) {
+        if let Some(rx) = self.rx.take() {
+            *self.entry.output.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
+        }
     }
 }
 

@@ -23,6 +23,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         images.clone(),
         std::time::Duration::from_secs(config.sandbox.agent_timeout_secs),
     )?;
+    containers.recover().await?;
     let socket: PathBuf = config.socket_path();
     info!(version = env!("CARGO_PKG_VERSION"), root = %config.root_dir.display(), "moatd starting");
     crate::cri::serve(

@@ -672,3 +672,58 @@ async fn stats_resource_updates_and_log_reopen() {
         .collect();
     assert!(left.is_empty(), "processes left: {left:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_keep_running_and_logging_across_a_moatd_restart() {
+    let mut p = pod_with_image("survivor").await;
+    let id = p
+        .create(
+            "ticker",
+            &["/bin/sh", "-c", "while true; do echo tick; sleep 0.2; done"],
+        )
+        .await
+        .expect("create");
+    p.start(&id).await;
+    assert!(
+        moat_tests::wait_until(Duration::from_secs(20), || p
+            .log("ticker")
+            .contains("stdout F tick"))
+        .await
+    );
+    p.m.restart().await;
+    let before = p.log("ticker").lines().count();
+    let more = moat_tests::wait_until(Duration::from_secs(10), || {
+        p.log("ticker").lines().count() > before + 3
+    })
+    .await;
+    assert!(
+        more,
+        "the log goes on after the restart: {before} lines, then {}",
+        p.log("ticker").lines().count()
+    );
+    assert_eq!(
+        p.status(&id).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    let r = p.exec(&id, &["echo", "still here"]).await;
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "still here\n");
+    p.m.runtime()
+        .await
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 1,
+        })
+        .await
+        .expect("stop");
+    let st = p
+        .wait_state(&id, cri::ContainerState::ContainerExited)
+        .await;
+    assert_eq!(st.exit_code, 137);
+    p.m.runtime()
+        .await
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await
+        .expect("remove pod");
+}

@@ -146,6 +146,38 @@ impl ContainerManager {
         })
     }
 
+    /// After a moatd restart: picks up the output and the exit of containers still running.
+    pub async fn recover(&self) -> Result<(), ContainerError> {
+        for r in self
+            .list()?
+            .into_iter()
+            .filter(|r| r.state == ContainerState::Running)
+        {
+            let Ok(mut agent) = self.agent(&r.sandbox_id).await else {
+                self.mark_exited(&r.id, 255, "Unknown", "the pod's VM is gone")
+                    .await;
+                continue;
+            };
+            match agent
+                .output(self.req(
+                    ContainerRequest {
+                        container_id: r.id.clone(),
+                    },
+                    Duration::ZERO,
+                ))
+                .await
+            {
+                Ok(out) => self.spawn_log_copier(&r, out.into_inner()),
+                Err(e) => {
+                    warn!(container = %r.id, error = %e.message(), "cannot follow the container's output again")
+                }
+            }
+            self.spawn_waiter(&r, agent);
+            info!(container = %r.id, "container taken back after restart");
+        }
+        Ok(())
+    }
+
     fn req<T>(&self, msg: T, extra: Duration) -> tonic::Request<T> {
         let mut r = tonic::Request::new(msg);
         r.set_timeout(self.inner.call_timeout + extra);
