@@ -45,6 +45,10 @@ struct Entry {
     exit: watch::Receiver<Option<Exit>>,
     exit_tx: Mutex<Option<watch::Sender<Option<Exit>>>>,
     start_error: Mutex<String>,
+    /// Where Input goes: the stdin pipe or the terminal master.
+    stdin: Mutex<Option<std::fs::File>>,
+    /// The terminal master, for Resize.
+    tty: Option<OwnedFd>,
 }
 
 /// The containers of this pod.
@@ -178,6 +182,10 @@ impl Containers {
         let (upper, work) = (dir.join("upper"), dir.join("work"));
         let id = r.container_id.clone();
         let (image_user, default_seccomp) = (r.image_user.clone(), r.default_seccomp);
+        let opts = Options {
+            stdin: r.stdin,
+            ..Options::default()
+        };
         let process_slot: Arc<Mutex<Option<oci_spec::runtime::Process>>> =
             Arc::new(Mutex::new(None));
         let created = blocking({
@@ -213,7 +221,7 @@ impl Containers {
                     }
                     *process_slot.lock().unwrap_or_else(|p| p.into_inner()) =
                         spec.process().clone();
-                    Container::create(&id, &spec, &rootfs).map_err(exec_err)
+                    Container::create_with(&id, &spec, &rootfs, &opts).map_err(exec_err)
                 })();
                 if made.is_err() {
                     let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
@@ -225,12 +233,28 @@ impl Containers {
         .await??;
         let pid = created.pid() as u32;
         let (tx, rx) = mpsc::channel(64);
+        let (mut stdin, mut tty) = (None, None);
         match created.take_stdio() {
-            Some(Stdio::Pipes { stdout, stderr, .. }) => {
+            Some(Stdio::Pipes {
+                stdin: input,
+                stdout,
+                stderr,
+            }) => {
+                stdin = input.map(std::fs::File::from);
                 pump(stdout, output_chunk::Stream::Stdout, tx.clone());
                 pump(stderr, output_chunk::Stream::Stderr, tx);
             }
-            Some(Stdio::Pty { master }) => pump(master, output_chunk::Stream::Stdout, tx),
+            Some(Stdio::Pty { master }) => {
+                let dup = |fd: &OwnedFd| {
+                    fd.try_clone()
+                        .map_err(|e| Status::internal(format!("dup the terminal: {e}")))
+                };
+                if r.stdin {
+                    stdin = Some(std::fs::File::from(dup(&master)?));
+                }
+                tty = Some(dup(&master)?);
+                pump(master, output_chunk::Stream::Stdout, tx);
+            }
             None => drop(tx),
         }
         let (exit_tx, exit_rx) = watch::channel(None);
@@ -247,6 +271,8 @@ impl Containers {
             exit: exit_rx,
             exit_tx: Mutex::new(Some(exit_tx)),
             start_error: Mutex::new(String::new()),
+            stdin: Mutex::new(stdin),
+            tty,
         };
         self.map
             .lock()
@@ -456,6 +482,68 @@ impl Containers {
         Ok(read_stats(&dir))
     }
 
+    /// Input: writes the stream's data to the container's stdin or terminal.
+    pub async fn input<S>(&self, mut chunks: S) -> Result<(), Status>
+    where
+        S: futures_core::Stream<Item = Result<moat_proto::agent::InputChunk, Status>> + Unpin,
+    {
+        use tokio_stream::StreamExt as _;
+        let mut entry: Option<Arc<Entry>> = None;
+        while let Some(c) = chunks.next().await {
+            let c = c?;
+            let e = match &entry {
+                Some(e) => e.clone(),
+                None => {
+                    let e = self.get(&c.container_id)?;
+                    entry = Some(e.clone());
+                    e
+                }
+            };
+            if !c.data.is_empty() {
+                let e2 = e.clone();
+                blocking(move || {
+                    use std::io::Write;
+                    let mut guard = e2.stdin.lock().unwrap_or_else(|p| p.into_inner());
+                    let f = guard
+                        .as_mut()
+                        .ok_or_else(|| Status::failed_precondition("the container has no stdin"))?;
+                    f.write_all(&c.data)
+                        .map_err(|err| Status::failed_precondition(format!("write stdin: {err}")))
+                })
+                .await??;
+            }
+            if c.close {
+                e.stdin.lock().unwrap_or_else(|p| p.into_inner()).take();
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Resize: TIOCSWINSZ on the container's terminal.
+    pub async fn resize(&self, r: moat_proto::agent::ResizeRequest) -> Result<(), Status> {
+        let e = self.get(&r.container_id)?;
+        let fd = e
+            .tty
+            .as_ref()
+            .ok_or_else(|| Status::failed_precondition("the container has no terminal"))?;
+        let ws = libc::winsize {
+            ws_row: r.height.min(u16::MAX.into()) as u16,
+            ws_col: r.width.min(u16::MAX.into()) as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer; fd is our open pty master.
+        let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(fd), libc::TIOCSWINSZ, &ws) };
+        if rc < 0 {
+            return Err(Status::failed_precondition(format!(
+                "resize: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+
     /// Output: the main process's stdout and stderr, once.
     pub async fn output(&self, id: &str) -> Result<OutputStream, Status> {
         let e = self.get(id)?;
@@ -552,6 +640,140 @@ mod tests {
                 s.pids
             ),
             (1_500_000, 10000, 7000, 4)
+        );
+    }
+
+    /// A layer directory with busybox, when running as root with busybox-static installed.
+    fn busybox_layer(test: &str) -> Option<tempfile::TempDir> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/bin/busybox").exists() {
+            eprintln!("SKIPPED {test}: needs root and /bin/busybox (busybox-static)");
+            return None;
+        }
+        let d = tempfile::tempdir().expect("tmp");
+        let l = d.path().join("aa");
+        for sub in ["bin", "proc", "dev", "sys", "tmp", "etc"] {
+            std::fs::create_dir_all(l.join(sub)).expect("mkdir");
+        }
+        std::fs::copy("/bin/busybox", l.join("bin/busybox")).expect("copy");
+        for a in ["sh", "cat", "stty", "sleep"] {
+            std::os::unix::fs::symlink("busybox", l.join("bin").join(a)).expect("link");
+        }
+        Some(d)
+    }
+
+    fn spec_json(args: &[&str], terminal: bool) -> Vec<u8> {
+        let mut spec = Spec::default();
+        let mut linux = spec.linux().clone().expect("linux");
+        linux.set_namespaces(None);
+        linux.set_resources(None);
+        spec.set_linux(Some(linux));
+        let p = spec.process_mut().as_mut().expect("process");
+        p.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
+        p.set_terminal(Some(terminal));
+        serde_json::to_vec(&spec).expect("json")
+    }
+
+    async fn read_output(c: &Containers, id: &str) -> String {
+        use tokio_stream::StreamExt as _;
+        let mut out = c.output(id).await.expect("output");
+        let mut text = String::new();
+        while let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(10), out.next()).await
+        {
+            text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk").data));
+        }
+        text
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn stdin_reaches_the_container_and_the_terminal_can_be_resized() {
+        let Some(layers) =
+            busybox_layer("stdin_reaches_the_container_and_the_terminal_can_be_resized")
+        else {
+            return;
+        };
+        let root = tempfile::tempdir().expect("root");
+        let c = Containers {
+            map: Mutex::new(HashMap::new()),
+            layers: layers.path().into(),
+            root: root.path().into(),
+        };
+
+        let req = |id: &str, args: &[&str], tty: bool, stdin: bool| CreateContainerRequest {
+            container_id: id.into(),
+            spec_json: spec_json(args, tty),
+            layers: vec!["aa".into()],
+            stdin,
+            ..Default::default()
+        };
+        c.create(req("c1", &["cat"], false, true))
+            .await
+            .expect("create cat");
+        let reader = {
+            let out = c.output("c1").await.expect("output");
+            tokio::spawn(async move {
+                use tokio_stream::StreamExt as _;
+                let mut out = out;
+                let mut text = String::new();
+                while let Some(Ok(chunk)) = out.next().await {
+                    text.push_str(&String::from_utf8_lossy(&chunk.data));
+                }
+                text
+            })
+        };
+        c.start("c1").await.expect("start");
+        let chunks = vec![
+            Ok(moat_proto::agent::InputChunk {
+                container_id: "c1".into(),
+                data: b"hello ".to_vec(),
+                close: false,
+            }),
+            Ok(moat_proto::agent::InputChunk {
+                container_id: String::new(),
+                data: b"moat\n".to_vec(),
+                close: true,
+            }),
+        ];
+        c.input(tokio_stream::iter(chunks)).await.expect("input");
+        let w = c
+            .wait(WaitContainerRequest {
+                container_id: "c1".into(),
+                timeout_ms: 10_000,
+            })
+            .await
+            .expect("wait");
+        assert!(w.exited && w.exit_code == 0, "cat ends at EOF: {w:?}");
+        assert_eq!(reader.await.expect("reader"), "hello moat\n");
+
+        c.create(req("c2", &["sh", "-c", "sleep 1; stty size"], true, false))
+            .await
+            .expect("create tty");
+        c.start("c2").await.expect("start");
+        c.resize(moat_proto::agent::ResizeRequest {
+            container_id: "c2".into(),
+            width: 100,
+            height: 40,
+        })
+        .await
+        .expect("resize");
+        assert!(read_output(&c, "c2").await.contains("40 100"));
+        let e = c
+            .resize(moat_proto::agent::ResizeRequest {
+                container_id: "c1".into(),
+                width: 1,
+                height: 1,
+            })
+            .await;
+        assert_eq!(
+            e.expect_err("no terminal").code(),
+            tonic::Code::FailedPrecondition
+        );
+        c.remove("c1").await.expect("remove");
+        c.remove("c2").await.expect("remove");
+        assert_eq!(
+            std::fs::read_dir(root.path()).expect("root").count(),
+            0,
+            "container dirs removed"
         );
     }
 

@@ -208,6 +208,22 @@ impl Agent for AgentService {
             .map(Response::new)
     }
 
+    async fn input(
+        &self,
+        request: Request<tonic::Streaming<moat_proto::agent::InputChunk>>,
+    ) -> Result<Response<moat_proto::agent::InputResponse>, Status> {
+        self.containers.input(request.into_inner()).await?;
+        Ok(Response::new(moat_proto::agent::InputResponse {}))
+    }
+
+    async fn resize(
+        &self,
+        request: Request<moat_proto::agent::ResizeRequest>,
+    ) -> Result<Response<moat_proto::agent::ResizeResponse>, Status> {
+        self.containers.resize(request.into_inner()).await?;
+        Ok(Response::new(moat_proto::agent::ResizeResponse {}))
+    }
+
     async fn stats(
         &self,
         request: Request<ContainerRequest>,

@@ -316,6 +316,7 @@ impl ContainerManager {
                 .collect(),
             image_user: built.image_user,
             default_seccomp: built.default_seccomp,
+            stdin: input.stdin,
         };
         if let Err(st) = agent
             .create_container(self.req(create, Duration::from_secs(20)))

@@ -41,6 +41,8 @@ pub struct ContainerInput {
     pub supplemental_groups: Vec<i64>,
     /// Allocate a TTY.
     pub tty: bool,
+    /// Keep stdin open for Attach.
+    pub stdin: bool,
     /// Read-only root filesystem.
     pub readonly_rootfs: bool,
     /// Privileged container (all capabilities, no seccomp, no masked paths).
