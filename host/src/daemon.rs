@@ -21,7 +21,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store.clone(),
         sandboxes.clone(),
         images.clone(),
-        std::time::Duration::from_secs(config.sandbox.agent_timeout_secs),
     )?;
     containers.recover().await?;
     let socket: PathBuf = config.socket_path();

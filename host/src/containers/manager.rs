@@ -9,13 +9,8 @@ use std::path::{Component, Path};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use moat_proto::agent::agent_client::AgentClient;
-use moat_proto::agent::{
-    ContainerRequest, CreateContainerRequest, ExecSyncRequest, SignalContainerRequest,
-    WaitContainerRequest, output_chunk,
-};
+use crate::sandbox::agent::{Agent, ContainerCreate, ExitInfo, OutputStream, Usage};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use super::error::ContainerError;
@@ -70,7 +65,6 @@ struct Inner {
     locks: KeyedLocks,
     create: tokio::sync::Mutex<()>,
     reopen: Mutex<HashMap<String, mpsc::Sender<tokio::sync::oneshot::Sender<std::io::Result<()>>>>>,
-    call_timeout: Duration,
 }
 
 /// The container manager.
@@ -131,7 +125,6 @@ impl ContainerManager {
         store: Store,
         sandboxes: SandboxManager,
         images: ImageManager,
-        call_timeout: Duration,
     ) -> Result<Self, ContainerError> {
         Ok(Self {
             inner: Arc::new(Inner {
@@ -141,7 +134,6 @@ impl ContainerManager {
                 locks: KeyedLocks::default(),
                 create: tokio::sync::Mutex::new(()),
                 reopen: Mutex::new(HashMap::new()),
-                call_timeout,
             }),
         })
     }
@@ -158,16 +150,8 @@ impl ContainerManager {
                     .await;
                 continue;
             };
-            match agent
-                .output(self.req(
-                    ContainerRequest {
-                        container_id: r.id.clone(),
-                    },
-                    Duration::ZERO,
-                ))
-                .await
-            {
-                Ok(out) => self.spawn_log_copier(&r, out.into_inner()),
+            match agent.output(&r.id).await {
+                Ok(out) => self.spawn_log_copier(&r, out),
                 Err(e) => {
                     warn!(container = %r.id, error = %e.message(), "cannot follow the container's output again")
                 }
@@ -178,13 +162,7 @@ impl ContainerManager {
         Ok(())
     }
 
-    fn req<T>(&self, msg: T, extra: Duration) -> tonic::Request<T> {
-        let mut r = tonic::Request::new(msg);
-        r.set_timeout(self.inner.call_timeout + extra);
-        r
-    }
-
-    async fn agent(&self, sandbox_id: &str) -> Result<AgentClient<Channel>, ContainerError> {
+    async fn agent(&self, sandbox_id: &str) -> Result<Agent, ContainerError> {
         self.inner.sandboxes.agent(sandbox_id).await.map_err(|e| {
             ContainerError::FailedPrecondition(format!(
                 "pod sandbox {sandbox_id} is not running: {e}"
@@ -305,8 +283,8 @@ impl ContainerManager {
                 return Err(e);
             }
         };
-        let create = CreateContainerRequest {
-            container_id: id.clone(),
+        let create = ContainerCreate {
+            id: id.clone(),
             spec_json: serde_json::to_vec(&built.spec)
                 .map_err(|e| ContainerError::InvalidArgument(e.to_string()))?,
             layers: image
@@ -318,10 +296,7 @@ impl ContainerManager {
             default_seccomp: built.default_seccomp,
             stdin: input.stdin,
         };
-        if let Err(st) = agent
-            .create_container(self.req(create, Duration::from_secs(20)))
-            .await
-        {
+        if let Err(st) = agent.create_container(create).await {
             release();
             return Err(agent_err(&id, st));
         }
@@ -379,25 +354,8 @@ impl ContainerManager {
         }
         let mut agent = self.agent(&r.sandbox_id).await?;
         // Subscribe to the output before the process can write anything.
-        let output = agent
-            .output(self.req(
-                ContainerRequest {
-                    container_id: r.id.clone(),
-                },
-                Duration::ZERO,
-            ))
-            .await
-            .map_err(|s| agent_err(&r.id, s))?
-            .into_inner();
-        if let Err(s) = agent
-            .start_container(self.req(
-                ContainerRequest {
-                    container_id: r.id.clone(),
-                },
-                Duration::ZERO,
-            ))
-            .await
-        {
+        let output = agent.output(&r.id).await.map_err(|s| agent_err(&r.id, s))?;
+        if let Err(s) = agent.start_container(&r.id).await {
             r.reason = "StartError".into();
             r.message = s.message().into();
             r.exit_code = 128;
@@ -417,11 +375,8 @@ impl ContainerManager {
         Ok(())
     }
 
-    fn spawn_log_copier(
-        &self,
-        r: &ContainerRecord,
-        mut output: tonic::Streaming<moat_proto::agent::OutputChunk>,
-    ) {
+    fn spawn_log_copier(&self, r: &ContainerRecord, mut output: OutputStream) {
+        use futures::StreamExt as _;
         let (tx, mut rx) = mpsc::channel::<tokio::sync::oneshot::Sender<std::io::Result<()>>>(4);
         self.inner
             .reopen
@@ -442,15 +397,15 @@ impl ContainerManager {
             let mut fmt = Formatter::default();
             loop {
                 tokio::select! {
-                    chunk = output.message() => match chunk {
-                        Ok(Some(c)) => {
-                            let stream = if c.stream == output_chunk::Stream::Stderr as i32 { Stream::Stderr } else { Stream::Stdout };
+                    chunk = output.next() => match chunk {
+                        Some(Ok(c)) => {
+                            let stream = if c.stderr { Stream::Stderr } else { Stream::Stdout };
                             let bytes = fmt.push(stream, &c.data, c.time);
                             if let Some(f) = file.as_mut() {
                                 let _ = f.write(&bytes);
                             }
                         }
-                        Ok(None) | Err(_) => break,
+                        Some(Err(_)) | None => break,
                     },
                     Some(done) = rx.recv() => {
                         let r = file.as_mut().map(|f| f.reopen()).unwrap_or(Ok(()));
@@ -469,28 +424,20 @@ impl ContainerManager {
         });
     }
 
-    fn spawn_waiter(&self, r: &ContainerRecord, mut agent: AgentClient<Channel>) {
+    fn spawn_waiter(&self, r: &ContainerRecord, mut agent: Agent) {
         let this = self.clone();
         let id = r.id.clone();
+        let sandbox = r.sandbox_id.clone();
         tokio::spawn(async move {
             loop {
-                let req = this.req(
-                    WaitContainerRequest {
-                        container_id: id.clone(),
-                        timeout_ms: 10_000,
-                    },
-                    Duration::from_secs(10),
-                );
-                match agent.wait_container(req).await {
-                    Ok(w) => {
-                        let w = w.into_inner();
-                        if w.exited {
-                            this.record_exit(&id, w).await;
-                            return;
-                        }
+                match agent.wait_container(&id, Duration::from_secs(10)).await {
+                    Ok(Some(exit)) => {
+                        this.record_exit(&id, exit).await;
+                        return;
                     }
+                    Ok(None) => {}
                     Err(s) => {
-                        // The VM is gone or the container was removed: stop waiting.
+                        // The container was removed, or its VM is gone: stop waiting.
                         if this
                             .get(&id)
                             .ok()
@@ -500,20 +447,7 @@ impl ContainerManager {
                             return;
                         }
                         warn!(container = %id, error = %s.message(), "waiting for the container failed");
-                        if this
-                            .inner
-                            .sandboxes
-                            .agent(
-                                &this
-                                    .get(&id)
-                                    .ok()
-                                    .flatten()
-                                    .map(|r| r.sandbox_id)
-                                    .unwrap_or_default(),
-                            )
-                            .await
-                            .is_err()
-                        {
+                        if this.inner.sandboxes.agent(&sandbox).await.is_err() {
                             this.mark_exited(&id, 255, "Unknown", "the pod's VM is gone")
                                 .await;
                             return;
@@ -525,17 +459,21 @@ impl ContainerManager {
         });
     }
 
-    async fn record_exit(&self, id: &str, w: moat_proto::agent::WaitContainerResponse) {
-        let (reason, msg) = if !w.error.is_empty() {
-            ("StartError", w.error.clone())
+    async fn record_exit(&self, id: &str, w: ExitInfo) {
+        let (reason, msg) = if !w.start_error.is_empty() {
+            ("StartError", w.start_error.clone())
         } else if w.oom_killed {
             ("OOMKilled", String::new())
-        } else if w.exit_code == 0 {
+        } else if w.code == 0 {
             ("Completed", String::new())
         } else {
             ("Error", String::new())
         };
-        let code = if w.error.is_empty() { w.exit_code } else { 128 };
+        let code = if w.start_error.is_empty() {
+            w.code
+        } else {
+            128
+        };
         self.mark_exited(id, code, reason, &msg).await;
         if w.finished_at > 0
             && let Ok(Some(mut r)) = self.get(id)
@@ -580,23 +518,12 @@ impl ContainerManager {
             (libc::SIGTERM, timeout),
             (libc::SIGKILL, Duration::from_secs(10)),
         ] {
-            let s = SignalContainerRequest {
-                container_id: r.id.clone(),
-                signal: sig,
-            };
-            if let Err(e) = agent.signal_container(self.req(s, Duration::ZERO)).await {
+            if let Err(e) = agent.signal_container(&r.id, sig).await {
                 warn!(container = %r.id, error = %e.message(), "signal failed");
             }
-            let w = WaitContainerRequest {
-                container_id: r.id.clone(),
-                timeout_ms: wait.as_millis().min(u32::MAX as u128) as u32,
-            };
-            if let Ok(resp) = agent.wait_container(self.req(w, wait)).await {
-                let resp = resp.into_inner();
-                if resp.exited {
-                    self.record_exit(&r.id, resp).await;
-                    return Ok(());
-                }
+            if let Ok(Some(exit)) = agent.wait_container(&r.id, wait).await {
+                self.record_exit(&r.id, exit).await;
+                return Ok(());
             }
         }
         Err(ContainerError::Timeout(format!(
@@ -618,14 +545,7 @@ impl ContainerManager {
             return Ok(());
         };
         if let Ok(mut agent) = self.agent(&r.sandbox_id).await {
-            let _ = agent
-                .remove_container(self.req(
-                    ContainerRequest {
-                        container_id: r.id.clone(),
-                    },
-                    Duration::ZERO,
-                ))
-                .await;
+            let _ = agent.remove_container(&r.id).await;
         }
         let volumes = self
             .inner
@@ -660,7 +580,7 @@ impl ContainerManager {
         Ok(())
     }
 
-    /// ExecSync: runs `cmd` in the container, with a timeout (0 = the default deadline).
+    /// ExecSync: runs `cmd` in the container, with a timeout (0 = an hour).
     pub async fn exec_sync(
         &self,
         id: &str,
@@ -685,26 +605,20 @@ impl ContainerManager {
         } else {
             timeout
         };
-        let req = ExecSyncRequest {
-            container_id: r.id.clone(),
-            cmd,
-            timeout_ms: t.as_millis().min(u32::MAX as u128) as u32,
-        };
-        let resp = agent
-            .exec_sync(self.req(req, t))
+        let out = agent
+            .exec_sync(&r.id, cmd, t)
             .await
-            .map_err(|s| agent_err(&r.id, s))?
-            .into_inner();
-        if resp.timed_out {
+            .map_err(|s| agent_err(&r.id, s))?;
+        if out.timed_out {
             return Err(ContainerError::Timeout(format!(
                 "command timed out after {} s",
                 t.as_secs_f64()
             )));
         }
         Ok(ExecResult {
-            stdout: resp.stdout,
-            stderr: resp.stderr,
-            exit_code: resp.exit_code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
         })
     }
 
@@ -712,23 +626,14 @@ impl ContainerManager {
     pub async fn stats(
         &self,
         id: &str,
-    ) -> Result<(ContainerRecord, Option<moat_proto::agent::StatsResponse>), ContainerError> {
+    ) -> Result<(ContainerRecord, Option<Usage>), ContainerError> {
         let r = self.must_get(id)?;
         if r.state != ContainerState::Running {
             return Ok((r, None));
         }
         let mut agent = self.agent(&r.sandbox_id).await?;
-        let s = agent
-            .stats(self.req(
-                ContainerRequest {
-                    container_id: r.id.clone(),
-                },
-                Duration::ZERO,
-            ))
-            .await
-            .map_err(|s| agent_err(&r.id, s))?
-            .into_inner();
-        Ok((r, Some(s)))
+        let u = agent.stats(&r.id).await.map_err(|s| agent_err(&r.id, s))?;
+        Ok((r, Some(u)))
     }
 
     /// UpdateContainerResources: new CPU and memory limits for a running container.
@@ -746,15 +651,8 @@ impl ContainerManager {
             )));
         }
         let mut agent = self.agent(&r.sandbox_id).await?;
-        let (quota, period) = cpu.unwrap_or((0, 100_000));
-        let req = moat_proto::agent::UpdateResourcesRequest {
-            container_id: r.id.clone(),
-            cpu_quota: quota,
-            cpu_period: period.max(1) as u64,
-            memory_limit: memory.unwrap_or(0),
-        };
         agent
-            .update_resources(self.req(req, Duration::ZERO))
+            .update_resources(&r.id, cpu, memory)
             .await
             .map_err(|s| agent_err(&r.id, s))?;
         info!(container = %r.id, ?cpu, ?memory, "container resources updated");

@@ -174,10 +174,7 @@ pub fn matches(r: &ContainerRecord, f: &cri::ContainerFilter) -> bool {
 }
 
 /// ContainerStats from a record and the guest's figures.
-pub fn stats(
-    r: &ContainerRecord,
-    s: Option<&moat_proto::agent::StatsResponse>,
-) -> cri::ContainerStats {
+pub fn stats(r: &ContainerRecord, s: Option<&crate::sandbox::agent::Usage>) -> cri::ContainerStats {
     let v = |value| Some(cri::UInt64Value { value });
     cri::ContainerStats {
         attributes: Some(cri::ContainerAttributes {
@@ -191,13 +188,13 @@ pub fn stats(
         }),
         cpu: s.map(|s| cri::CpuUsage {
             timestamp: s.timestamp,
-            usage_core_nano_seconds: v(s.cpu_usage_nanos),
+            usage_core_nano_seconds: v(s.cpu_nanos),
             usage_nano_cores: None,
         }),
         memory: s.map(|s| cri::MemoryUsage {
             timestamp: s.timestamp,
-            working_set_bytes: v(s.memory_working_set_bytes),
-            usage_bytes: v(s.memory_usage_bytes),
+            working_set_bytes: v(s.working_set_bytes),
+            usage_bytes: v(s.memory_bytes),
             ..Default::default()
         }),
         writable_layer: None,

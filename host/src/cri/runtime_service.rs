@@ -288,14 +288,9 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
             let mut agent_rss = None;
             if r.state.is_ready()
                 && let Ok(mut a) = self.sandboxes.agent(&r.id).await
+                && let Ok(h) = a.health().await
             {
-                let mut call = tonic::Request::new(moat_proto::agent::HealthRequest {});
-                call.set_timeout(std::time::Duration::from_secs(
-                    self.config.sandbox.agent_timeout_secs,
-                ));
-                if let Ok(h) = a.health(call).await {
-                    agent_rss = Some(h.into_inner().rss_kib);
-                }
+                agent_rss = Some(h.rss_kib);
             }
             let v = serde_json::json!({
                 "vcpus": r.vcpus,

@@ -139,3 +139,359 @@ mod tests {
         );
     }
 }
+
+/// What the agent reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentHealth {
+    /// The agent's version.
+    pub version: String,
+    /// Its resident set size, KiB.
+    pub rss_kib: u64,
+}
+
+/// A virtio-fs share for the guest to mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareMount {
+    /// The virtio-fs tag.
+    pub tag: String,
+    /// Where the guest mounts it.
+    pub mount_point: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// The pod identity the guest is given.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SandboxSetup {
+    /// Hostname.
+    pub hostname: String,
+    /// /etc/resolv.conf.
+    pub resolv_conf: String,
+    /// /etc/hosts.
+    pub hosts: String,
+    /// The host clock, ns since the epoch.
+    pub time_unix_nanos: i64,
+    /// Shares to mount.
+    pub shares: Vec<ShareMount>,
+}
+
+/// A container for the agent to create.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerCreate {
+    /// Container id.
+    pub id: String,
+    /// OCI runtime spec JSON.
+    pub spec_json: Vec<u8>,
+    /// Layer DiffID hex digests, bottom first.
+    pub layers: Vec<String>,
+    /// Image user to resolve in the guest.
+    pub image_user: String,
+    /// Apply the RuntimeDefault seccomp profile.
+    pub default_seccomp: bool,
+    /// Keep stdin open.
+    pub stdin: bool,
+}
+
+/// How a container's main process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExitInfo {
+    /// Exit code (128 + signal when killed).
+    pub code: i32,
+    /// The OOM killer struck.
+    pub oom_killed: bool,
+    /// When, ns since the epoch.
+    pub finished_at: i64,
+    /// Why it could not start, if it could not.
+    pub start_error: String,
+}
+
+/// The result of ExecSync.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecOutcome {
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+    /// Exit code.
+    pub exit_code: i32,
+    /// It ran past its timeout and was killed.
+    pub timed_out: bool,
+}
+
+/// A container's cgroup usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    /// When, ns since the epoch.
+    pub timestamp: i64,
+    /// CPU time, ns.
+    pub cpu_nanos: u64,
+    /// Memory in use, bytes.
+    pub memory_bytes: u64,
+    /// Working set, bytes.
+    pub working_set_bytes: u64,
+    /// Processes.
+    pub pids: u64,
+}
+
+/// One piece of a container's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRecord {
+    /// From stderr (else stdout).
+    pub stderr: bool,
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// When the agent read them, ns since the epoch.
+    pub time: i64,
+}
+
+/// A stream of output records.
+pub type OutputStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<OutputRecord, tonic::Status>> + Send>>;
+
+/// The agent of one sandbox, in moatd's own terms: every call has a deadline (the
+/// configured one, plus what the call itself waits for), and proto types stay here.
+#[derive(Clone)]
+pub struct Agent {
+    client: AgentClient<Channel>,
+    timeout: Duration,
+}
+
+use moat_proto::agent as pb;
+
+impl Agent {
+    /// Wraps a connected client.
+    pub fn new(client: AgentClient<Channel>, timeout: Duration) -> Self {
+        Self { client, timeout }
+    }
+
+    /// Connects through the sandbox's hybrid-vsock socket.
+    pub async fn connect(uds: &Path, timeout: Duration) -> Result<Self, tonic::transport::Error> {
+        Ok(Self::new(channel(uds, timeout).await?, timeout))
+    }
+
+    async fn call<T, F>(&self, extra: Duration, f: F) -> Result<T, tonic::Status>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match tokio::time::timeout(self.timeout + extra, f).await {
+            Ok(r) => r.map(tonic::Response::into_inner),
+            Err(_) => Err(tonic::Status::deadline_exceeded(
+                "the agent did not answer in time",
+            )),
+        }
+    }
+
+    fn req<T>(&self, msg: T, extra: Duration) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.set_timeout(self.timeout + extra);
+        r
+    }
+
+    /// Health.
+    pub async fn health(&mut self) -> Result<AgentHealth, tonic::Status> {
+        let r = self.req(pb::HealthRequest {}, Duration::ZERO);
+        let mut c = self.client.clone();
+        let h = self.call(Duration::ZERO, c.health(r)).await?;
+        Ok(AgentHealth {
+            version: h.version,
+            rss_kib: h.rss_kib,
+        })
+    }
+
+    /// SetupSandbox.
+    pub async fn setup(&mut self, s: SandboxSetup) -> Result<(), tonic::Status> {
+        let msg = pb::SetupSandboxRequest {
+            hostname: s.hostname,
+            resolv_conf: s.resolv_conf,
+            hosts: s.hosts,
+            time_unix_nanos: s.time_unix_nanos,
+            shares: s
+                .shares
+                .into_iter()
+                .map(|m| pb::Share {
+                    tag: m.tag,
+                    mount_point: m.mount_point,
+                    read_only: m.read_only,
+                })
+                .collect(),
+        };
+        let r = self.req(msg, Duration::ZERO);
+        let mut c = self.client.clone();
+        self.call(Duration::ZERO, c.setup_sandbox(r))
+            .await
+            .map(|_| ())
+    }
+
+    /// Shutdown.
+    pub async fn shutdown(&mut self) -> Result<(), tonic::Status> {
+        let r = self.req(pb::ShutdownRequest {}, Duration::ZERO);
+        let mut c = self.client.clone();
+        self.call(Duration::ZERO, c.shutdown(r)).await.map(|_| ())
+    }
+
+    /// CreateContainer; returns the process id in the guest.
+    pub async fn create_container(&mut self, k: ContainerCreate) -> Result<u32, tonic::Status> {
+        let msg = pb::CreateContainerRequest {
+            container_id: k.id,
+            spec_json: k.spec_json,
+            layers: k.layers,
+            image_user: k.image_user,
+            default_seccomp: k.default_seccomp,
+            stdin: k.stdin,
+        };
+        let extra = Duration::from_secs(20);
+        let r = self.req(msg, extra);
+        let mut c = self.client.clone();
+        Ok(self.call(extra, c.create_container(r)).await?.pid)
+    }
+
+    /// StartContainer.
+    pub async fn start_container(&mut self, id: &str) -> Result<(), tonic::Status> {
+        let r = self.req(
+            pb::ContainerRequest {
+                container_id: id.into(),
+            },
+            Duration::ZERO,
+        );
+        let mut c = self.client.clone();
+        self.call(Duration::ZERO, c.start_container(r))
+            .await
+            .map(|_| ())
+    }
+
+    /// WaitContainer: up to `wait`; `None` if still running.
+    pub async fn wait_container(
+        &mut self,
+        id: &str,
+        wait: Duration,
+    ) -> Result<Option<ExitInfo>, tonic::Status> {
+        let ms = wait.as_millis().min(u32::MAX as u128) as u32;
+        let r = self.req(
+            pb::WaitContainerRequest {
+                container_id: id.into(),
+                timeout_ms: ms,
+            },
+            wait,
+        );
+        let mut c = self.client.clone();
+        let w = self.call(wait, c.wait_container(r)).await?;
+        Ok(w.exited.then_some(ExitInfo {
+            code: w.exit_code,
+            oom_killed: w.oom_killed,
+            finished_at: w.finished_at,
+            start_error: w.error,
+        }))
+    }
+
+    /// SignalContainer.
+    pub async fn signal_container(&mut self, id: &str, signal: i32) -> Result<(), tonic::Status> {
+        let r = self.req(
+            pb::SignalContainerRequest {
+                container_id: id.into(),
+                signal,
+            },
+            Duration::ZERO,
+        );
+        let mut c = self.client.clone();
+        self.call(Duration::ZERO, c.signal_container(r))
+            .await
+            .map(|_| ())
+    }
+
+    /// RemoveContainer.
+    pub async fn remove_container(&mut self, id: &str) -> Result<(), tonic::Status> {
+        let r = self.req(
+            pb::ContainerRequest {
+                container_id: id.into(),
+            },
+            Duration::ZERO,
+        );
+        let mut c = self.client.clone();
+        self.call(Duration::ZERO, c.remove_container(r))
+            .await
+            .map(|_| ())
+    }
+
+    /// ExecSync with a timeout for the command itself.
+    pub async fn exec_sync(
+        &mut self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecOutcome, tonic::Status> {
+        let ms = timeout.as_millis().min(u32::MAX as u128) as u32;
+        let r = self.req(
+            pb::ExecSyncRequest {
+                container_id: id.into(),
+                cmd,
+                timeout_ms: ms,
+            },
+            timeout,
+        );
+        let mut c = self.client.clone();
+        let x = self.call(timeout, c.exec_sync(r)).await?;
+        Ok(ExecOutcome {
+            stdout: x.stdout,
+            stderr: x.stderr,
+            exit_code: x.exit_code,
+            timed_out: x.timed_out,
+        })
+    }
+
+    /// Output: the records of the main process's stdout and stderr. Only opening the
+    /// stream has a deadline; the stream lasts as long as the container writes.
+    pub async fn output(&mut self, id: &str) -> Result<OutputStream, tonic::Status> {
+        let r = tonic::Request::new(pb::ContainerRequest {
+            container_id: id.into(),
+        });
+        let mut c = self.client.clone();
+        let s = self.call(Duration::ZERO, c.output(r)).await?;
+        Ok(Box::pin(futures::StreamExt::map(s, |chunk| {
+            chunk.map(|c| OutputRecord {
+                stderr: c.stream == pb::output_chunk::Stream::Stderr as i32,
+                data: c.data,
+                time: c.time,
+            })
+        })))
+    }
+
+    /// UpdateResources.
+    pub async fn update_resources(
+        &mut self,
+        id: &str,
+        cpu: Option<(i64, i64)>,
+        memory: Option<i64>,
+    ) -> Result<(), tonic::Status> {
+        let (quota, period) = cpu.unwrap_or((0, 100_000));
+        let msg = pb::UpdateResourcesRequest {
+            container_id: id.into(),
+            cpu_quota: quota,
+            cpu_period: period.max(1) as u64,
+            memory_limit: memory.unwrap_or(0),
+        };
+        let r = self.req(msg, Duration::ZERO);
+        let mut c = self.client.clone();
+        self.call(Duration::ZERO, c.update_resources(r))
+            .await
+            .map(|_| ())
+    }
+
+    /// Stats.
+    pub async fn stats(&mut self, id: &str) -> Result<Usage, tonic::Status> {
+        let r = self.req(
+            pb::ContainerRequest {
+                container_id: id.into(),
+            },
+            Duration::ZERO,
+        );
+        let mut c = self.client.clone();
+        let s = self.call(Duration::ZERO, c.stats(r)).await?;
+        Ok(Usage {
+            timestamp: s.timestamp,
+            cpu_nanos: s.cpu_usage_nanos,
+            memory_bytes: s.memory_usage_bytes,
+            working_set_bytes: s.memory_working_set_bytes,
+            pids: s.pids,
+        })
+    }
+}

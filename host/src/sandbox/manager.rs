@@ -6,9 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use moat_proto::agent::agent_client::AgentClient;
-use moat_proto::agent::{SetupSandboxRequest, ShutdownRequest};
-use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use super::error::SandboxError;
@@ -78,7 +75,7 @@ pub struct RunRequest {
 /// A sandbox's live VM and agent connection.
 struct Live {
     vm: Arc<RunningVm>,
-    agent: Option<AgentClient<Channel>>,
+    agent: Option<super::agent::Agent>,
 }
 
 struct Inner {
@@ -365,6 +362,7 @@ impl SandboxManager {
                 kernel_args: cfg.kernel_args.clone(),
                 boot_timeout: Duration::from_secs(cfg.boot_timeout_secs),
                 layers_dir: Some(&self.inner.config.root_dir.join("images/snapshots/sha256")),
+                agent_timeout: self.agent_timeout(),
             },
         )
         .await;
@@ -385,31 +383,25 @@ impl SandboxManager {
         let hosts = format!(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
         );
-        let setup = SetupSandboxRequest {
+        let setup = super::agent::SandboxSetup {
             hostname,
             resolv_conf: req.dns.resolv_conf(),
             hosts,
             time_unix_nanos: crate::images::now_nanos(),
             shares: vec![
-                moat_proto::agent::Share {
+                super::agent::ShareMount {
                     tag: vm::LAYERS_TAG.into(),
                     mount_point: vm::LAYERS_MOUNT.into(),
                     read_only: true,
                 },
-                moat_proto::agent::Share {
+                super::agent::ShareMount {
                     tag: super::volumes::VOLUMES_TAG.into(),
                     mount_point: super::volumes::VOLUMES_MOUNT.into(),
                     read_only: false,
                 },
             ],
         };
-        let mut call = tonic::Request::new(setup);
-        call.set_timeout(self.agent_timeout());
-        if let Err(e) = tokio::time::timeout(self.agent_timeout(), agent.setup_sandbox(call))
-            .await
-            .map_err(|_| tonic::Status::deadline_exceeded("timeout"))
-            .and_then(|r| r)
-        {
+        if let Err(e) = agent.setup(setup).await {
             vm::teardown(&vm).await;
             vm.paths.remove();
             self.fail_boot(&id)?;
@@ -452,7 +444,7 @@ impl SandboxManager {
     }
 
     /// The agent client of a live sandbox, connecting if needed (after a restart).
-    pub async fn agent(&self, id: &str) -> Result<AgentClient<Channel>, SandboxError> {
+    pub async fn agent(&self, id: &str) -> Result<super::agent::Agent, SandboxError> {
         let existing = self
             .live()
             .get(id)
@@ -460,7 +452,7 @@ impl SandboxManager {
         match existing {
             Some((Some(a), _)) => Ok(a),
             Some((None, paths)) => {
-                let a = super::agent::channel(&paths.vsock(), self.agent_timeout())
+                let a = super::agent::Agent::connect(&paths.vsock(), self.agent_timeout())
                     .await
                     .map_err(|e| SandboxError::Agent {
                         id: id.into(),
@@ -488,9 +480,7 @@ impl SandboxManager {
         let live = self.live().remove(&id);
         if let Some(l) = live {
             if let Some(mut a) = l.agent.clone().or(self.agent_after_restart(&l).await) {
-                let mut call = tonic::Request::new(ShutdownRequest {});
-                call.set_timeout(self.agent_timeout());
-                let _ = tokio::time::timeout(self.agent_timeout(), a.shutdown(call)).await;
+                let _ = a.shutdown().await;
             }
             let grace = Duration::from_secs(self.inner.config.sandbox.stop_timeout_secs);
             if !l.vm.vmm.wait_timeout(grace).await {
@@ -519,8 +509,8 @@ impl SandboxManager {
         Ok(())
     }
 
-    async fn agent_after_restart(&self, l: &Live) -> Option<AgentClient<Channel>> {
-        super::agent::channel(&l.vm.paths.vsock(), self.agent_timeout())
+    async fn agent_after_restart(&self, l: &Live) -> Option<super::agent::Agent> {
+        super::agent::Agent::connect(&l.vm.paths.vsock(), self.agent_timeout())
             .await
             .ok()
     }

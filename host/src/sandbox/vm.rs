@@ -5,9 +5,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use moat_proto::agent::HealthRequest;
-use moat_proto::agent::agent_client::AgentClient;
-use tonic::transport::Channel;
 use tracing::{info, warn};
 
 use super::agent;
@@ -117,6 +114,8 @@ pub struct LaunchSpec<'a> {
     pub boot_timeout: Duration,
     /// The directory of layer snapshots shared read-only with the guest as `layers`.
     pub layers_dir: Option<&'a Path>,
+    /// The deadline of each call into the agent.
+    pub agent_timeout: Duration,
 }
 
 /// The virtio-fs tag of the image layers share, and where the agent mounts it.
@@ -154,7 +153,7 @@ pub async fn launch(
     hypervisor: &dyn Hypervisor,
     paths: VmPaths,
     spec: LaunchSpec<'_>,
-) -> Result<(RunningVm, AgentClient<Channel>), SandboxError> {
+) -> Result<(RunningVm, agent::Agent), SandboxError> {
     paths.remove();
     std::fs::create_dir_all(paths.volumes())
         .map_err(|e| SandboxError::io("create the VM run dir", e))?;
@@ -181,7 +180,7 @@ async fn launch_inner(
     hypervisor: &dyn Hypervisor,
     paths: &VmPaths,
     spec: &LaunchSpec<'_>,
-) -> Result<(RunningVm, AgentClient<Channel>), SandboxError> {
+) -> Result<(RunningVm, agent::Agent), SandboxError> {
     let id = spec.id.to_owned();
     let announce = tokio::net::UnixListener::bind(paths.vsock_port(agent::ANNOUNCE_PORT))
         .map_err(|e| SandboxError::io("listen for the agent's announce", e))?;
@@ -309,12 +308,10 @@ async fn launch_inner(
     }
     let call_timeout = Duration::from_secs(10);
     let client = async {
-        let mut c = agent::channel(&paths.vsock(), call_timeout)
+        let mut c = agent::Agent::connect(&paths.vsock(), spec.agent_timeout)
             .await
             .map_err(|e| e.to_string())?;
-        c.health(HealthRequest {})
-            .await
-            .map_err(|e| e.to_string())?;
+        c.health().await.map_err(|e| e.message().to_owned())?;
         Ok::<_, String>(c)
     };
     match tokio::time::timeout(call_timeout, client).await {
