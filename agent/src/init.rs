@@ -104,6 +104,117 @@ const MOUNTS: &[MountSpec] = &[
     },
 ];
 
+/// Set in the environment once PID 1 has moved off the initramfs.
+const SWITCHED: &str = "MOAT_SWITCHED_ROOT";
+
+/// Whether `/` is the initramfs (rootfs, a ramfs or tmpfs the kernel unpacked).
+fn root_is_initramfs() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(4) == Some("/") && l.contains(" - rootfs "))
+        })
+        .unwrap_or(true)
+}
+
+/// Moves PID 1 off the initramfs onto a tmpfs, the way switch_root does, then executes
+/// `/init` again there. On the initramfs pivot_root(2) is impossible, so containers would
+/// fall back to chroot, which a process with CAP_SYS_CHROOT can leave; on a real mount
+/// they get pivot_root. Returns only if nothing had to be done.
+pub fn switch_off_initramfs() -> Result<(), InitError> {
+    if std::env::var_os(SWITCHED).is_some() {
+        return Ok(());
+    }
+    let _ = std::fs::create_dir_all("/proc");
+    let proc_mounted = mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .is_ok();
+    let on_initramfs = root_is_initramfs();
+    if proc_mounted {
+        let _ = nix::mount::umount("/proc");
+    }
+    if !on_initramfs {
+        return Ok(());
+    }
+    let new = Path::new("/newroot");
+    let io = |what: &str, e: std::io::Error| InitError::Module {
+        module: format!("switch root: {what}"),
+        source: e,
+    };
+    std::fs::create_dir_all(new).map_err(|e| io("mkdir /newroot", e))?;
+    mount(
+        Some("tmpfs"),
+        new,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .map_err(|source| InitError::Mount {
+        target: "/newroot".into(),
+        source,
+    })?;
+    copy_tree(Path::new("/"), new).map_err(|e| io("copy the initramfs", e))?;
+    std::env::set_current_dir(new).map_err(|e| io("chdir", e))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|source| {
+        InitError::Mount {
+            target: "/".into(),
+            source,
+        }
+    })?;
+    nix::unistd::chroot(".").map_err(|e| io("chroot", e.into()))?;
+    std::env::set_current_dir("/").map_err(|e| io("chdir /", e))?;
+    let err = std::os::unix::process::CommandExt::exec(
+        std::process::Command::new("/init").env(SWITCHED, "1"),
+    );
+    Err(io("exec /init", err))
+}
+
+/// The filesystem type of `/` (for the boot log).
+pub fn root_fs_type() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.split(' ').nth(4) == Some("/"))
+                .and_then(|l| {
+                    l.split(" - ")
+                        .nth(1)
+                        .and_then(|t| t.split(' ').next().map(str::to_owned))
+                })
+        })
+        .unwrap_or_default()
+}
+
+/// Copies files, directories and symlinks from `from` into `to`, skipping `to` itself.
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let src = entry.path();
+        if src == to {
+            continue;
+        }
+        let dst = to.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&src)?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir_all(&dst)?;
+            std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            copy_tree(&src, &dst)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else if ft.is_file() {
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}
+
 /// Mounts the standard filesystems. Already-mounted targets (EBUSY) are fine.
 pub fn mount_all() -> Result<(), InitError> {
     for m in MOUNTS {
@@ -179,6 +290,32 @@ mod tests {
         assert_eq!(
             module_order("# deps first\nvirtio.ko\n\n  vsock.ko \n"),
             vec!["virtio.ko", "vsock.ko"]
+        );
+    }
+
+    #[test]
+    fn copy_tree_keeps_dirs_files_and_links_and_skips_the_target() {
+        let d = tempfile::tempdir().expect("tmp");
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("lib/moat")).expect("mkdir");
+        std::fs::write(src.join("init"), b"agent").expect("w");
+        std::fs::write(src.join("lib/moat/modules.order"), b"a.ko\n").expect("w");
+        std::os::unix::fs::symlink("init", src.join("link")).expect("ln");
+        let dst = src.join("newroot");
+        std::fs::create_dir(&dst).expect("mkdir");
+        copy_tree(&src, &dst).expect("copy");
+        assert_eq!(std::fs::read(dst.join("init")).expect("r"), b"agent");
+        assert_eq!(
+            std::fs::read(dst.join("lib/moat/modules.order")).expect("r"),
+            b"a.ko\n"
+        );
+        assert_eq!(
+            std::fs::read_link(dst.join("link")).expect("l"),
+            Path::new("init")
+        );
+        assert!(
+            !dst.join("newroot").exists(),
+            "the target is not copied into itself"
         );
     }
 

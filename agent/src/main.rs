@@ -56,7 +56,9 @@ fn main() {
 
 fn run(args: Args, pid1: bool) -> Result<(), Box<dyn std::error::Error>> {
     if pid1 {
+        init::switch_off_initramfs()?;
         init::mount_all()?;
+        tracing::info!(root = %init::root_fs_type(), "root filesystem");
         let n = init::load_modules(
             std::path::Path::new(init::MODULES_DIR),
             std::path::Path::new(init::MODULES_ORDER),

@@ -70,6 +70,7 @@ impl Agent for AgentService {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             rss_kib: rss_kib(),
+            root_fs: crate::init::root_fs_type(),
         }))
     }
 

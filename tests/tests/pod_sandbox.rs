@@ -152,6 +152,26 @@ async fn a_pod_boots_a_vm_then_stops_and_goes_without_a_trace() {
         "one VMM, one vsock backend, two virtio-fs backends (layers, volumes)"
     );
 
+    let st = m
+        .runtime()
+        .await
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("verbose status")
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).expect("json");
+    // The agent left the initramfs for a tmpfs root, so containers can be pivot_root'ed.
+    assert_eq!(info["agentRootFs"], "tmpfs", "{info}");
+    assert!(
+        info["agentRssKiB"]
+            .as_u64()
+            .is_some_and(|k| k > 0 && k < 8 * 1024),
+        "{info}"
+    );
+
     let list = m
         .runtime()
         .await

@@ -286,11 +286,13 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         let mut info = HashMap::new();
         if req.verbose {
             let mut agent_rss = None;
+            let mut agent_root = None;
             if r.state.is_ready()
                 && let Ok(mut a) = self.sandboxes.agent(&r.id).await
                 && let Ok(h) = a.health().await
             {
                 agent_rss = Some(h.rss_kib);
+                agent_root = Some(h.root_fs);
             }
             let v = serde_json::json!({
                 "vcpus": r.vcpus,
@@ -298,6 +300,7 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
                 "vm": r.vm,
                 "hostname": r.hostname,
                 "agentRssKiB": agent_rss,
+                "agentRootFs": agent_root,
             });
             info.insert("info".to_owned(), v.to_string());
         }

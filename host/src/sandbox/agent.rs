@@ -147,6 +147,8 @@ pub struct AgentHealth {
     pub version: String,
     /// Its resident set size, KiB.
     pub rss_kib: u64,
+    /// The guest root's filesystem type.
+    pub root_fs: String,
 }
 
 /// A virtio-fs share for the guest to mount.
@@ -295,6 +297,7 @@ impl Agent {
         Ok(AgentHealth {
             version: h.version,
             rss_kib: h.rss_kib,
+            root_fs: h.root_fs,
         })
     }
 
