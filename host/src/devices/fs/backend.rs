@@ -14,14 +14,9 @@ use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
-};
-use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::VhostUserBackend;
+use vm_memory::GuestAddressSpace;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
@@ -31,9 +26,9 @@ use super::queue::{Scratch, process_queue};
 use super::server::FuseServer;
 
 /// Guest memory as vhost-user-backend hands it over.
-pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
+pub use super::super::vring::GuestMem;
 /// The vring type of this backend.
-pub type Vring = VringRwLock<GuestMem>;
+pub use super::super::vring::Vring;
 
 /// High-priority queue.
 pub const HIPRIO_QUEUE: u16 = 0;
@@ -94,27 +89,9 @@ impl FsBackend {
     fn run_queue(&self, vring: &Vring, scratch: &mut Scratch) -> io::Result<()> {
         let atomic = self.guest_memory();
         let mem = atomic.memory();
-        loop {
-            let (used, again) = {
-                let mut state = vring.get_mut();
-                if !state.is_enabled() || !state.get_queue().ready() {
-                    return Ok(());
-                }
-                let queue = state.get_queue_mut();
-                queue
-                    .disable_notification(&*mem)
-                    .map_err(io::Error::other)?;
-                let used = process_queue(queue, &mem, &self.server, scratch);
-                let more = queue.enable_notification(&*mem).map_err(io::Error::other)?;
-                (used, more)
-            };
-            if used && vring.needs_notification().map_err(io::Error::other)? {
-                vring.signal_used_queue()?;
-            }
-            if !again {
-                return Ok(());
-            }
-        }
+        super::super::vring::drain(&mem, vring, |queue, mem| {
+            (process_queue(queue, mem, &self.server, scratch), true)
+        })
     }
 }
 
@@ -131,10 +108,7 @@ impl VhostUserBackend for FsBackend {
     }
 
     fn features(&self) -> u64 {
-        (1 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        super::super::vring::base_features()
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -183,6 +157,11 @@ impl VhostUserBackend for FsBackend {
 #[cfg(test)]
 mod tests {
     use std::fs;
+
+    use vhost::vhost_user::message::VhostUserVirtioFeatures;
+    use vhost_user_backend::VringT;
+    use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
+    use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
     use fuse_backend_rs::passthrough::{Config, PassthroughFs};
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};

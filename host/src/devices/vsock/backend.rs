@@ -13,14 +13,10 @@ use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
-use virtio_bindings::bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
-};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::VhostUserBackend;
+use virtio_queue::Queue;
+use vm_memory::{GuestAddressSpace, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     EventConsumer, EventFlag, EventNotifier, new_event_consumer_and_notifier,
@@ -30,9 +26,9 @@ use super::muxer::Muxer;
 use super::queue::{process_rx, process_tx};
 
 /// Guest memory as vhost-user-backend hands it over.
-pub type GuestMem = GuestMemoryAtomic<GuestMemoryMmap>;
+pub use super::super::vring::GuestMem;
 /// The vring type of this backend.
-pub type Vring = VringRwLock<GuestMem>;
+pub use super::super::vring::Vring;
 
 /// RX queue (device → driver).
 pub const RX_QUEUE: u16 = 0;
@@ -119,27 +115,7 @@ impl VsockBackend {
     ) -> io::Result<()> {
         let atomic = self.guest_memory();
         let mem = atomic.memory();
-        loop {
-            let (used, again) = {
-                let mut state = vring.get_mut();
-                if !state.is_enabled() || !state.get_queue().ready() {
-                    return Ok(());
-                }
-                let queue = state.get_queue_mut();
-                queue
-                    .disable_notification(&*mem)
-                    .map_err(io::Error::other)?;
-                let (used, wants_more) = work(queue, &mem);
-                let more_avail = queue.enable_notification(&*mem).map_err(io::Error::other)?;
-                (used, wants_more && more_avail)
-            };
-            if used && vring.needs_notification().map_err(io::Error::other)? {
-                vring.signal_used_queue()?;
-            }
-            if !again {
-                return Ok(());
-            }
-        }
+        super::super::vring::drain(&mem, vring, |queue, mem| work(queue, mem))
     }
 }
 
@@ -156,10 +132,7 @@ impl VhostUserBackend for VsockBackend {
     }
 
     fn features(&self) -> u64 {
-        (1 << VIRTIO_F_VERSION_1)
-            | (1 << VIRTIO_RING_F_EVENT_IDX)
-            | (1 << VIRTIO_RING_F_INDIRECT_DESC)
-            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+        super::super::vring::base_features()
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -228,6 +201,10 @@ impl VhostUserBackend for VsockBackend {
 mod tests {
     use std::io::Write;
     use std::os::unix::net::UnixStream;
+
+    use vhost::vhost_user::message::VhostUserVirtioFeatures;
+    use vhost_user_backend::VringT;
+    use virtio_bindings::bindings::virtio_config::VIRTIO_F_VERSION_1;
 
     use vm_memory::GuestMemoryAtomic;
 
