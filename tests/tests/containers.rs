@@ -487,8 +487,9 @@ async fn host_paths_are_mounted_read_only_or_read_write() {
     );
 
     let run_dir = p.m.root().with_file_name("run");
+    let volumes = run_dir.join("vm").join(&p.id[..12]).join("volumes");
     assert_eq!(
-        mounts_under(&run_dir).len(),
+        mounts_under(&volumes).len(),
         2,
         "two host binds while the container exists"
     );
@@ -498,9 +499,9 @@ async fn host_paths_are_mounted_read_only_or_read_write() {
         .await
         .expect("remove");
     assert!(
-        mounts_under(&run_dir).is_empty(),
+        mounts_under(&volumes).is_empty(),
         "binds released: {:?}",
-        mounts_under(&run_dir)
+        mounts_under(&volumes)
     );
     assert_eq!(
         std::fs::read_to_string(ro.path().join("in.txt")).expect("host data kept"),

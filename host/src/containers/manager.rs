@@ -259,6 +259,22 @@ impl ContainerManager {
             return Err(ContainerError::NameTaken(req.name));
         }
         let id = crate::ids::random_id();
+        let snapshots = image
+            .layers
+            .iter()
+            .map(|l| {
+                let hex = l.diff_id.trim_start_matches("sha256:").to_owned();
+                self.inner
+                    .images
+                    .snapshot_path(&l.diff_id)
+                    .map(|p| (hex, p))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ContainerError::FailedPrecondition(e.to_string()))?;
+        self.inner
+            .sandboxes
+            .expose_layers(&sandbox.id, &snapshots)
+            .map_err(|e| ContainerError::FailedPrecondition(e.to_string()))?;
         let volumes = self.inner.sandboxes.volumes_dir(&sandbox.id);
         let binds = crate::sandbox::volumes::prepare(&volumes, &id[..12], &req.mounts)
             .map_err(|e| ContainerError::InvalidArgument(e.to_string()))?;

@@ -253,6 +253,22 @@ impl SandboxManager {
             .map_err(|e| SandboxError::InvalidArgument(format!("pod sandbox id: {e}")))
     }
 
+    /// Makes image layers visible in a sandbox's `layers` share (read-only binds of the
+    /// snapshots), so the guest sees this pod's layers and no other image's.
+    pub fn expose_layers(
+        &self,
+        id: &str,
+        snapshots: &[(String, std::path::PathBuf)],
+    ) -> Result<(), SandboxError> {
+        let dir = self.paths(id).layers();
+        for (name, src) in snapshots {
+            super::volumes::bind_read_only(src, &dir.join(name)).map_err(|e| {
+                SandboxError::FailedPrecondition(format!("expose layer {name}: {e}"))
+            })?;
+        }
+        Ok(())
+    }
+
     /// The host side of a sandbox's `volumes` share.
     pub fn volumes_dir(&self, id: &str) -> std::path::PathBuf {
         self.paths(id).volumes()
@@ -361,7 +377,7 @@ impl SandboxManager {
                 initramfs: &cfg.initramfs(),
                 kernel_args: cfg.kernel_args.clone(),
                 boot_timeout: Duration::from_secs(cfg.boot_timeout_secs),
-                layers_dir: Some(&self.inner.config.root_dir.join("images/snapshots/sha256")),
+                share_layers: true,
                 agent_timeout: self.agent_timeout(),
             },
         )

@@ -50,6 +50,11 @@ impl VmPaths {
     pub fn fs_log(&self) -> PathBuf {
         self.dir.join("fs-backend.log")
     }
+    /// The host side of the read-only `layers` share: read-only binds of the layer
+    /// snapshots this pod's containers use, and nothing else.
+    pub fn layers(&self) -> PathBuf {
+        self.dir.join("layers")
+    }
     /// The host side of the read-write `volumes` share.
     pub fn volumes(&self) -> PathBuf {
         self.dir.join("volumes")
@@ -61,7 +66,9 @@ impl VmPaths {
     /// Unmounts the volumes, then deletes the whole directory. Nothing is deleted while a
     /// host path is still mounted under it.
     pub fn remove(&self) {
-        match super::volumes::release(&self.volumes()) {
+        let released = super::volumes::release(&self.layers())
+            .and_then(|()| super::volumes::release(&self.volumes()));
+        match released {
             Ok(()) => {
                 let _ = std::fs::remove_dir_all(&self.dir);
             }
@@ -112,8 +119,8 @@ pub struct LaunchSpec<'a> {
     pub kernel_args: Vec<String>,
     /// Deadline for boot up to a healthy agent.
     pub boot_timeout: Duration,
-    /// The directory of layer snapshots shared read-only with the guest as `layers`.
-    pub layers_dir: Option<&'a Path>,
+    /// Give the VM the read-only `layers` share (the pod's image layers).
+    pub share_layers: bool,
     /// The deadline of each call into the agent.
     pub agent_timeout: Duration,
 }
@@ -155,8 +162,9 @@ pub async fn launch(
     spec: LaunchSpec<'_>,
 ) -> Result<(RunningVm, agent::Agent), SandboxError> {
     paths.remove();
-    std::fs::create_dir_all(paths.volumes())
-        .map_err(|e| SandboxError::io("create the VM run dir", e))?;
+    for d in [paths.volumes(), paths.layers()] {
+        std::fs::create_dir_all(d).map_err(|e| SandboxError::io("create the VM run dir", e))?;
+    }
     let result = launch_inner(hypervisor, &paths, &spec).await;
     if let Err(e) = &result {
         // The console is the first thing anyone needs: put its tail in moatd's log.
@@ -206,8 +214,9 @@ async fn launch_inner(
     let mut fs_shares = Vec::new();
     let volumes = paths.volumes();
     let mut shares: Vec<(&str, &Path, PathBuf, bool)> = Vec::new();
-    if let Some(dir) = spec.layers_dir {
-        shares.push((LAYERS_TAG, dir, paths.fs_socket(), true));
+    let layers = paths.layers();
+    if spec.share_layers {
+        shares.push((LAYERS_TAG, &layers, paths.fs_socket(), true));
     }
     shares.push((
         super::volumes::VOLUMES_TAG,

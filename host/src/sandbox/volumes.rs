@@ -135,6 +135,43 @@ pub fn prepare(
     result
 }
 
+/// Bind-mounts directory `src` read-only at `target` (created), unless already there.
+pub fn bind_read_only(src: &Path, target: &Path) -> Result<(), VolumeError> {
+    if mounts_under(target).iter().any(|m| m == target) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(target).map_err(io(format!("create {}", target.display())))?;
+    mount(
+        Some(src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| VolumeError::Io {
+        what: format!("bind {}", src.display()),
+        source: e.into(),
+    })?;
+    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    let made_ro = mount(None::<&str>, target, None::<&str>, ro, None::<&str>).and_then(|()| {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+    });
+    if let Err(e) = made_ro {
+        let _ = umount2(target, MntFlags::MNT_DETACH);
+        return Err(VolumeError::Io {
+            what: format!("make {} read-only", target.display()),
+            source: e.into(),
+        });
+    }
+    Ok(())
+}
+
 /// Mount points at or below `dir`, deepest first, from /proc/self/mountinfo.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -222,6 +259,21 @@ mod tests {
             b"keep me"
         );
         assert!(!share.path().join("c1").exists());
+    }
+
+    #[test]
+    fn read_only_binds_refuse_writes_and_are_idempotent() {
+        let src = tempfile::tempdir().expect("src");
+        std::fs::write(src.path().join("f"), b"layer").expect("w");
+        let share = tempfile::tempdir().expect("share");
+        let t = share.path().join("abc");
+        bind_read_only(src.path(), &t).expect("bind");
+        bind_read_only(src.path(), &t).expect("again");
+        assert_eq!(mounts_under(share.path()).len(), 1);
+        assert_eq!(std::fs::read(t.join("f")).expect("r"), b"layer");
+        assert!(std::fs::write(t.join("g"), b"x").is_err(), "read-only");
+        release(share.path()).expect("release");
+        assert!(src.path().join("f").exists());
     }
 
     #[test]
