@@ -177,5 +177,32 @@ pub async fn connect(socket: &Path) -> Channel {
 impl Drop for Moatd {
     fn drop(&mut self) {
         self.stop();
+        // A test that failed half-way leaves its pods' VMs running (they outlive moatd by
+        // design) and their binds mounted: end both, so nothing leaks past the test.
+        let dir = self.dir.path().display().to_string();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            if String::from_utf8_lossy(&cmd).contains(&dir)
+                && let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>()
+            {
+                // SAFETY: kill(2) on a pid read from /proc; at worst the process is gone.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            if let Ok(c) = std::ffi::CString::new(m) {
+                // SAFETY: umount2 on a NUL-terminated path we own.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
     }
 }
