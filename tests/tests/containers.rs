@@ -171,6 +171,24 @@ impl Pod {
             .into_inner()
     }
 
+    /// A container printing `tick` five times a second, started and logging.
+    async fn start_ticker(&self) -> String {
+        let id = self
+            .create(
+                "ticker",
+                &["/bin/sh", "-c", "while true; do echo tick; sleep 0.2; done"],
+            )
+            .await
+            .expect("create");
+        self.start(&id).await;
+        let ticking = moat_tests::wait_until(Duration::from_secs(20), || {
+            self.log("ticker").contains("stdout F tick")
+        })
+        .await;
+        assert!(ticking, "log: {}", self.log("ticker"));
+        id
+    }
+
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.logs.path().join(name).join("0.log")).unwrap_or_default()
     }
@@ -546,20 +564,7 @@ async fn host_paths_are_mounted_read_only_or_read_write() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stats_resource_updates_and_log_reopen() {
     let p = pod_with_image("ticker").await;
-    let id = p
-        .create(
-            "ticker",
-            &["/bin/sh", "-c", "while true; do echo tick; sleep 0.2; done"],
-        )
-        .await
-        .expect("create");
-    p.start(&id).await;
-    assert!(
-        moat_tests::wait_until(Duration::from_secs(20), || p
-            .log("ticker")
-            .contains("stdout F tick"))
-        .await
-    );
+    let id = p.start_ticker().await;
 
     let s =
         p.m.runtime()
@@ -677,20 +682,7 @@ async fn stats_resource_updates_and_log_reopen() {
 #[tokio::test(flavor = "multi_thread")]
 async fn containers_keep_running_and_logging_across_a_moatd_restart() {
     let mut p = pod_with_image("survivor").await;
-    let id = p
-        .create(
-            "ticker",
-            &["/bin/sh", "-c", "while true; do echo tick; sleep 0.2; done"],
-        )
-        .await
-        .expect("create");
-    p.start(&id).await;
-    assert!(
-        moat_tests::wait_until(Duration::from_secs(20), || p
-            .log("ticker")
-            .contains("stdout F tick"))
-        .await
-    );
+    let id = p.start_ticker().await;
     p.m.restart().await;
     let before = p.log("ticker").lines().count();
     let more = moat_tests::wait_until(Duration::from_secs(10), || {
