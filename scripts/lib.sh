@@ -30,7 +30,8 @@ require_cargo() {
 
 # Packages needed to build moatd.
 BUILD_PACKAGES=(protobuf-compiler gcc pkg-config)
-# Packages needed to run pod VMs.
-RUN_PACKAGES=(qemu-system-x86)
+# Packages needed to run pod VMs and their networks (CNI plugins; portmap and the bridge's
+# ipMasq program iptables; the tests and benchmarks use ip and nsenter).
+RUN_PACKAGES=(qemu-system-x86 containernetworking-plugins iptables iproute2 util-linux)
 # Packages the tests and benchmarks start for real.
-TEST_PACKAGES=(docker-registry busybox-static apache2-utils containerd qemu-system-x86)
+TEST_PACKAGES=(docker-registry busybox-static apache2-utils containerd "${RUN_PACKAGES[@]}")

@@ -25,6 +25,15 @@ use crate::executor::{self, Container, Options, Stdio};
 pub type OutputStream =
     std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<OutputChunk, Status>> + Send>>;
 
+/// Exec output stream type.
+pub type ExecStream = std::pin::Pin<
+    Box<dyn futures_core::Stream<Item = Result<moat_proto::agent::ExecOutput, Status>> + Send>,
+>;
+/// PortForward stream type.
+pub type PortForwardStream = std::pin::Pin<
+    Box<dyn futures_core::Stream<Item = Result<moat_proto::agent::PortForwardData, Status>> + Send>,
+>;
+
 /// Where the image layers share is mounted.
 pub const LAYERS_ROOT: &str = "/run/moat/layers";
 /// Per-container state (writable layer, rootfs mount point).
@@ -131,6 +140,16 @@ fn read_all(fd: Option<OwnedFd>) -> std::thread::JoinHandle<Vec<u8>> {
 }
 
 impl Containers {
+    /// Containers whose layers and state live under these directories (tests).
+    #[cfg(test)]
+    pub(crate) fn with_dirs(layers: PathBuf, root: PathBuf) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            layers,
+            root,
+        }
+    }
+
     fn get(&self, id: &str) -> Result<Arc<Entry>, Status> {
         self.map
             .lock()
@@ -386,22 +405,48 @@ impl Containers {
         Ok(RemoveContainerResponse {})
     }
 
-    /// ExecSync: runs a process in the container and collects its output.
-    pub async fn exec_sync(&self, r: ExecSyncRequest) -> Result<ExecSyncResponse, Status> {
-        let e = self.get(&r.container_id)?;
-        if r.cmd.is_empty() {
+    /// Starts a new process in container `id`, as the container's own process is set up
+    /// (user, env, cwd, capabilities, seccomp) but running `cmd`; `size` is the terminal's
+    /// (rows, columns).
+    pub(crate) async fn spawn(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        tty: bool,
+        stdin: bool,
+        size: Option<(u16, u16)>,
+    ) -> Result<executor::ExecProcess, Status> {
+        let e = self.get(id)?;
+        if cmd.is_empty() {
             return Err(Status::invalid_argument("exec needs a command"));
         }
         let c = e.container.clone();
-        let cmd = r.cmd.clone();
         let mut p = e.process.clone();
-        let proc = blocking(move || {
+        blocking(move || {
             p.set_args(Some(cmd));
-            p.set_terminal(Some(false));
-            c.exec(&p, &Options::default())
+            p.set_terminal(Some(tty));
+            p.set_console_size(size.and_then(|(rows, cols)| {
+                oci_spec::runtime::BoxBuilder::default()
+                    .height(u32::from(rows))
+                    .width(u32::from(cols))
+                    .build()
+                    .ok()
+            }));
+            let opts = Options {
+                stdin,
+                ..Options::default()
+            };
+            c.exec(&p, &opts)
         })
         .await?
-        .map_err(exec_err)?;
+        .map_err(exec_err)
+    }
+
+    /// ExecSync: runs a process in the container and collects its output.
+    pub async fn exec_sync(&self, r: ExecSyncRequest) -> Result<ExecSyncResponse, Status> {
+        let proc = self
+            .spawn(&r.container_id, r.cmd.clone(), false, false, None)
+            .await?;
         let (out, err) = match proc.take_stdio() {
             Some(Stdio::Pipes { stdout, stderr, .. }) => {
                 (read_all(Some(stdout)), read_all(Some(stderr)))
@@ -613,7 +658,7 @@ impl Drop for Resubscribable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -644,7 +689,7 @@ mod tests {
     }
 
     /// A layer directory with busybox, when running as root with busybox-static installed.
-    fn busybox_layer(test: &str) -> Option<tempfile::TempDir> {
+    pub(crate) fn busybox_layer(test: &str) -> Option<tempfile::TempDir> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 || !std::path::Path::new("/bin/busybox").exists() {
             eprintln!("SKIPPED {test}: needs root and /bin/busybox (busybox-static)");
@@ -656,13 +701,15 @@ mod tests {
             std::fs::create_dir_all(l.join(sub)).expect("mkdir");
         }
         std::fs::copy("/bin/busybox", l.join("bin/busybox")).expect("copy");
-        for a in ["sh", "cat", "stty", "sleep"] {
+        for a in [
+            "sh", "cat", "stty", "sleep", "nc", "head", "wc", "echo", "ps",
+        ] {
             std::os::unix::fs::symlink("busybox", l.join("bin").join(a)).expect("link");
         }
         Some(d)
     }
 
-    fn spec_json(args: &[&str], terminal: bool) -> Vec<u8> {
+    pub(crate) fn spec_json(args: &[&str], terminal: bool) -> Vec<u8> {
         let mut spec = Spec::default();
         let mut linux = spec.linux().clone().expect("linux");
         linux.set_namespaces(None);

@@ -1,6 +1,7 @@
 //! PID 1 duties inside the pod VM: the standard mounts, the kernel modules the image
 //! ships (in the order `/lib/moat/modules.order` gives), and reaping orphans.
 
+use std::os::fd::{AsRawFd as _, FromRawFd as _};
 use std::path::Path;
 
 use nix::mount::{MsFlags, mount};
@@ -232,6 +233,35 @@ pub fn mount_all() -> Result<(), InitError> {
     Ok(())
 }
 
+/// Brings up the loopback interface, so localhost works in the pod (and port forwarding
+/// reaches it) whether or not the pod has a network. SIOCSIFFLAGS on a datagram socket:
+/// one flag on one well-known interface needs no netlink.
+pub fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: a plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero ifreq is a valid value of this plain C struct.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write one ifreq through a valid pointer.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Reads the module order file: non-empty, non-comment lines.
 pub fn module_order(text: &str) -> Vec<String> {
     text.lines()
@@ -325,5 +355,32 @@ mod tests {
             load_modules(Path::new("/nonexistent"), Path::new("/nonexistent/order")).expect("ok"),
             0
         );
+    }
+
+    #[test]
+    fn loopback_comes_up_in_a_fresh_network_namespace() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED loopback_comes_up_in_a_fresh_network_namespace: needs root");
+            return;
+        }
+        let up = std::thread::spawn(|| {
+            // SAFETY: unshare on this throwaway thread only changes its own namespace.
+            assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+            // A fresh namespace's lo is down: localhost cannot be reached.
+            let reach = || {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .and_then(std::net::TcpStream::connect)
+                    .is_ok()
+            };
+            assert!(!reach(), "lo starts down");
+            loopback_up().expect("lo up");
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind on lo");
+            std::net::TcpStream::connect(l.local_addr().expect("addr")).is_ok()
+        })
+        .join()
+        .expect("thread");
+        assert!(up, "localhost accepts connections");
     }
 }

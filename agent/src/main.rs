@@ -8,11 +8,14 @@ use std::path::PathBuf;
 use clap::Parser;
 
 mod containers;
+mod exec;
 // The OCI executor; the gRPC layer does not call it yet, so its API (re-exported for that
 // layer) is unused for now.
 #[allow(dead_code, unused_imports)]
 mod executor;
 mod init;
+mod netconf;
+mod port_forward;
 mod server;
 mod system;
 mod vsock;
@@ -63,6 +66,9 @@ fn run(args: Args, pid1: bool) -> Result<(), Box<dyn std::error::Error>> {
             std::path::Path::new(init::MODULES_DIR),
             std::path::Path::new(init::MODULES_ORDER),
         )?;
+        if let Err(e) = init::loopback_up() {
+            tracing::warn!(error = %e, "cannot bring up the loopback interface");
+        }
         tracing::info!(modules = n, "guest initialised");
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -225,6 +225,42 @@ impl Agent for AgentService {
         Ok(Response::new(moat_proto::agent::ResizeResponse {}))
     }
 
+    async fn setup_network(
+        &self,
+        request: Request<moat_proto::agent::SetupNetworkRequest>,
+    ) -> Result<Response<moat_proto::agent::SetupNetworkResponse>, Status> {
+        let plan = crate::netconf::Plan::from_request(request.get_ref())?;
+        crate::netconf::apply(&crate::netconf::Rtnetlink, &plan).await?;
+        tracing::info!(
+            interfaces = plan.interfaces.len(),
+            routes = plan.routes.len(),
+            "network configured"
+        );
+        Ok(Response::new(moat_proto::agent::SetupNetworkResponse {}))
+    }
+
+    type ExecStream = crate::containers::ExecStream;
+
+    async fn exec(
+        &self,
+        request: Request<tonic::Streaming<moat_proto::agent::ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        crate::exec::exec(&self.containers, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type PortForwardStream = crate::containers::PortForwardStream;
+
+    async fn port_forward(
+        &self,
+        request: Request<tonic::Streaming<moat_proto::agent::PortForwardData>>,
+    ) -> Result<Response<Self::PortForwardStream>, Status> {
+        crate::port_forward::port_forward(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
     async fn stats(
         &self,
         request: Request<ContainerRequest>,

@@ -57,6 +57,27 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     /// The QEMU backend.
     pub qemu: crate::hypervisor::qemu::QemuConfig,
+    /// The streaming server (Exec, Attach, PortForward URLs).
+    pub streaming: StreamingConfig,
+}
+
+/// Where the streaming server listens.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// Address to bind; kubelet on the same node reaches it there.
+    pub address: std::net::IpAddr,
+    /// TCP port; 0 picks a free one at each start.
+    pub port: u16,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        Self {
+            address: std::net::IpAddr::from([127, 0, 0, 1]),
+            port: 0,
+        }
+    }
 }
 
 /// Pod sandbox (VM) settings.
@@ -132,6 +153,7 @@ impl Default for Config {
             registries: BTreeMap::new(),
             sandbox: SandboxConfig::default(),
             qemu: Default::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -229,6 +251,10 @@ pub struct CniConfig {
     pub conf_dir: PathBuf,
     /// Directories searched for CNI plugin binaries, in order.
     pub bin_dirs: Vec<PathBuf>,
+    /// Where pod network namespaces are pinned (`ip netns` looks in /var/run/netns).
+    pub netns_dir: PathBuf,
+    /// Seconds one CNI plugin call may take.
+    pub plugin_timeout_secs: u64,
 }
 
 impl Default for CniConfig {
@@ -236,6 +262,8 @@ impl Default for CniConfig {
         Self {
             conf_dir: PathBuf::from("/etc/cni/net.d"),
             bin_dirs: vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")],
+            netns_dir: PathBuf::from(crate::network::DEFAULT_NETNS_DIR),
+            plugin_timeout_secs: crate::network::DEFAULT_PLUGIN_TIMEOUT.as_secs(),
         }
     }
 }

@@ -19,4 +19,5 @@ pub mod logging;
 pub mod network;
 pub mod sandbox;
 pub mod store;
+pub mod streaming;
 pub mod sync;

@@ -4,12 +4,18 @@
 //! - `registry`: runs Debian's `docker-registry` on a free loopback port and pushes to it.
 //! - `token_auth`: a registry token server and JWT issuer for token-auth registries.
 //! - `proxy`: an HTTP proxy in front of a registry that counts, corrupts or stalls blobs.
+//! - `bench`: what the benchmark binaries share.
 //! - `moatd`: runs the moatd binary in temporary directories and connects CRI clients.
+//! - `pod`: a running pod VM with a busybox image, for end-to-end tests.
+//! - `streams`: SPDY and WebSocket clients for Exec, Attach and PortForward URLs.
 
+pub mod bench;
 pub mod moatd;
 pub mod oci;
+pub mod pod;
 pub mod proxy;
 pub mod registry;
+pub mod streams;
 pub mod token_auth;
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
@@ -28,4 +34,20 @@ pub async fn wait_until(timeout: std::time::Duration, mut f: impl FnMut() -> boo
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     f()
+}
+
+/// Polls the async `f` every 100 ms until it returns true or `timeout` passes.
+pub async fn wait_until_async<F, Fut>(timeout: std::time::Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    f().await
 }

@@ -53,6 +53,11 @@ impl Moatd {
         m
     }
 
+    /// The CNI conf dir moatd reads.
+    pub fn cni_dir(&self) -> PathBuf {
+        self.dir.path().join("cni")
+    }
+
     /// The root dir (state).
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("root")
@@ -174,8 +179,50 @@ pub async fn connect(socket: &Path) -> Channel {
         .expect("connect to the CRI socket")
 }
 
+impl Moatd {
+    /// Stops every pod through the CRI when pods have networks, so CNI DEL runs and no
+    /// netns, veth, IPAM reservation or iptables rule outlives a test that failed midway.
+    fn stop_networked_pods(&self) {
+        let networked = std::fs::read_dir(self.root().join("cni"))
+            .map(|d| d.count() > 0)
+            .unwrap_or(false);
+        if !networked || self.child.is_none() {
+            return;
+        }
+        let sock = self.socket.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                let stop_all = async {
+                    let mut c = RuntimeServiceClient::new(connect(&sock).await);
+                    let pods = c
+                        .list_pod_sandbox(k8s_cri::v1::ListPodSandboxRequest { filter: None })
+                        .await
+                        .map(|r| r.into_inner().items)
+                        .unwrap_or_default();
+                    for p in pods {
+                        let _ = c
+                            .stop_pod_sandbox(k8s_cri::v1::StopPodSandboxRequest {
+                                pod_sandbox_id: p.id,
+                            })
+                            .await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(30), stop_all).await;
+            });
+        })
+        .join();
+    }
+}
+
 impl Drop for Moatd {
     fn drop(&mut self) {
+        self.stop_networked_pods();
         self.stop();
         // A test that failed half-way leaves its pods' VMs running (they outlive moatd by
         // design) and their binds mounted: end both, so nothing leaks past the test.

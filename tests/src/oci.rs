@@ -272,8 +272,29 @@ pub fn busybox_layer_tar() -> Vec<u8> {
         .dir("tmp", 0o1777)
         .file("bin/busybox", &busybox, 0o755);
     for applet in [
-        "sh", "ls", "cat", "echo", "sleep", "id", "true", "false", "env", "stat", "httpd", "nc",
+        "sh",
+        "ls",
+        "cat",
+        "echo",
+        "sleep",
+        "id",
+        "true",
+        "false",
+        "env",
+        "stat",
+        "httpd",
+        "nc",
         "stty",
+        "head",
+        "dd",
+        "wc",
+        "ps",
+        "kill",
+        "sha256sum",
+        "tr",
+        "pidof",
+        "wget",
+        "ip",
     ] {
         t = t.symlink(&format!("bin/{applet}"), "busybox");
     }

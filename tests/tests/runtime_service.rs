@@ -157,18 +157,85 @@ async fn calls_not_served_yet_say_so_by_name() {
     let e = m
         .runtime()
         .await
-        .attach(cri::AttachRequest::default())
+        .checkpoint_container(cri::CheckpointContainerRequest::default())
         .await
         .expect_err("not served yet");
     assert_eq!(e.code(), Code::Unimplemented);
-    assert!(e.message().contains("Attach"), "{}", e.message());
+    assert!(
+        e.message().contains("CheckpointContainer"),
+        "{}",
+        e.message()
+    );
     let e = m
         .runtime()
         .await
-        .port_forward(cri::PortForwardRequest::default())
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest::default())
         .await
         .expect_err("not served yet");
-    assert!(e.message().contains("PortForward"), "{}", e.message());
+    assert!(
+        e.message().contains("ListMetricDescriptors"),
+        "{}",
+        e.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_requests_are_checked_before_a_url_is_given() {
+    let m = Moatd::start("").await;
+    let mut rt = m.runtime().await;
+    let exec = |id: &str, stdout: bool, stderr: bool, tty: bool| cri::ExecRequest {
+        container_id: id.into(),
+        cmd: vec!["sh".into()],
+        tty,
+        stdin: false,
+        stdout,
+        stderr,
+    };
+    let e = rt
+        .exec(exec("", true, false, false))
+        .await
+        .expect_err("no id");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = rt
+        .exec(exec("abc", false, false, false))
+        .await
+        .expect_err("no streams");
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    let e = rt
+        .exec(exec("abc", true, true, true))
+        .await
+        .expect_err("tty and stderr");
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    let e = rt
+        .exec(exec("abc", true, false, false))
+        .await
+        .expect_err("unknown");
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+    let e = rt
+        .attach(cri::AttachRequest {
+            container_id: "abc".into(),
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+    let e = rt
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: "abc".into(),
+            port: vec![80],
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+    let e = rt
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: "abc".into(),
+            port: vec![70000],
+        })
+        .await
+        .expect_err("bad port");
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
 }
 
 #[tokio::test(flavor = "multi_thread")]

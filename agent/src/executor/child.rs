@@ -200,7 +200,7 @@ pub(crate) fn setup_rootfs<S: Syscall>(
     }
     pivot(sys, rootfs).map_err(at(K::PivotRoot, 0))?;
     if let Some(socket) = console_socket {
-        sys.setup_console(socket, root.console.as_deref())
+        sys.setup_console(socket, root.console.as_deref(), None)
             .map_err(at(K::Console, 0))?;
     }
     if let Some(h) = &root.hostname {

@@ -391,7 +391,7 @@ fn exec_child(c: &ExecChild<'_>, argv: &CVec<'_>, envp: &CVec<'_>) -> ! {
         }
     }
     if let Some(sock) = c.console
-        && let Err(e) = sys.setup_console(sock, None)
+        && let Err(e) = sys.setup_console(sock, None, c.process.console_size)
     {
         child_fail(
             c.report,

@@ -91,6 +91,8 @@ pub(crate) struct SeccompPlan {
 #[derive(Debug)]
 pub(crate) struct ProcessPlan {
     pub terminal: bool,
+    /// The terminal's first window size, (rows, columns).
+    pub console_size: Option<(u16, u16)>,
     pub rlimits: Vec<(libc::c_int, u64, u64, String)>,
     pub oom_score_adj: Option<Vec<u8>>,
     pub uid: u32,
@@ -506,6 +508,15 @@ pub(crate) fn process_plan(
     }
     Ok(ProcessPlan {
         terminal: process.terminal().unwrap_or(false),
+        console_size: process
+            .console_size()
+            .filter(|b| b.height() > 0 && b.width() > 0)
+            .map(|b| {
+                (
+                    b.height().min(u16::MAX.into()) as u16,
+                    b.width().min(u16::MAX.into()) as u16,
+                )
+            }),
         rlimits,
         oom_score_adj: process.oom_score_adj().map(|v| v.to_string().into_bytes()),
         uid: user.uid(),

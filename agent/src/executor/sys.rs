@@ -112,7 +112,13 @@ pub(crate) trait Syscall {
     /// Opens a pty in the container's devpts, makes it the controlling terminal and stdio,
     /// binds it over /dev/console when `console` is given, and sends the master to the
     /// parent over `socket` (SCM_RIGHTS).
-    fn setup_console(&self, socket: RawFd, console: Option<&CStr>) -> SysResult;
+    /// `size` is the window's (rows, columns), set before the process can read it.
+    fn setup_console(
+        &self,
+        socket: RawFd,
+        console: Option<&CStr>,
+        size: Option<(u16, u16)>,
+    ) -> SysResult;
     /// Drops `cap` from the bounding set.
     fn drop_bounding(&self, cap: Capability) -> SysResult;
     /// PR_SET_KEEPCAPS.
@@ -433,7 +439,12 @@ impl Syscall for Linux {
         check(unsafe { libc::setrlimit(resource as libc::__rlimit_resource_t, &lim) })
     }
 
-    fn setup_console(&self, socket: RawFd, console: Option<&CStr>) -> SysResult {
+    fn setup_console(
+        &self,
+        socket: RawFd,
+        console: Option<&CStr>,
+        size: Option<(u16, u16)>,
+    ) -> SysResult {
         // SAFETY: plain syscalls on fds this function opens; buffers are on the stack and
         // sized for what the kernel writes.
         unsafe {
@@ -446,6 +457,15 @@ impl Syscall for Linux {
             check(libc::ioctl(master, libc::TIOCSPTLCK, &unlock))?;
             let slave = libc::ioctl(master, libc::TIOCGPTPEER, libc::O_RDWR | libc::O_NOCTTY);
             check(slave)?;
+            if let Some((rows, cols)) = size {
+                let ws = libc::winsize {
+                    ws_row: rows,
+                    ws_col: cols,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                check(libc::ioctl(master, libc::TIOCSWINSZ, &ws))?;
+            }
             if libc::setsid() < 0 {
                 return Err(Errno::last());
             }
@@ -763,7 +783,12 @@ impl Syscall for Recorder {
     fn setrlimit(&self, resource: libc::c_int, soft: u64, hard: u64) -> SysResult {
         self.push(Call::Rlimit(resource, soft, hard))
     }
-    fn setup_console(&self, _socket: RawFd, _console: Option<&CStr>) -> SysResult {
+    fn setup_console(
+        &self,
+        _socket: RawFd,
+        _console: Option<&CStr>,
+        _size: Option<(u16, u16)>,
+    ) -> SysResult {
         self.push(Call::Console)
     }
     fn drop_bounding(&self, cap: Capability) -> SysResult {

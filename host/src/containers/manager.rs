@@ -58,6 +58,9 @@ pub struct ExecResult {
     pub exit_code: i32,
 }
 
+/// Output chunks an attached client may fall behind by before it misses some.
+const ATTACH_BUFFER: usize = 256;
+
 struct Inner {
     records: ContainerStore,
     sandboxes: SandboxManager,
@@ -65,6 +68,9 @@ struct Inner {
     locks: KeyedLocks,
     create: tokio::sync::Mutex<()>,
     reopen: Mutex<HashMap<String, mpsc::Sender<tokio::sync::oneshot::Sender<std::io::Result<()>>>>>,
+    /// The output of running containers, for Attach: the log copier publishes every chunk.
+    attached:
+        Mutex<HashMap<String, tokio::sync::broadcast::Sender<crate::sandbox::agent::OutputRecord>>>,
 }
 
 /// The container manager.
@@ -134,6 +140,7 @@ impl ContainerManager {
                 locks: KeyedLocks::default(),
                 create: tokio::sync::Mutex::new(()),
                 reopen: Mutex::new(HashMap::new()),
+                attached: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -341,6 +348,9 @@ impl ContainerManager {
             reason: String::new(),
             message: String::new(),
             reserved_name: reserved,
+            tty: input.tty,
+            stdin: input.stdin,
+            stdin_once: input.stdin_once,
             mounts: req
                 .mounts
                 .iter()
@@ -402,6 +412,12 @@ impl ContainerManager {
         let path = r.log_path.clone();
         let id = r.id.clone();
         let this = self.clone();
+        let (attach_tx, _) = tokio::sync::broadcast::channel(ATTACH_BUFFER);
+        self.inner
+            .attached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(r.id.clone(), attach_tx.clone());
         tokio::spawn(async move {
             let mut file = if path.is_empty() {
                 None
@@ -415,6 +431,9 @@ impl ContainerManager {
                 tokio::select! {
                     chunk = output.next() => match chunk {
                         Some(Ok(c)) => {
+                            if attach_tx.receiver_count() > 0 {
+                                let _ = attach_tx.send(c.clone());
+                            }
                             let stream = if c.stderr { Stream::Stderr } else { Stream::Stdout };
                             let bytes = fmt.push(stream, &c.data, c.time);
                             if let Some(f) = file.as_mut() {
@@ -434,6 +453,12 @@ impl ContainerManager {
             }
             this.inner
                 .reopen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            // Attached clients see the end of the output.
+            this.inner
+                .attached
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
@@ -594,6 +619,68 @@ impl ContainerManager {
             }
         }
         Ok(())
+    }
+
+    /// A running container, or FailedPrecondition naming its state.
+    fn must_run(&self, id: &str) -> Result<ContainerRecord, ContainerError> {
+        let r = self.must_get(id)?;
+        if r.state != ContainerState::Running {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {} is not running (it is {:?})",
+                r.id, r.state
+            )));
+        }
+        Ok(r)
+    }
+
+    /// Exec with streamed stdio (the streaming server's Exec).
+    pub async fn exec_stream(
+        &self,
+        id: &str,
+        spec: crate::sandbox::agent::ExecSpec,
+        input: mpsc::Receiver<crate::sandbox::agent::StdinEvent>,
+    ) -> Result<crate::sandbox::agent::ExecEvents, ContainerError> {
+        let r = self.must_run(id)?;
+        let agent = self.agent(&r.sandbox_id).await?;
+        let spec = crate::sandbox::agent::ExecSpec {
+            container_id: r.id.clone(),
+            ..spec
+        };
+        agent
+            .exec(spec, input)
+            .await
+            .map_err(|s| agent_err(&r.id, s))
+    }
+
+    /// Attach: the container's output from now on, and the agent to feed its stdin and
+    /// terminal through.
+    pub async fn attach(
+        &self,
+        id: &str,
+    ) -> Result<
+        (
+            ContainerRecord,
+            tokio::sync::broadcast::Receiver<crate::sandbox::agent::OutputRecord>,
+            Agent,
+        ),
+        ContainerError,
+    > {
+        let r = self.must_run(id)?;
+        let rx = self
+            .inner
+            .attached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&r.id)
+            .map(|tx| tx.subscribe())
+            .ok_or_else(|| {
+                ContainerError::FailedPrecondition(format!(
+                    "container {} has no output to attach to (it is exiting)",
+                    r.id
+                ))
+            })?;
+        let agent = self.agent(&r.sandbox_id).await?;
+        Ok((r, rx, agent))
     }
 
     /// ExecSync: runs `cmd` in the container, with a timeout (0 = an hour).

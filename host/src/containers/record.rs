@@ -52,6 +52,15 @@ pub struct ContainerRecord {
     /// Mounts: (container path, host path, read-only).
     #[serde(default)]
     pub mounts: Vec<(String, String, bool)>,
+    /// The main process has a terminal.
+    #[serde(default)]
+    pub tty: bool,
+    /// The main process has a stdin Attach can write to.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Its stdin closes when the first attached client detaches.
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// Container records, by id.

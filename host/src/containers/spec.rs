@@ -43,6 +43,8 @@ pub struct ContainerInput {
     pub tty: bool,
     /// Keep stdin open for Attach.
     pub stdin: bool,
+    /// Close stdin when the first attached client detaches.
+    pub stdin_once: bool,
     /// Read-only root filesystem.
     pub readonly_rootfs: bool,
     /// Privileged container (all capabilities, no seccomp, no masked paths).

@@ -7,6 +7,7 @@ pub mod pod_sandbox;
 pub mod runtime_service;
 pub mod socket;
 pub mod status;
+pub mod streaming;
 
 use std::future::Future;
 use std::path::Path;
@@ -32,7 +33,13 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let listener = socket::bind(socket)?;
     tracing::info!(socket = %socket.display(), "serving CRI v1");
-    let runtime = runtime_service::CriRuntimeService::new(config, store, sandboxes, containers);
+    let addr = std::net::SocketAddr::new(config.streaming.address, config.streaming.port);
+    let backend = streaming::CriBackend::shared(containers.clone(), sandboxes.clone());
+    let server = crate::streaming::StreamingServer::start(addr, backend)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the streaming server on {addr}: {e}"))?;
+    let runtime = runtime_service::CriRuntimeService::new(config, store, sandboxes, containers)
+        .with_streaming(std::sync::Arc::new(server));
     let image = image_service::CriImageService::new(images);
     let result = tonic::transport::Server::builder()
         .trace_fn(|req| tracing::info_span!("cri", method = %req.uri().path()))

@@ -23,6 +23,36 @@ pub fn run_request(req: cri::RunPodSandboxRequest) -> Result<RunRequest, tonic::
         .and_then(|s| s.namespace_options.as_ref())
         .is_some_and(|n| n.network == cri::NamespaceMode::Node as i32);
     let res = linux.resources.unwrap_or_default();
+    let mut port_mappings = Vec::new();
+    for p in c.port_mappings {
+        let protocol = match cri::Protocol::try_from(p.protocol) {
+            Ok(cri::Protocol::Tcp) => "tcp",
+            Ok(cri::Protocol::Udp) => "udp",
+            Ok(cri::Protocol::Sctp) => "sctp",
+            Err(_) => {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "port mapping protocol {} is not TCP, UDP or SCTP",
+                    p.protocol
+                )));
+            }
+        };
+        let port = |v: i32, what: &str, zero_ok: bool| {
+            u16::try_from(v)
+                .ok()
+                .filter(|p| zero_ok || *p > 0)
+                .ok_or_else(|| {
+                    tonic::Status::invalid_argument(format!(
+                        "port mapping {what} {v} is out of range (1-65535)"
+                    ))
+                })
+        };
+        port_mappings.push(crate::network::PortMapping {
+            protocol: protocol.into(),
+            container_port: port(p.container_port, "container_port", false)?,
+            host_port: port(p.host_port, "host_port", true)?,
+            host_ip: p.host_ip,
+        });
+    }
     let dns = c
         .dns_config
         .map(|d| DnsConfig {
@@ -47,6 +77,8 @@ pub fn run_request(req: cri::RunPodSandboxRequest) -> Result<RunRequest, tonic::
         cpu: (res.cpu_quota > 0).then_some((res.cpu_quota, res.cpu_period)),
         memory_limit_bytes: (res.memory_limit_in_bytes > 0).then_some(res.memory_limit_in_bytes),
         host_network,
+        port_mappings,
+        pod_cidr: None,
     })
 }
 
@@ -78,7 +110,17 @@ pub fn status(r: &SandboxRecord) -> cri::PodSandboxStatus {
         metadata: Some(metadata(&r.metadata)),
         state: cri_state(r.state),
         created_at: r.created_at,
-        network: Some(cri::PodSandboxNetworkStatus::default()),
+        network: Some(match &r.network {
+            Some(n) => cri::PodSandboxNetworkStatus {
+                ip: n.pod_ip().map(|ip| ip.to_string()).unwrap_or_default(),
+                additional_ips: n
+                    .additional_ips()
+                    .into_iter()
+                    .map(|ip| cri::PodIp { ip: ip.to_string() })
+                    .collect(),
+            },
+            None => cri::PodSandboxNetworkStatus::default(),
+        }),
         linux: Some(cri::LinuxPodSandboxStatus {
             namespaces: Some(cri::Namespace {
                 options: Some(cri::NamespaceOption::default()),

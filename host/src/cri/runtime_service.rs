@@ -26,6 +26,7 @@ pub struct CriRuntimeService {
     store: Store,
     sandboxes: SandboxManager,
     containers: ContainerManager,
+    streaming: Option<std::sync::Arc<crate::streaming::StreamingServer>>,
 }
 
 impl CriRuntimeService {
@@ -41,7 +42,38 @@ impl CriRuntimeService {
             store,
             sandboxes,
             containers,
+            streaming: None,
         }
+    }
+
+    /// Serves Exec, Attach and PortForward URLs on `server`.
+    pub fn with_streaming(
+        mut self,
+        server: std::sync::Arc<crate::streaming::StreamingServer>,
+    ) -> Self {
+        self.streaming = Some(server);
+        self
+    }
+
+    fn streaming(&self) -> Result<&crate::streaming::StreamingServer, Status> {
+        self.streaming
+            .as_deref()
+            .ok_or_else(|| Status::unavailable("the streaming server is not running"))
+    }
+
+    /// A container that exists and runs, for Exec and Attach.
+    fn running_container(&self, id: &str) -> Result<String, Status> {
+        let r = self
+            .containers
+            .get(id)?
+            .ok_or_else(|| Status::not_found(format!("container {id} not found")))?;
+        if r.state != crate::containers::state::ContainerState::Running {
+            return Err(Status::failed_precondition(format!(
+                "container {} is not running (it is {:?})",
+                r.id, r.state
+            )));
+        }
+        Ok(r.id)
     }
 
     /// Why pods cannot run here, if they cannot.
@@ -218,6 +250,14 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
             .put_meta(POD_CIDR_KEY, &cidr)
             .map_err(|e| Status::internal(e.to_string()))?;
         info!(pod_cidr = %cidr, "pod CIDR updated");
+        // Like containerd's conf template: a node with no network gets a bridge on the CIDR.
+        match crate::network::write_default_conflist(&self.config.cni.conf_dir, &cidr).await {
+            Ok(Some(path)) => {
+                info!(file = %path.display(), "wrote a default CNI network for the pod CIDR")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot write a default CNI network"),
+        }
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
@@ -233,7 +273,13 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         &self,
         request: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        let req = pod_sandbox::run_request(request.into_inner())?;
+        let mut req = pod_sandbox::run_request(request.into_inner())?;
+        req.pod_cidr = self
+            .store
+            .get_meta(POD_CIDR_KEY)
+            .ok()
+            .flatten()
+            .filter(|c| !c.is_empty());
         tracing::Span::current().record(
             "pod",
             format!("{}/{}", req.metadata.namespace, req.metadata.name).as_str(),
@@ -454,25 +500,51 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         }))
     }
 
+    #[instrument(skip_all, fields(container))]
     async fn exec(
         &self,
-        _request: Request<cri::ExecRequest>,
+        request: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(not_yet("Exec"))
+        let mut r = super::streaming::exec_request(request.into_inner())?;
+        tracing::Span::current().record("container", r.container_id.as_str());
+        r.container_id = self.running_container(&r.container_id)?;
+        let url = super::streaming::url(self.streaming()?, crate::streaming::Request::Exec(r))?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
+    #[instrument(skip_all, fields(container))]
     async fn attach(
         &self,
-        _request: Request<cri::AttachRequest>,
+        request: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(not_yet("Attach"))
+        let mut r = super::streaming::attach_request(request.into_inner())?;
+        tracing::Span::current().record("container", r.container_id.as_str());
+        r.container_id = self.running_container(&r.container_id)?;
+        let url = super::streaming::url(self.streaming()?, crate::streaming::Request::Attach(r))?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
+    #[instrument(skip_all, fields(sandbox))]
     async fn port_forward(
         &self,
-        _request: Request<cri::PortForwardRequest>,
+        request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(not_yet("PortForward"))
+        let mut r = super::streaming::port_forward_request(request.into_inner())?;
+        tracing::Span::current().record("sandbox", r.sandbox_id.as_str());
+        let sandbox = self
+            .sandboxes
+            .get(&r.sandbox_id)?
+            .ok_or_else(|| Status::not_found(format!("pod sandbox {} not found", r.sandbox_id)))?;
+        if sandbox.state != crate::sandbox::state::SandboxState::Ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {} is not ready (it is {:?})",
+                sandbox.id, sandbox.state
+            )));
+        }
+        r.sandbox_id = sandbox.id;
+        let url =
+            super::streaming::url(self.streaming()?, crate::streaming::Request::PortForward(r))?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     #[instrument(skip_all, fields(container))]

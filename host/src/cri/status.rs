@@ -45,6 +45,12 @@ impl From<crate::sandbox::SandboxError> for Status {
                 source: crate::hypervisor::HypervisorError::MissingImage { .. },
                 ..
             } => Code::FailedPrecondition,
+            E::Network { source, .. }
+                if matches!(**source, crate::network::NetworkError::InvalidRequest(_)) =>
+            {
+                Code::InvalidArgument
+            }
+            E::Network { .. } => Code::Unavailable,
             E::Hypervisor { .. } | E::Agent { .. } | E::Store(_) | E::Io { .. } => Code::Internal,
         };
         Status::new(code, e.to_string())

@@ -43,7 +43,22 @@ pub struct VmSpec {
     pub console_log: PathBuf,
     /// Where the VMM's own stdout and stderr go.
     pub vmm_log: PathBuf,
+    /// The pod's network device, if it has a network.
+    pub net: Option<NetDevice>,
 }
+
+/// A virtio-net device on a tap the pod's network namespace holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetDevice {
+    /// The open tap (`/dev/net/tun`) descriptor; the caller keeps it open until `boot`
+    /// returns, and the VMM gets its own copy.
+    pub tap_fd: std::os::fd::RawFd,
+    /// The guest NIC's MAC: the CNI interface's, so the pod IP's neighbours need not relearn.
+    pub mac: String,
+}
+
+/// The descriptor number the tap has in the VMM process.
+pub const VMM_TAP_FD: std::os::fd::RawFd = 3;
 
 /// Why a VM could not be booted or stopped.
 #[derive(Debug, thiserror::Error)]

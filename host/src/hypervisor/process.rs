@@ -2,7 +2,7 @@
 //! restart, found again by pid, signalled, and waited on through a pidfd (which works for
 //! processes moatd did not start itself).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,6 +15,25 @@ use tokio::io::unix::AsyncFd;
 pub struct VmProcess {
     pid: i32,
     pidfd: OwnedFd,
+}
+
+/// Makes `fd` descriptor `target` in the child `cmd` starts (inheritable there), whatever
+/// its number here.
+pub fn pass_fd(cmd: &mut Command, fd: RawFd, target: RawFd) {
+    // SAFETY: dup2 and fcntl are async-signal-safe and touch no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == target {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, target) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 impl VmProcess {

@@ -112,6 +112,12 @@ impl Qemu {
             a.push("-device".into());
             a.push(format!("vhost-user-fs-device,chardev=fs{i},tag={tag}"));
         }
+        if let Some(net) = &spec.net {
+            a.push("-netdev".into());
+            a.push(format!("tap,id=net0,fd={}", super::VMM_TAP_FD));
+            a.push("-device".into());
+            a.push(format!("virtio-net-device,netdev=net0,mac={}", net.mac));
+        }
         a.extend([
             "-kernel".into(),
             spec.kernel.display().to_string(),
@@ -136,6 +142,9 @@ impl Qemu {
         }
         let mut cmd = Command::new(&self.config.binary);
         cmd.args(self.args(spec));
+        if let Some(net) = &spec.net {
+            super::process::pass_fd(&mut cmd, net.tap_fd, super::VMM_TAP_FD);
+        }
         VmProcess::spawn(cmd, &spec.vmm_log).map_err(|source| HypervisorError::Spawn {
             binary: self.config.binary.clone(),
             source,
@@ -170,7 +179,34 @@ mod tests {
             fs_shares: vec![("layers".into(), PathBuf::from("/run/fs.sock"))],
             console_log: PathBuf::from("/run/console.log"),
             vmm_log: PathBuf::from("/run/vmm.log"),
+            net: None,
         }
+    }
+
+    #[test]
+    fn a_pod_network_is_a_virtio_net_device_on_the_passed_tap() {
+        let q = Qemu::new(
+            QemuConfig::default(),
+            HostCaps {
+                kvm_device: false,
+                hardware_virt: false,
+                tsc_khz: None,
+            },
+        );
+        let mut s = spec();
+        assert!(
+            !q.args(&s).join(" ").contains("netdev"),
+            "no network, no NIC"
+        );
+        s.net = Some(crate::hypervisor::NetDevice {
+            tap_fd: 17,
+            mac: "0a:58:0a:f4:00:05".into(),
+        });
+        let a = q.args(&s).join(" ");
+        assert!(
+            a.contains("-netdev tap,id=net0,fd=3 -device virtio-net-device,netdev=net0,mac=0a:58:0a:f4:00:05"),
+            "{a}"
+        );
     }
 
     #[test]

@@ -11,6 +11,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tonic::transport::Channel;
 
+mod streams;
+pub use streams::{ExecEvent, ExecEvents, ExecSpec, PortEvents, StdinEvent};
+
 /// The agent's gRPC port inside the guest.
 pub const AGENT_PORT: u32 = 1024;
 /// The host port the agent announces itself on.
@@ -52,7 +55,9 @@ pub async fn hybrid_connect(uds: &Path, port: u32) -> std::io::Result<UnixStream
     Ok(s)
 }
 
-/// A gRPC channel to the agent through `uds`, connecting lazily within `timeout`.
+/// A gRPC channel to the agent through `uds`, connecting within `timeout`. No per-request
+/// timeout here: it would cap every call, ExecSync with a long timeout included; each call
+/// sets its own deadline instead.
 pub async fn channel(
     uds: &Path,
     timeout: Duration,
@@ -61,7 +66,6 @@ pub async fn channel(
     let ch =
         tonic::transport::Endpoint::from_static("http://moat-agent")
             .connect_timeout(timeout)
-            .timeout(timeout)
             .connect_with_connector(tower::service_fn(move |_| {
                 let uds = uds.clone();
                 async move {
@@ -205,6 +209,39 @@ pub struct ExitInfo {
     pub finished_at: i64,
     /// Why it could not start, if it could not.
     pub start_error: String,
+}
+
+/// A guest interface to configure (matched by MAC).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GuestInterface {
+    /// Its name in the guest.
+    pub name: String,
+    /// Its MAC.
+    pub mac: String,
+    /// Its MTU.
+    pub mtu: u32,
+    /// Addresses, CIDR notation.
+    pub addresses: Vec<String>,
+}
+
+/// A guest route.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GuestRoute {
+    /// Destination, CIDR notation.
+    pub destination: String,
+    /// Next hop, or empty for on-link.
+    pub gateway: String,
+    /// Output interface.
+    pub device: String,
+}
+
+/// The guest's network configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct GuestNetwork {
+    /// Interfaces.
+    pub interfaces: Vec<GuestInterface>,
+    /// Routes.
+    pub routes: Vec<GuestRoute>,
 }
 
 /// The result of ExecSync.
@@ -456,6 +493,36 @@ impl Agent {
                 time: c.time,
             })
         })))
+    }
+
+    /// SetupNetwork.
+    pub async fn setup_network(&mut self, n: GuestNetwork) -> Result<(), tonic::Status> {
+        let msg = pb::SetupNetworkRequest {
+            interfaces: n
+                .interfaces
+                .into_iter()
+                .map(|i| pb::Interface {
+                    name: i.name,
+                    mac: i.mac,
+                    mtu: i.mtu,
+                    addresses: i.addresses,
+                })
+                .collect(),
+            routes: n
+                .routes
+                .into_iter()
+                .map(|r| pb::Route {
+                    destination: r.destination,
+                    gateway: r.gateway,
+                    device: r.device,
+                })
+                .collect(),
+        };
+        let r = self.req(msg, Duration::ZERO);
+        let mut c = self.client.clone();
+        self.call(Duration::ZERO, c.setup_network(r))
+            .await
+            .map(|_| ())
     }
 
     /// UpdateResources.

@@ -63,6 +63,14 @@ pub enum SandboxError {
         /// Which.
         source: InvalidTransition,
     },
+    /// The pod network could not be set up or torn down.
+    #[error("pod sandbox {id}: network: {source}")]
+    Network {
+        /// The sandbox.
+        id: String,
+        /// Why (boxed: it is large and rare).
+        source: Box<crate::network::NetworkError>,
+    },
     /// The store failed.
     #[error("state store: {0}")]
     Store(String),

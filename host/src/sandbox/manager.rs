@@ -70,6 +70,10 @@ pub struct RunRequest {
     pub memory_limit_bytes: Option<i64>,
     /// The pod wants the host's network namespace.
     pub host_network: bool,
+    /// Host ports (for the portmap plugin).
+    pub port_mappings: Vec<crate::network::PortMapping>,
+    /// The node's pod CIDR from UpdateRuntimeConfig.
+    pub pod_cidr: Option<String>,
 }
 
 /// A sandbox's live VM and agent connection.
@@ -86,12 +90,34 @@ struct Inner {
     live: Mutex<HashMap<String, Live>>,
     locks: KeyedLocks,
     create: tokio::sync::Mutex<()>,
+    network: crate::network::NetworkManager,
 }
 
 /// The sandbox manager.
 #[derive(Clone)]
 pub struct SandboxManager {
     inner: Arc<Inner>,
+}
+
+/// The guest's interface and routes for a pod network.
+fn guest_network(pn: &crate::network::PodNetwork) -> super::agent::GuestNetwork {
+    super::agent::GuestNetwork {
+        interfaces: vec![super::agent::GuestInterface {
+            name: pn.interface.clone(),
+            mac: pn.mac.clone(),
+            mtu: pn.mtu,
+            addresses: pn.ips.iter().map(|ip| ip.to_string()).collect(),
+        }],
+        routes: pn
+            .routes
+            .iter()
+            .map(|r| super::agent::GuestRoute {
+                destination: r.dst.to_string(),
+                gateway: r.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                device: pn.interface.clone(),
+            })
+            .collect(),
+    }
 }
 
 /// The hypervisor of each runtime handler: QEMU (the built-in VMM is not in this version),
@@ -144,6 +170,12 @@ impl SandboxManager {
             live: Mutex::new(HashMap::new()),
             locks: KeyedLocks::default(),
             create: tokio::sync::Mutex::new(()),
+            network: crate::network::NetworkManager::new(
+                &config.cni,
+                config.cni.netns_dir.clone(),
+                config.root_dir.join("cni"),
+            )
+            .with_plugin_timeout(Duration::from_secs(config.cni.plugin_timeout_secs.max(1))),
         };
         let m = Self {
             inner: Arc::new(inner),
@@ -185,10 +217,16 @@ impl SandboxManager {
                     self.watch(&r.id, vm.clone());
                     self.live().insert(r.id.clone(), Live { vm, agent: None });
                     info!(sandbox = %r.id, "sandbox VM taken back after restart");
+                    if r.network.is_some()
+                        && let Err(e) = self.inner.network.check(&r.id).await
+                    {
+                        warn!(sandbox = %r.id, error = %e, "CNI CHECK failed for a sandbox taken back");
+                    }
                 }
                 (SandboxState::Creating, _) => {
                     // moatd died during the boot: finish the failure.
                     self.kill_recorded(&r).await;
+                    self.teardown_network(&r.id).await;
                     self.paths(&r.id).remove();
                     self.inner.records.delete(&r.id)?;
                     warn!(sandbox = %r.id, "removed a sandbox whose boot was interrupted by a restart");
@@ -196,8 +234,10 @@ impl SandboxManager {
                 (SandboxState::Ready, _) => {
                     self.kill_recorded(&r).await;
                     self.paths(&r.id).remove();
+                    self.teardown_network(&r.id).await;
                     r.state = SandboxState::Stopped;
                     r.vm = None;
+                    r.network = None;
                     self.inner.records.put(&r)?;
                     warn!(sandbox = %r.id, "sandbox VM is gone after restart; marked not ready");
                 }
@@ -357,6 +397,7 @@ impl SandboxManager {
                 vcpus,
                 memory_mib,
                 vm: None,
+                network: None,
             };
             self.inner.records.put(&record)?;
             (id, record)
@@ -365,6 +406,13 @@ impl SandboxManager {
         let span = tracing::info_span!("sandbox", sandbox = %id);
         let _e = span.enter();
         drop(_e);
+        let net = match self.setup_network(&id, &req).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.fail_boot(&id)?;
+                return Err(e);
+            }
+        };
         let cfg = &self.inner.config.sandbox;
         let launched = vm::launch(
             hypervisor.as_ref(),
@@ -379,16 +427,24 @@ impl SandboxManager {
                 boot_timeout: Duration::from_secs(cfg.boot_timeout_secs),
                 share_layers: true,
                 agent_timeout: self.agent_timeout(),
+                net: net.as_ref().map(|(pn, fd)| crate::hypervisor::NetDevice {
+                    tap_fd: std::os::fd::AsRawFd::as_raw_fd(fd),
+                    mac: pn.mac.clone(),
+                }),
             },
         )
         .await;
+        // The VMM has its own copy of the tap now.
+        let network = net.map(|(pn, _fd)| pn);
         let (vm, mut agent) = match launched {
             Ok(v) => v,
             Err(e) => {
+                self.teardown_network(&id).await;
                 self.fail_boot(&id)?;
                 return Err(e);
             }
         };
+        record.network = network.clone();
         record.vm = Some(VmRecord {
             vmm_pid: vm.vmm.pid(),
             backend_pid: vm.backend.pid(),
@@ -417,14 +473,22 @@ impl SandboxManager {
                 },
             ],
         };
-        if let Err(e) = agent.setup(setup).await {
+        let mut configured = agent
+            .setup(setup)
+            .await
+            .map_err(|e| format!("setting the sandbox up: {}", e.message()));
+        if let (Ok(()), Some(pn)) = (&configured, &network) {
+            configured = agent
+                .setup_network(guest_network(pn))
+                .await
+                .map_err(|e| format!("configuring the guest network: {}", e.message()));
+        }
+        if let Err(detail) = configured {
             vm::teardown(&vm).await;
             vm.paths.remove();
+            self.teardown_network(&id).await;
             self.fail_boot(&id)?;
-            return Err(SandboxError::Agent {
-                id,
-                detail: format!("setting the sandbox up: {}", e.message()),
-            });
+            return Err(SandboxError::Agent { id, detail });
         }
         record.state = match record
             .state
@@ -446,8 +510,48 @@ impl SandboxManager {
                 agent: Some(agent),
             },
         );
-        info!(sandbox = %id, pod = %record.metadata.name, namespace = %record.metadata.namespace, vcpus, memory_mib, "pod sandbox ready");
+        info!(sandbox = %id, pod = %record.metadata.name, namespace = %record.metadata.namespace, vcpus, memory_mib, ip = ?record.network.as_ref().and_then(|n| n.pod_ip()), "pod sandbox ready");
         Ok(id)
+    }
+
+    /// Sets the pod network up when the node has a CNI network; None (loopback only)
+    /// when it has none.
+    async fn setup_network(
+        &self,
+        id: &str,
+        req: &RunRequest,
+    ) -> Result<Option<(crate::network::PodNetwork, std::os::fd::OwnedFd)>, SandboxError> {
+        let conf_dir = &self.inner.config.cni.conf_dir;
+        if let Err(why) = crate::network::cni_config::default_network(conf_dir) {
+            warn!(sandbox = %id, %why, "no CNI network: the pod gets loopback only");
+            return Ok(None);
+        }
+        let r = crate::network::PodNetworkRequest {
+            sandbox_id: id.to_owned(),
+            pod_name: req.metadata.name.clone(),
+            pod_namespace: req.metadata.namespace.clone(),
+            pod_uid: req.metadata.uid.clone(),
+            port_mappings: req.port_mappings.clone(),
+            pod_cidr: req.pod_cidr.clone(),
+        };
+        let (pn, fd) =
+            self.inner
+                .network
+                .setup(&r)
+                .await
+                .map_err(|source| SandboxError::Network {
+                    id: id.to_owned(),
+                    source: Box::new(source),
+                })?;
+        info!(sandbox = %id, network = %pn.network_name, ip = ?pn.pod_ip(), "pod network set up");
+        Ok(Some((pn, fd)))
+    }
+
+    /// Tears the pod network down on a failure path, where the first error is what counts.
+    async fn teardown_network(&self, id: &str) {
+        if let Err(e) = self.inner.network.teardown(id).await {
+            warn!(sandbox = %id, error = %e, "tearing the pod network down failed");
+        }
     }
 
     fn fail_boot(&self, id: &str) -> Result<(), SandboxError> {
@@ -521,6 +625,19 @@ impl SandboxManager {
             };
         r.vm = None;
         self.inner.records.put(&r)?;
+        // CNI DEL, idempotent: a failure leaves the network recorded so kubelet's retry of
+        // StopPodSandbox finishes it.
+        self.inner
+            .network
+            .teardown(&id)
+            .await
+            .map_err(|source| SandboxError::Network {
+                id: id.clone(),
+                source: Box::new(source),
+            })?;
+        if r.network.take().is_some() {
+            self.inner.records.put(&r)?;
+        }
         info!(sandbox = %id, "pod sandbox stopped");
         Ok(())
     }
@@ -548,6 +665,14 @@ impl SandboxManager {
             .map_err(|source| SandboxError::Transition {
                 id: r.id.clone(),
                 source,
+            })?;
+        self.inner
+            .network
+            .teardown(&r.id)
+            .await
+            .map_err(|source| SandboxError::Network {
+                id: r.id.clone(),
+                source: Box::new(source),
             })?;
         let paths = self.paths(&r.id);
         paths.remove();

@@ -74,6 +74,9 @@ pub struct SandboxRecord {
     pub memory_mib: u64,
     /// The VM, while it exists.
     pub vm: Option<VmRecord>,
+    /// The pod network, while it exists (none when no CNI network is configured).
+    #[serde(default)]
+    pub network: Option<crate::network::PodNetwork>,
 }
 
 /// Sandbox records, by id.
@@ -142,6 +145,7 @@ mod tests {
                 fs_backend_pids: vec![],
                 run_dir: "/run/moat/x".into(),
             }),
+            network: None,
         };
         s.put(&r).expect("put");
         assert_eq!(s.list().expect("list"), vec![r.clone()]);

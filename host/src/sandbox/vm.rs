@@ -123,6 +123,8 @@ pub struct LaunchSpec<'a> {
     pub share_layers: bool,
     /// The deadline of each call into the agent.
     pub agent_timeout: Duration,
+    /// The pod's network device, if it has a network.
+    pub net: Option<crate::hypervisor::NetDevice>,
 }
 
 /// The virtio-fs tag of the image layers share, and where the agent mounts it.
@@ -262,6 +264,7 @@ async fn launch_inner(
         fs_shares,
         console_log: paths.console_log(),
         vmm_log: paths.vmm_log(),
+        net: spec.net.clone(),
     };
     let vmm = match hypervisor.boot(&vm_spec) {
         Ok(v) => v,

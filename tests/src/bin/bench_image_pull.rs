@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
+use moat_tests::bench::median;
 use moat_tests::moatd::Moatd;
 use moat_tests::oci::{Compression, Flavor, Image, Layer, TarBuilder};
 use moat_tests::registry::Registry;
@@ -129,20 +130,9 @@ fn ctr(sock: &Path, args: &[&str]) -> (bool, String) {
     )
 }
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let runs = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(5usize);
+    let runs = moat_tests::bench::runs_arg(5);
     let img = build_image();
     let compressed: u64 = img.layers.iter().map(|l| l.blob.len() as u64).sum();
     let raw = (LAYERS * FILES_PER_LAYER * FILE_SIZE) as u64;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 use moat_host::hypervisor::qemu::{Qemu, QemuConfig};
 use moat_host::hypervisor::{HostCaps, VmSpec};
+use moat_tests::bench::median;
 use moat_tests::moatd::{Moatd, moatd_bin};
 use moat_tests::oci::{Compression, Flavor, Image, Layer, busybox_layer_tar};
 use moat_tests::registry::Registry;
@@ -62,6 +63,7 @@ fn bare_boot(dir: &Path) -> Duration {
         fs_shares: vec![],
         console_log: w.join("console.log"),
         vmm_log: w.join("vmm.log"),
+        net: None,
     };
     let started = Instant::now();
     let mut vm = Command::new("qemu-system-x86_64")
@@ -133,11 +135,6 @@ fn rss_of(needle: &str) -> (u64, u64, Vec<(String, u64)>) {
     (total, own, kinds)
 }
 
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn pod(i: usize, logs: &Path) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
@@ -173,13 +170,7 @@ fn container(image: &str) -> cri::ContainerConfig {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let runs = args
-        .iter()
-        .position(|a| a == "--runs")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(5usize);
+    let runs = moat_tests::bench::runs_arg(5);
     let dir = guest_dir();
     let m = Moatd::start(&format!("[sandbox]\nguest_dir = \"{}\"\n", dir.display())).await;
     let mut rt = m.runtime().await;
