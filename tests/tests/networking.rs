@@ -109,7 +109,7 @@ async fn pods_reach_each_other_the_host_and_host_ports() {
     const BRIDGE: &str = "moate2e0";
     const NET: &str = "moat-e2e-a";
     scrub_leftovers(NET, BRIDGE, "10.201.0.");
-    let p = pod_on_network(
+    let mut p = pod_on_network(
         "net-a",
         "",
         Some(&conflist(NET, BRIDGE, "10.201.0.0/24")),
@@ -223,6 +223,16 @@ async fn pods_reach_each_other_the_host_and_host_ports() {
         String::from_utf8_lossy(&got.stdout).contains("hello-from-host"),
         "pod to host: {got:?}"
     );
+
+    // moatd crashes: the pods keep their network, and their IPs are still reported after
+    // the restart; CNI DEL then runs from the cache.
+    p.m.crash_and_restart().await;
+    assert_eq!(
+        p.pod_ip(&p.id).await,
+        ip_a,
+        "the pod IP survives a moatd crash"
+    );
+    eventually_get(&format!("http://{ip_a}:8080/index.html"), "hello-from-a").await;
 
     // Nothing is left once both pods are gone.
     let ids = [p.id.clone(), b.clone()];
