@@ -4,14 +4,15 @@
 //! - `images`: references, registries, content store, layer snapshots, image records.
 //! - `network`: pod networking (CNI).
 //! - `store`: the embedded transactional state database.
-//! - `devices`: device back-ends for the micro-VMs (vhost-user-vsock).
+//! - `devices`: the virtio device models (crate `moat-devices`), served over vhost-user.
+//! - `check`: `moatd check`, what this host offers moatd.
 //! - `config`, `logging`, `daemon`: set-up.
 
+pub mod check;
 pub mod config;
 pub mod containers;
 pub mod cri;
 pub mod daemon;
-pub mod devices;
 pub mod hypervisor;
 pub mod ids;
 pub mod images;
@@ -21,3 +22,6 @@ pub mod sandbox;
 pub mod store;
 pub mod streaming;
 pub mod sync;
+
+/// The virtio device models (crate `moat-devices`), served over vhost-user to QEMU.
+pub use moat_devices as devices;

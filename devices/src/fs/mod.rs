@@ -30,8 +30,8 @@
 
 mod backend;
 mod guard;
-mod queue;
-mod server;
+pub mod queue;
+pub mod server;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -83,19 +83,7 @@ pub enum FsError {
 impl FsBackendConfig {
     /// Checks the paths; returns the shared directory, canonical (absolute, no symlinks).
     pub fn validate(&self) -> Result<PathBuf, FsError> {
-        let shared = self
-            .shared_dir
-            .canonicalize()
-            .map_err(|source| FsError::SharedDir {
-                path: self.shared_dir.clone(),
-                source,
-            })?;
-        if !shared.is_dir() {
-            return Err(FsError::NotADirectory(self.shared_dir.clone()));
-        }
-        if shared.to_str().is_none() {
-            return Err(FsError::NonUtf8Path(shared));
-        }
+        let shared = canonical_shared_dir(&self.shared_dir)?;
         let socket_dir = match self.socket.parent() {
             Some(p) if p.as_os_str().is_empty() => Path::new("."),
             Some(p) => p,
@@ -137,13 +125,48 @@ impl FsBackendConfig {
     }
 }
 
+/// The shared directory, canonical (absolute, no symlinks), checked to be a UTF-8 directory.
+fn canonical_shared_dir(dir: &Path) -> Result<PathBuf, FsError> {
+    let shared = dir.canonicalize().map_err(|source| FsError::SharedDir {
+        path: dir.to_owned(),
+        source,
+    })?;
+    if !shared.is_dir() {
+        return Err(FsError::NotADirectory(dir.to_owned()));
+    }
+    if shared.to_str().is_none() {
+        return Err(FsError::NonUtf8Path(shared));
+    }
+    Ok(shared)
+}
+
 /// Builds the FUSE server for `config` (validated).
 fn fuse_server(config: &FsBackendConfig) -> Result<server::FuseServer, FsError> {
     let shared = config.validate()?;
+    build_server(config, &shared)
+}
+
+fn build_server(config: &FsBackendConfig, shared: &Path) -> Result<server::FuseServer, FsError> {
     let passthrough =
-        PassthroughFs::new(config.passthrough_config(&shared)?).map_err(FsError::Passthrough)?;
+        PassthroughFs::new(config.passthrough_config(shared)?).map_err(FsError::Passthrough)?;
     let fs = guard::GuardedFs::new(passthrough, config.read_only);
     server::FuseServer::new(fs).map_err(FsError::Passthrough)
+}
+
+/// The FUSE server sharing `shared_dir`, for a VMM that serves virtio-fs in-process (no
+/// vhost-user socket). Same policy as the vhost-user backend: see the module docs (the
+/// passthrough filesystem sets the process umask to 0 when the guest mounts).
+pub fn in_process_server(
+    shared_dir: &Path,
+    read_only: bool,
+) -> Result<server::FuseServer, FsError> {
+    let shared = canonical_shared_dir(shared_dir)?;
+    let config = FsBackendConfig {
+        socket: PathBuf::new(),
+        shared_dir: shared_dir.to_owned(),
+        read_only,
+    };
+    build_server(&config, &shared)
 }
 
 /// Serves one QEMU connection on `config.socket` until QEMU disconnects.

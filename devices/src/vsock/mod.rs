@@ -22,16 +22,18 @@
 //!
 //! Modules, one job each: `packet` (header codec), `connection` (one connection's state and
 //! credit, pure logic), `handshake` (the CONNECT/OK lines), `muxer` (connections, host
-//! sockets), `queue` (virtqueues ↔ muxer), `backend` (the vhost-user device).
+//! sockets), `queue` (virtqueues ↔ muxer), `backend` (the vhost-user device). Moat's own VMM
+//! drives `muxer` and `queue` in-process from its virtio-mmio device (crate `moat-vmm`), so
+//! the host reaches the agent the same way whichever VMM runs the guest.
 
 mod backend;
 mod connection;
 mod handshake;
-mod muxer;
-mod packet;
-mod queue;
-#[cfg(test)]
-mod testutil;
+pub mod muxer;
+pub mod packet;
+pub mod queue;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testutil;
 
 use std::path::PathBuf;
 use std::sync::Arc;
