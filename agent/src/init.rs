@@ -272,7 +272,9 @@ pub fn module_order(text: &str) -> Vec<String> {
 }
 
 /// Loads every module listed in the order file; modules already loaded or built in (EEXIST)
-/// are fine. Returns how many were loaded.
+/// are fine, and so is a kernel without module support (ENOSYS: the minimal kernel of the
+/// built-in VMM has everything built in, and boots the same initramfs). Returns how many
+/// were loaded.
 pub fn load_modules(dir: &Path, order_file: &Path) -> Result<usize, InitError> {
     let Ok(text) = std::fs::read_to_string(order_file) else {
         return Ok(0);
@@ -287,6 +289,10 @@ pub fn load_modules(dir: &Path, order_file: &Path) -> Result<usize, InitError> {
         match nix::kmod::finit_module(&file, c"", nix::kmod::ModuleInitFlags::empty()) {
             Ok(()) => loaded += 1,
             Err(nix::Error::EEXIST) => {}
+            Err(nix::Error::ENOSYS) => {
+                tracing::info!("kernel without module support: everything is built in");
+                return Ok(loaded);
+            }
             Err(e) => {
                 return Err(InitError::Module {
                     module: name,

@@ -50,8 +50,8 @@ fn main() {
     if let Err(e) = run(args, pid1) {
         eprintln!("moat-agent: {e}");
         if pid1 {
-            // PID 1 must not exit: that panics the kernel. Power off instead.
-            let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+            // PID 1 must not exit: that panics the kernel. End the VM instead.
+            system::end_vm();
         }
         std::process::exit(1);
     }

@@ -57,10 +57,18 @@ impl System for Linux {
     fn power_off(&self) {
         if self.guest {
             nix::unistd::sync();
-            let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+            end_vm();
         }
         std::process::exit(0);
     }
+}
+
+/// Ends the VM: a reboot, which both VMMs turn into their exit (QEMU runs with `-no-reboot`;
+/// Moat's own VMM ends on the i8042 reset of `reboot=k` or the triple fault of `reboot=t`).
+/// Not a power-off: without ACPI (the built-in VMM has none) Linux turns a power-off into a
+/// halt, and the VM would sit halted forever.
+pub fn end_vm() {
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
 }
 
 /// A call the agent made, as recorded by `Recorder`.

@@ -101,7 +101,13 @@ pub struct SandboxConfig {
     pub stop_timeout_secs: u64,
     /// Extra guest kernel command-line words.
     pub kernel_args: Vec<String>,
+    /// The kernel the built-in VMM boots (relative paths are under `guest_dir`); when
+    /// absent, `<guest_dir>/vmlinux-moat` if it exists, else the kernel QEMU boots.
+    pub builtin_kernel: Option<PathBuf>,
 }
+
+/// The minimal kernel for the built-in VMM in the guest dir (guest-image/build-kernel.sh).
+pub const BUILTIN_KERNEL_FILE: &str = "vmlinux-moat";
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -114,6 +120,7 @@ impl Default for SandboxConfig {
             memory_overhead_mib: 64,
             stop_timeout_secs: 10,
             kernel_args: Vec::new(),
+            builtin_kernel: None,
         }
     }
 }
@@ -127,6 +134,19 @@ impl SandboxConfig {
             elf
         } else {
             self.guest_dir.join("vmlinuz")
+        }
+    }
+    /// The kernel the built-in VMM boots: `builtin_kernel` if set, else the minimal
+    /// `vmlinux-moat` when the guest dir has it, else the same kernel as QEMU.
+    pub fn builtin_kernel(&self) -> PathBuf {
+        if let Some(k) = &self.builtin_kernel {
+            return self.guest_dir.join(k);
+        }
+        let minimal = self.guest_dir.join(BUILTIN_KERNEL_FILE);
+        if minimal.exists() {
+            minimal
+        } else {
+            self.kernel()
         }
     }
     /// The guest initramfs: the compressed one if present, else the plain cpio.
@@ -231,6 +251,17 @@ pub enum Backend {
     Qemu,
     /// Moat's own VMM.
     Builtin,
+}
+
+impl Backend {
+    /// The name the config uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Qemu => "qemu",
+            Backend::Builtin => "builtin",
+        }
+    }
 }
 
 /// The cgroup driver kubelet must use with this runtime.
@@ -455,6 +486,24 @@ mod tests {
             Config::parse("[images]\nmax_concurrent_downloads = 0"),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn the_builtin_kernel_is_the_configured_then_the_minimal_then_the_common_one() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut s = SandboxConfig {
+            guest_dir: d.path().to_owned(),
+            ..Default::default()
+        };
+        assert_eq!(s.builtin_kernel(), s.kernel());
+        std::fs::write(d.path().join("vmlinux-moat"), b"k").expect("write");
+        assert_eq!(s.builtin_kernel(), d.path().join("vmlinux-moat"));
+        s.builtin_kernel = Some("small/vmlinux".into());
+        assert_eq!(s.builtin_kernel(), d.path().join("small/vmlinux"));
+        s.builtin_kernel = Some("/opt/k".into());
+        assert_eq!(s.builtin_kernel(), PathBuf::from("/opt/k"));
+        let c = Config::parse("[sandbox]\nbuiltin_kernel = \"/opt/k\"").expect("parse");
+        assert_eq!(c.sandbox.builtin_kernel, Some(PathBuf::from("/opt/k")));
     }
 
     #[test]

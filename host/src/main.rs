@@ -58,6 +58,53 @@ enum Sub {
         #[arg(long)]
         read_only: bool,
     },
+    /// Run one VM with Moat's built-in VMM (moatd starts this per sandbox).
+    Vmm {
+        /// The VM's configuration (JSON, written by moatd).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print what this host supports (KVM, devices, CNI, guest image, QEMU, each runtime
+    /// handler's VMM) and why; exit 0 when the configured handlers can run pods here.
+    Check {
+        /// Configuration file (TOML); same as moatd's own `--config`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn vmm(config: PathBuf) -> ExitCode {
+    moat_host::logging::init(&moat_host::config::LogConfig::default());
+    let cfg = match moat_vmm::VmmConfig::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("moatd vmm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match moat_vmm::run(&cfg) {
+        Ok(exit) => {
+            tracing::info!(vm = %cfg.id, ?exit, "the VM ended");
+            ExitCode::from(exit.code())
+        }
+        Err(e) => {
+            eprintln!("moatd vmm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(config: &Config) -> ExitCode {
+    let report = moat_host::check::run(config);
+    for f in &report.findings {
+        println!("{f}");
+    }
+    println!("{}", report.verdict());
+    if report.pods_can_run() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn fs_backend(socket: PathBuf, shared_dir: PathBuf, read_only: bool) -> ExitCode {
@@ -110,9 +157,14 @@ fn main() -> ExitCode {
         }) => {
             return fs_backend(socket, shared_dir, read_only);
         }
-        None => {}
+        Some(Sub::Vmm { config }) => return vmm(config),
+        Some(Sub::Check { .. }) | None => {}
     }
-    let (path, explicit) = match &args.config {
+    let config_arg = match &args.command {
+        Some(Sub::Check { config: Some(c) }) => Some(c),
+        _ => args.config.as_ref(),
+    };
+    let (path, explicit) = match config_arg {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
     };
@@ -141,6 +193,9 @@ fn main() -> ExitCode {
         } else {
             LogFormat::Text
         };
+    }
+    if matches!(args.command, Some(Sub::Check { .. })) {
+        return check(&config);
     }
     moat_host::logging::init(&config.log);
     let rt = match tokio::runtime::Builder::new_multi_thread()

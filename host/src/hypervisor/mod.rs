@@ -2,8 +2,10 @@
 //! stop, kill or wait on it through the handle) so QEMU and Moat's own VMM are
 //! interchangeable behind it.
 
+pub mod builtin;
 pub mod process;
 pub mod qemu;
+pub mod select;
 
 use std::path::PathBuf;
 
@@ -14,6 +16,10 @@ pub use process::VmProcess;
 pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     /// The backend's name (`qemu`, `builtin`).
     fn name(&self) -> &'static str;
+    /// Whether the VMM serves the vsock and virtio-fs devices itself. When false, the caller
+    /// starts a vhost-user backend process per device before `boot` (listening on the
+    /// spec's `vsock_vhost_socket` and each share's `vhost_socket`).
+    fn devices_in_process(&self) -> bool;
     /// Starts the VM described by `spec`.
     fn boot(&self, spec: &VmSpec) -> Result<VmProcess, HypervisorError>;
 }
@@ -33,18 +39,36 @@ pub struct VmSpec {
     pub initramfs: PathBuf,
     /// Extra kernel command-line words.
     pub kernel_args: Vec<String>,
-    /// The vhost-user socket of the sandbox's vsock backend.
-    pub vsock_socket: PathBuf,
+    /// The sandbox's run directory (sockets, logs, a VMM config file).
+    pub run_dir: PathBuf,
+    /// The hybrid-vsock Unix socket: the host connects and writes `CONNECT <port>\n`;
+    /// guest connections to host port P arrive at `<vsock_uds>_P`.
+    pub vsock_uds: PathBuf,
+    /// The vhost-user socket of the vsock backend process (devices out of process only).
+    pub vsock_vhost_socket: PathBuf,
     /// The guest's vsock CID.
     pub guest_cid: u64,
-    /// virtio-fs devices: (tag, vhost-user socket of its backend).
-    pub fs_shares: Vec<(String, PathBuf)>,
+    /// virtio-fs devices.
+    pub fs_shares: Vec<FsShare>,
     /// Where the guest console goes.
     pub console_log: PathBuf,
     /// Where the VMM's own stdout and stderr go.
     pub vmm_log: PathBuf,
     /// The pod's network device, if it has a network.
     pub net: Option<NetDevice>,
+}
+
+/// One virtio-fs device: a host directory the guest mounts by tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsShare {
+    /// The mount tag.
+    pub tag: String,
+    /// The host directory shared.
+    pub shared_dir: PathBuf,
+    /// Refuse every change to the share.
+    pub read_only: bool,
+    /// The vhost-user socket of its backend process (devices out of process only).
+    pub vhost_socket: PathBuf,
 }
 
 /// A virtio-net device on a tap the pod's network namespace holds.
@@ -64,14 +88,22 @@ pub const VMM_TAP_FD: std::os::fd::RawFd = 3;
 #[derive(Debug, thiserror::Error)]
 pub enum HypervisorError {
     /// The VMM binary is missing or not runnable.
-    #[error(
-        "cannot start {binary}: {source}; install it (Debian: qemu-system-x86) or set its path in the config"
-    )]
+    #[error("cannot start {binary}: {source}; {fix}")]
     Spawn {
         /// The binary.
         binary: String,
         /// Why.
         source: std::io::Error,
+        /// What to do about it.
+        fix: &'static str,
+    },
+    /// The backend cannot run a VM of this shape.
+    #[error("the {backend} backend cannot run this VM: {reason}")]
+    InvalidSpec {
+        /// The backend's name.
+        backend: &'static str,
+        /// Why.
+        reason: String,
     },
     /// The guest image is missing.
     #[error("guest {what} {path} is missing; build it with guest-image/build.sh")]
@@ -135,10 +167,20 @@ impl HostCaps {
 
 /// Whether cpuinfo flags include vmx or svm.
 pub fn cpu_has_hw_virt(cpuinfo: &str) -> bool {
+    hw_virt_flag(cpuinfo).is_some()
+}
+
+/// The hardware virtualization flag cpuinfo shows: `vmx` (Intel VT-x) or `svm` (AMD-V).
+pub fn hw_virt_flag(cpuinfo: &str) -> Option<&'static str> {
     cpuinfo
         .lines()
         .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+        .flat_map(|l| l.split_whitespace())
+        .find_map(|f| match f {
+            "vmx" => Some("vmx"),
+            "svm" => Some("svm"),
+            _ => None,
+        })
 }
 
 /// The TSC frequency: the kernel's `tsc_freq_khz` where exposed, else cpuinfo's "cpu MHz".
@@ -165,6 +207,9 @@ mod tests {
         let pvm = "processor: 0\nflags\t\t: fpu vme sse hypervisor\n";
         assert!(cpu_has_hw_virt(intel));
         assert!(!cpu_has_hw_virt(pvm));
+        assert_eq!(hw_virt_flag(intel), Some("vmx"));
+        assert_eq!(hw_virt_flag("flags\t: fpu svm\n"), Some("svm"));
+        assert_eq!(hw_virt_flag(pvm), None);
         let caps = HostCaps {
             kvm_device: true,
             hardware_virt: false,

@@ -101,16 +101,25 @@ impl Qemu {
             "-serial".into(),
             format!("file:{}", spec.console_log.display()),
             "-chardev".into(),
-            format!("socket,id=vsock0,path={}", spec.vsock_socket.display()),
+            format!(
+                "socket,id=vsock0,path={}",
+                spec.vsock_vhost_socket.display()
+            ),
             // The CID is no device property: the backend reports it in the config space.
             "-device".into(),
             "vhost-user-vsock-device,chardev=vsock0".into(),
         ];
-        for (i, (tag, sock)) in spec.fs_shares.iter().enumerate() {
+        for (i, share) in spec.fs_shares.iter().enumerate() {
             a.push("-chardev".into());
-            a.push(format!("socket,id=fs{i},path={}", sock.display()));
+            a.push(format!(
+                "socket,id=fs{i},path={}",
+                share.vhost_socket.display()
+            ));
             a.push("-device".into());
-            a.push(format!("vhost-user-fs-device,chardev=fs{i},tag={tag}"));
+            a.push(format!(
+                "vhost-user-fs-device,chardev=fs{i},tag={}",
+                share.tag
+            ));
         }
         if let Some(net) = &spec.net {
             a.push("-netdev".into());
@@ -148,6 +157,7 @@ impl Qemu {
         VmProcess::spawn(cmd, &spec.vmm_log).map_err(|source| HypervisorError::Spawn {
             binary: self.config.binary.clone(),
             source,
+            fix: "install it (Debian: qemu-system-x86) or set qemu.binary in the config",
         })
     }
 }
@@ -155,6 +165,9 @@ impl Qemu {
 impl Hypervisor for Qemu {
     fn name(&self) -> &'static str {
         "qemu"
+    }
+    fn devices_in_process(&self) -> bool {
+        false
     }
     fn boot(&self, spec: &VmSpec) -> Result<VmProcess, HypervisorError> {
         self.start(spec)
@@ -164,6 +177,7 @@ impl Hypervisor for Qemu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hypervisor::FsShare;
     use std::path::PathBuf;
 
     fn spec() -> VmSpec {
@@ -174,9 +188,16 @@ mod tests {
             kernel: PathBuf::from("/k"),
             initramfs: PathBuf::from("/i"),
             kernel_args: vec!["moat.debug".into()],
-            vsock_socket: PathBuf::from("/run/v.sock"),
+            run_dir: PathBuf::from("/run"),
+            vsock_uds: PathBuf::from("/run/vsock"),
+            vsock_vhost_socket: PathBuf::from("/run/v.sock"),
             guest_cid: 3,
-            fs_shares: vec![("layers".into(), PathBuf::from("/run/fs.sock"))],
+            fs_shares: vec![FsShare {
+                tag: "layers".into(),
+                shared_dir: PathBuf::from("/run/layers"),
+                read_only: true,
+                vhost_socket: PathBuf::from("/run/fs.sock"),
+            }],
             console_log: PathBuf::from("/run/console.log"),
             vmm_log: PathBuf::from("/run/vmm.log"),
             net: None,

@@ -12,10 +12,11 @@ use super::error::SandboxError;
 use super::record::{PodMetadata, SandboxRecord, SandboxStore, VmRecord};
 use super::state::{Next, SandboxEvent, SandboxState};
 use super::vm::{self, LaunchSpec, RunningVm, VmPaths};
-use crate::config::{Backend, Config};
-use crate::hypervisor::HostCaps;
-use crate::hypervisor::Hypervisor;
+use crate::config::Config;
+use crate::hypervisor::builtin::Builtin;
 use crate::hypervisor::qemu::{Qemu, QemuConfig};
+use crate::hypervisor::select::{VmmKind, select};
+use crate::hypervisor::{HostCaps, Hypervisor};
 use crate::store::Store;
 use crate::sync::KeyedLocks;
 
@@ -86,7 +87,7 @@ struct Inner {
     config: Config,
     records: SandboxStore,
     /// One hypervisor per runtime handler.
-    hypervisors: HashMap<String, Arc<dyn Hypervisor>>,
+    hypervisors: HashMap<String, HandlerVmm>,
     live: Mutex<HashMap<String, Live>>,
     locks: KeyedLocks,
     create: tokio::sync::Mutex<()>,
@@ -120,23 +121,48 @@ fn guest_network(pn: &crate::network::PodNetwork) -> super::agent::GuestNetwork 
     }
 }
 
-/// The hypervisor of each runtime handler: QEMU (the built-in VMM is not in this version),
-/// with the handler's acceleration override if it has one.
-fn hypervisors(config: &Config) -> HashMap<String, Arc<dyn Hypervisor>> {
+/// A runtime handler's VMM.
+#[derive(Clone)]
+struct HandlerVmm {
+    hypervisor: Arc<dyn Hypervisor>,
+    kind: VmmKind,
+}
+
+/// The hypervisor of each runtime handler, as `select` picks it for this host (one log line
+/// each, with why): QEMU with the handler's acceleration override if it has one, or the
+/// built-in VMM.
+fn hypervisors(config: &Config) -> HashMap<String, HandlerVmm> {
     let caps = HostCaps::probe();
     config
         .runtime
         .handlers
         .iter()
         .map(|(name, h)| {
-            let q = QemuConfig {
-                accel: h.accel.or(config.qemu.accel),
-                ..config.qemu.clone()
+            let choice = select(h.backend, &caps);
+            info!(handler = %name, configured = h.backend.name(), backend = choice.kind.name(), reason = %choice.reason, "runtime handler VMM");
+            if let Some(w) = &choice.warning {
+                warn!(handler = %name, "{w}");
+            }
+            let hypervisor: Arc<dyn Hypervisor> = match choice.kind {
+                VmmKind::Qemu => Arc::new(Qemu::new(
+                    QemuConfig {
+                        accel: h.accel.or(config.qemu.accel),
+                        ..config.qemu.clone()
+                    },
+                    caps.clone(),
+                )),
+                VmmKind::Builtin => {
+                    if h.accel.is_some() {
+                        warn!(handler = %name, "accel is a QEMU setting; the built-in VMM always uses KVM");
+                    }
+                    Arc::new(Builtin::new())
+                }
             };
-            (
-                name.clone(),
-                Arc::new(Qemu::new(q, caps.clone())) as Arc<dyn Hypervisor>,
-            )
+            let vmm = HandlerVmm {
+                hypervisor,
+                kind: choice.kind,
+            };
+            (name.clone(), vmm)
         })
         .collect()
 }
@@ -198,20 +224,27 @@ impl SandboxManager {
 
     async fn recover(&self) -> Result<(), SandboxError> {
         for mut r in self.inner.records.list()? {
-            let procs =
-                r.vm.as_ref()
-                    .map(|v| (vm::adopt(v.vmm_pid, &r.id), vm::adopt(v.backend_pid, &r.id)));
+            // A recorded vsock backend must still be there; a VM without one (the built-in
+            // VMM serves its devices itself) needs none.
+            let procs = r.vm.as_ref().map(|v| {
+                (
+                    vm::adopt(v.vmm_pid, &r.id),
+                    v.backend_pid.map(|p| vm::adopt(p, &r.id)),
+                )
+            });
             match (r.state, procs) {
-                (SandboxState::Ready, Some((Some(vmm), Some(backend)))) => {
-                    let fs_backends =
+                (SandboxState::Ready, Some((Some(vmm), vsock))) if !matches!(vsock, Some(None)) => {
+                    let fs =
                         r.vm.iter()
                             .flat_map(|v| v.fs_backend_pids.iter())
                             .filter_map(|p| vm::adopt(*p, &r.id))
                             .collect();
                     let vm = Arc::new(RunningVm {
                         vmm,
-                        backend,
-                        fs_backends,
+                        backends: vm::DeviceBackends {
+                            vsock: vsock.flatten(),
+                            fs,
+                        },
                         paths: self.paths(&r.id),
                     });
                     self.watch(&r.id, vm.clone());
@@ -250,8 +283,8 @@ impl SandboxManager {
     /// Kills whatever is left of the processes a record names (after a restart).
     async fn kill_recorded(&self, r: &SandboxRecord) {
         let Some(v) = &r.vm else { return };
-        let pids = [v.vmm_pid, v.backend_pid]
-            .into_iter()
+        let pids = std::iter::once(v.vmm_pid)
+            .chain(v.backend_pid)
             .chain(v.fs_backend_pids.iter().copied());
         for p in pids.filter_map(|pid| vm::adopt(pid, &r.id)) {
             let _ = p.terminate(Duration::from_secs(2)).await;
@@ -339,18 +372,13 @@ impl SandboxManager {
         } else {
             req.runtime_handler.clone()
         };
-        let Some(h) = self.inner.config.runtime.handlers.get(&handler) else {
+        if !self.inner.config.runtime.handlers.contains_key(&handler) {
             let known: Vec<&String> = self.inner.config.runtime.handlers.keys().collect();
             return Err(SandboxError::InvalidArgument(format!(
                 "runtime handler {handler:?} is not configured; moatd has {known:?}"
             )));
-        };
-        if h.backend == Backend::Builtin {
-            return Err(SandboxError::FailedPrecondition(format!(
-                "runtime handler {handler:?} asks for the built-in VMM, which this version of moatd does not have; use backend = \"qemu\" or \"auto\""
-            )));
         }
-        let hypervisor = self
+        let handler_vmm = self
             .inner
             .hypervisors
             .get(&handler)
@@ -414,14 +442,18 @@ impl SandboxManager {
             }
         };
         let cfg = &self.inner.config.sandbox;
+        let kernel = match handler_vmm.kind {
+            VmmKind::Qemu => cfg.kernel(),
+            VmmKind::Builtin => cfg.builtin_kernel(),
+        };
         let launched = vm::launch(
-            hypervisor.as_ref(),
+            handler_vmm.hypervisor.as_ref(),
             self.paths(&id),
             LaunchSpec {
                 id: &id,
                 vcpus,
                 memory_mib,
-                kernel: &cfg.kernel(),
+                kernel: &kernel,
                 initramfs: &cfg.initramfs(),
                 kernel_args: cfg.kernel_args.clone(),
                 boot_timeout: Duration::from_secs(cfg.boot_timeout_secs),
@@ -447,8 +479,8 @@ impl SandboxManager {
         record.network = network.clone();
         record.vm = Some(VmRecord {
             vmm_pid: vm.vmm.pid(),
-            backend_pid: vm.backend.pid(),
-            fs_backend_pids: vm.fs_backends.iter().map(|p| p.pid()).collect(),
+            backend_pid: vm.backends.vsock.as_ref().map(|p| p.pid()),
+            fs_backend_pids: vm.backends.fs.iter().map(|p| p.pid()).collect(),
             run_dir: vm.paths.dir.clone(),
         });
         self.inner.records.put(&record)?;

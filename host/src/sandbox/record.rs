@@ -36,10 +36,11 @@ impl PodMetadata {
 /// The processes and files of a sandbox's VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmRecord {
-    /// The VMM (QEMU) process.
+    /// The VMM process (QEMU or `moatd vmm`).
     pub vmm_pid: i32,
-    /// The vsock backend process.
-    pub backend_pid: i32,
+    /// The vsock backend process; none when the VMM serves its devices itself.
+    #[serde(default)]
+    pub backend_pid: Option<i32>,
     /// The virtio-fs backend processes.
     #[serde(default)]
     pub fs_backend_pids: Vec<i32>,
@@ -141,7 +142,7 @@ mod tests {
             memory_mib: 256,
             vm: Some(VmRecord {
                 vmm_pid: 10,
-                backend_pid: 11,
+                backend_pid: Some(11),
                 fs_backend_pids: vec![],
                 run_dir: "/run/moat/x".into(),
             }),
@@ -153,5 +154,15 @@ mod tests {
         s.delete(&r.id).expect("delete");
         s.delete(&r.id).expect("delete again");
         assert!(s.list().expect("list").is_empty());
+    }
+
+    #[test]
+    fn records_from_before_in_process_devices_still_load() {
+        let old = r#"{"vmm_pid":10,"backend_pid":11,"run_dir":"/run/moat/x"}"#;
+        let v: VmRecord = serde_json::from_str(old).expect("old record");
+        assert_eq!((v.backend_pid, v.fs_backend_pids.len()), (Some(11), 0));
+        let none = r#"{"vmm_pid":10,"backend_pid":null,"run_dir":"/run/moat/x"}"#;
+        let v: VmRecord = serde_json::from_str(none).expect("no backend");
+        assert_eq!(v.backend_pid, None);
     }
 }

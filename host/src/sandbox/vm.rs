@@ -1,5 +1,6 @@
-//! One sandbox's VM: its run directory, the vsock backend process, the VMM, the wait for
-//! the agent's announce, and the teardown that leaves nothing behind.
+//! One sandbox's VM: its run directory, the device backend processes (for a VMM that does
+//! not serve its devices itself), the VMM, the wait for the agent's announce, and the
+//! teardown that leaves nothing behind.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,7 +10,7 @@ use tracing::{info, warn};
 
 use super::agent;
 use super::error::SandboxError;
-use crate::hypervisor::{Hypervisor, VmProcess, VmSpec};
+use crate::hypervisor::{FsShare, Hypervisor, VmProcess, VmSpec};
 
 /// The guest's vsock CID. Each VM has its own vsock device and backend, so every guest can
 /// use the same one.
@@ -95,12 +96,36 @@ impl VmPaths {
 pub struct RunningVm {
     /// The VMM process.
     pub vmm: VmProcess,
-    /// The vsock backend process.
-    pub backend: VmProcess,
-    /// The virtio-fs backends (image layers, volumes).
-    pub fs_backends: Vec<VmProcess>,
+    /// The device backend processes; none when the VMM serves its devices in-process.
+    pub backends: DeviceBackends,
     /// Its files.
     pub paths: VmPaths,
+}
+
+/// The vhost-user device backend processes of one VM (QEMU's; the built-in VMM has none).
+#[derive(Debug, Default)]
+pub struct DeviceBackends {
+    /// The vsock backend.
+    pub vsock: Option<VmProcess>,
+    /// The virtio-fs backends (image layers, volumes).
+    pub fs: Vec<VmProcess>,
+}
+
+impl DeviceBackends {
+    /// Each process, with what it is.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &VmProcess)> {
+        let vsock = self.vsock.iter().map(|p| ("vsock backend", p));
+        vsock.chain(self.fs.iter().map(|p| ("virtio-fs backend", p)))
+    }
+
+    /// Stops every process: SIGTERM, then SIGKILL after `grace`.
+    pub async fn terminate(&self, grace: Duration) {
+        for (what, p) in self.iter() {
+            if let Err(e) = p.terminate(grace).await {
+                warn!(pid = p.pid(), error = %e, "could not stop the {what}");
+            }
+        }
+    }
 }
 
 /// How to boot a VM.
@@ -186,17 +211,37 @@ pub async fn launch(
     result
 }
 
-async fn launch_inner(
-    hypervisor: &dyn Hypervisor,
+/// The virtio-fs shares of a VM: the read-only image layers (when asked for) and the
+/// read-write volumes.
+fn fs_shares(paths: &VmPaths, share_layers: bool) -> Vec<FsShare> {
+    let mut shares = Vec::new();
+    if share_layers {
+        shares.push(FsShare {
+            tag: LAYERS_TAG.into(),
+            shared_dir: paths.layers(),
+            read_only: true,
+            vhost_socket: paths.fs_socket(),
+        });
+    }
+    shares.push(FsShare {
+        tag: super::volumes::VOLUMES_TAG.into(),
+        shared_dir: paths.volumes(),
+        read_only: false,
+        vhost_socket: paths.volumes_socket(),
+    });
+    shares
+}
+
+/// Starts the vhost-user backends a VMM without in-process devices connects to: vsock,
+/// then one per share. On a failure, those already started are stopped.
+async fn spawn_backends(
     paths: &VmPaths,
-    spec: &LaunchSpec<'_>,
-) -> Result<(RunningVm, agent::Agent), SandboxError> {
-    let id = spec.id.to_owned();
-    let announce = tokio::net::UnixListener::bind(paths.vsock_port(agent::ANNOUNCE_PORT))
-        .map_err(|e| SandboxError::io("listen for the agent's announce", e))?;
+    shares: &[FsShare],
+    id: &str,
+) -> Result<DeviceBackends, SandboxError> {
     let (vhost, vsock) = (paths.vhost_socket(), paths.vsock());
     let cid = GUEST_CID.to_string();
-    let backend = spawn_backend(
+    let vsock_backend = spawn_backend(
         &[
             "vsock-backend".as_ref(),
             "--socket".as_ref(),
@@ -209,49 +254,50 @@ async fn launch_inner(
         &paths.backend_log(),
         &vhost,
         "vsock backend",
-        &id,
+        id,
     )
     .await?;
-    let mut fs_backends = Vec::new();
-    let mut fs_shares = Vec::new();
-    let volumes = paths.volumes();
-    let mut shares: Vec<(&str, &Path, PathBuf, bool)> = Vec::new();
-    let layers = paths.layers();
-    if spec.share_layers {
-        shares.push((LAYERS_TAG, &layers, paths.fs_socket(), true));
-    }
-    shares.push((
-        super::volumes::VOLUMES_TAG,
-        &volumes,
-        paths.volumes_socket(),
-        false,
-    ));
-    for (tag, dir, sock, read_only) in shares {
+    let mut backends = DeviceBackends {
+        vsock: Some(vsock_backend),
+        fs: Vec::new(),
+    };
+    for share in shares {
         let mut args: Vec<&std::ffi::OsStr> = vec![
             "fs-backend".as_ref(),
             "--socket".as_ref(),
-            sock.as_os_str(),
+            share.vhost_socket.as_os_str(),
             "--shared-dir".as_ref(),
-            dir.as_os_str(),
+            share.shared_dir.as_os_str(),
         ];
-        if read_only {
+        if share.read_only {
             args.push("--read-only".as_ref());
         }
-        let log = paths.dir.join(format!("fs-{tag}.log"));
-        match spawn_backend(&args, &log, &sock, "virtio-fs backend", &id).await {
-            Ok(p) => {
-                fs_backends.push(p);
-                fs_shares.push((tag.to_owned(), sock.clone()));
-            }
+        let log = paths.dir.join(format!("fs-{}.log", share.tag));
+        match spawn_backend(&args, &log, &share.vhost_socket, "virtio-fs backend", id).await {
+            Ok(p) => backends.fs.push(p),
             Err(e) => {
-                let _ = backend.terminate(Duration::from_secs(1)).await;
-                for f in &fs_backends {
-                    let _ = f.terminate(Duration::from_secs(1)).await;
-                }
+                backends.terminate(Duration::from_secs(1)).await;
                 return Err(e);
             }
         }
     }
+    Ok(backends)
+}
+
+async fn launch_inner(
+    hypervisor: &dyn Hypervisor,
+    paths: &VmPaths,
+    spec: &LaunchSpec<'_>,
+) -> Result<(RunningVm, agent::Agent), SandboxError> {
+    let id = spec.id.to_owned();
+    let announce = tokio::net::UnixListener::bind(paths.vsock_port(agent::ANNOUNCE_PORT))
+        .map_err(|e| SandboxError::io("listen for the agent's announce", e))?;
+    let fs_shares = fs_shares(paths, spec.share_layers);
+    let backends = if hypervisor.devices_in_process() {
+        DeviceBackends::default()
+    } else {
+        spawn_backends(paths, &fs_shares, &id).await?
+    };
     let vm_spec = VmSpec {
         id: id.clone(),
         vcpus: spec.vcpus,
@@ -259,7 +305,9 @@ async fn launch_inner(
         kernel: spec.kernel.to_owned(),
         initramfs: spec.initramfs.to_owned(),
         kernel_args: spec.kernel_args.clone(),
-        vsock_socket: paths.vhost_socket(),
+        run_dir: paths.dir.clone(),
+        vsock_uds: paths.vsock(),
+        vsock_vhost_socket: paths.vhost_socket(),
         guest_cid: GUEST_CID,
         fs_shares,
         console_log: paths.console_log(),
@@ -269,17 +317,13 @@ async fn launch_inner(
     let vmm = match hypervisor.boot(&vm_spec) {
         Ok(v) => v,
         Err(source) => {
-            let _ = backend.terminate(Duration::from_secs(1)).await;
-            for f in &fs_backends {
-                let _ = f.terminate(Duration::from_secs(1)).await;
-            }
+            backends.terminate(Duration::from_secs(1)).await;
             return Err(SandboxError::Hypervisor { id, source });
         }
     };
     let vm = RunningVm {
         vmm,
-        backend,
-        fs_backends,
+        backends,
         paths: paths.clone(),
     };
     let started = std::time::Instant::now();
@@ -350,17 +394,12 @@ async fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// Kills the VMM and the backend and waits for both.
+/// Kills the VMM, then its device backends, and waits for each.
 pub async fn teardown(vm: &RunningVm) {
-    let mut procs = vec![("vmm", &vm.vmm), ("vsock backend", &vm.backend)];
-    for f in &vm.fs_backends {
-        procs.push(("virtio-fs backend", f));
+    if let Err(e) = vm.vmm.terminate(Duration::from_secs(5)).await {
+        warn!(pid = vm.vmm.pid(), error = %e, "could not stop the vmm");
     }
-    for (what, p) in procs {
-        if let Err(e) = p.terminate(Duration::from_secs(5)).await {
-            warn!(pid = p.pid(), error = %e, "could not stop the {what}");
-        }
-    }
+    vm.backends.terminate(Duration::from_secs(5)).await;
 }
 
 /// Takes hold of a sandbox's processes after a moatd restart; a pid that is gone or that
@@ -388,5 +427,85 @@ mod tests {
             PathBuf::from("/run/moat/vm/ffffffffffff/vsock_1025")
         );
         assert!(p.vsock_port(1025).as_os_str().len() < 108);
+    }
+
+    #[test]
+    fn shares_are_layers_read_only_then_volumes_read_write() {
+        let p = VmPaths::new(Path::new("/run/moat"), "abc");
+        let tags = |v: Vec<FsShare>| -> Vec<(String, bool)> {
+            v.into_iter().map(|s| (s.tag, s.read_only)).collect()
+        };
+        assert_eq!(
+            tags(fs_shares(&p, true)),
+            vec![("layers".into(), true), ("volumes".into(), false)]
+        );
+        assert_eq!(tags(fs_shares(&p, false)), vec![("volumes".into(), false)]);
+        let s = fs_shares(&p, true);
+        assert_eq!(s[0].shared_dir, p.layers());
+        assert_eq!(s[0].vhost_socket, p.fs_socket());
+        assert_eq!(s[1].vhost_socket, p.volumes_socket());
+    }
+
+    /// A VMM that serves its devices itself and exits at once, keeping the spec it got.
+    #[derive(Debug, Default)]
+    struct InProcess {
+        spec: std::sync::Mutex<Option<VmSpec>>,
+    }
+
+    impl Hypervisor for InProcess {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn devices_in_process(&self) -> bool {
+            true
+        }
+        fn boot(&self, spec: &VmSpec) -> Result<VmProcess, crate::hypervisor::HypervisorError> {
+            *self.spec.lock().unwrap_or_else(|p| p.into_inner()) = Some(spec.clone());
+            Ok(VmProcess::spawn(Command::new("true"), &spec.vmm_log)?)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vmm_with_in_process_devices_gets_no_backend_processes() {
+        let d = tempfile::tempdir().expect("tmp");
+        let paths = VmPaths::new(d.path(), "0123456789abcdef");
+        let hv = InProcess::default();
+        let started = std::time::Instant::now();
+        let r = launch(
+            &hv,
+            paths.clone(),
+            LaunchSpec {
+                id: "0123456789abcdef",
+                vcpus: 1,
+                memory_mib: 128,
+                kernel: Path::new("/k"),
+                initramfs: Path::new("/i"),
+                kernel_args: vec![],
+                boot_timeout: Duration::from_secs(30),
+                share_layers: true,
+                agent_timeout: Duration::from_secs(1),
+                net: None,
+            },
+        )
+        .await;
+        // A backend would have been waited on for its socket (10 s) and failed first.
+        match r {
+            Err(SandboxError::Agent { detail, .. }) => {
+                assert!(detail.contains("VMM exited during boot"), "{detail}")
+            }
+            Err(e) => panic!("expected the VMM's exit, got {e}"),
+            Ok(_) => panic!("a VMM that exits cannot boot"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let spec = hv
+            .spec
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .expect("booted");
+        assert_eq!(spec.vsock_uds, paths.vsock());
+        assert_eq!(spec.run_dir, paths.dir);
+        assert_eq!(spec.fs_shares, fs_shares(&paths, true));
+        assert!(!paths.dir.exists(), "a failed launch leaves nothing behind");
     }
 }

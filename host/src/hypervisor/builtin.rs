@@ -1,0 +1,305 @@
+//! The built-in backend: Moat's own VMM (crate `moat-vmm`), one `moatd vmm --config <file>`
+//! process per VM. Its devices (vsock on the hybrid-vsock socket, virtio-fs, virtio-net)
+//! run inside that process, so no vhost-user backends are started for it. KVM only.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use moat_vmm::VmmConfig;
+use moat_vmm::config::{FsConfig, JailConfig, NetConfig, VsockConfig};
+
+use super::{Hypervisor, HypervisorError, VmProcess, VmSpec};
+
+/// The kernel command line the built-in VMM's guests start with, before the spec's own
+/// words. The VMM adds its virtio-mmio device words itself. `reboot=k`: a guest reboot
+/// goes through the i8042 reset line, which the VMM takes as the end of the VM; no PCI,
+/// one UART, no mouse or keyboard probing; the TSC is the clocksource (KVM keeps it stable).
+pub const BASE_CMDLINE: &[&str] = &[
+    "console=ttyS0",
+    "quiet",
+    "reboot=k",
+    "panic=-1",
+    "rdinit=/init",
+    "cryptomgr.notests",
+    "8250.nr_uarts=1",
+    "pci=off",
+    "i8042.noaux",
+    "i8042.nomux",
+    "i8042.dumbkbd",
+    "tsc=reliable",
+];
+
+/// The name of the VMM config file in the sandbox's run directory.
+pub const CONFIG_FILE: &str = "vmm.json";
+
+/// The VMM's control socket (status, pause, resume, shutdown), in the run directory.
+pub const API_SOCKET: &str = "api.sock";
+
+/// The empty directory the VMM makes its root once the VM is built (its own mount
+/// namespace holding only the run directory and the shares; see `moat_vmm::jail`).
+pub const JAIL_DIR: &str = "jail";
+
+/// Boots VMs with `moatd vmm`.
+#[derive(Debug, Clone, Default)]
+pub struct Builtin {
+    /// The moatd binary to run; the running one when `None`.
+    binary: Option<PathBuf>,
+}
+
+impl Builtin {
+    /// A backend that runs this moatd binary's `vmm` subcommand.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A backend that runs `binary vmm --config <file>` (tests, benchmarks).
+    pub fn with_binary(binary: PathBuf) -> Self {
+        Self {
+            binary: Some(binary),
+        }
+    }
+
+    /// The kernel command line for one VM.
+    pub fn cmdline(spec: &VmSpec) -> String {
+        BASE_CMDLINE
+            .iter()
+            .map(|w| (*w).to_owned())
+            .chain(spec.kernel_args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The VMM's config for one VM, checked as the VMM will check it.
+    pub fn vmm_config(spec: &VmSpec) -> Result<VmmConfig, HypervisorError> {
+        let invalid = |reason: String| HypervisorError::InvalidSpec {
+            backend: "builtin",
+            reason,
+        };
+        let vcpus = u8::try_from(spec.vcpus)
+            .map_err(|_| invalid(format!("{} vCPUs is more than it supports", spec.vcpus)))?;
+        let config = VmmConfig {
+            id: spec.id.clone(),
+            vcpus,
+            memory_mib: spec.memory_mib,
+            kernel: spec.kernel.clone(),
+            initramfs: Some(spec.initramfs.clone()),
+            cmdline: Self::cmdline(spec),
+            console_log: spec.console_log.clone(),
+            api_socket: Some(spec.run_dir.join(API_SOCKET)),
+            vsock: Some(VsockConfig {
+                guest_cid: spec.guest_cid,
+                uds_path: spec.vsock_uds.clone(),
+            }),
+            fs: spec
+                .fs_shares
+                .iter()
+                .map(|s| FsConfig {
+                    tag: s.tag.clone(),
+                    shared_dir: s.shared_dir.clone(),
+                    read_only: s.read_only,
+                })
+                .collect(),
+            net: spec.net.as_ref().map(|n| NetConfig {
+                tap_fd: super::VMM_TAP_FD,
+                mac: n.mac.clone(),
+            }),
+            // Always confined: its own mount namespace, only the capabilities the shares
+            // need, and the seccomp allowlist before the guest runs.
+            jail: Some(JailConfig {
+                root: spec.run_dir.join(JAIL_DIR),
+                seccomp: true,
+            }),
+        };
+        config.validate().map_err(|e| invalid(e.to_string()))?;
+        Ok(config)
+    }
+
+    /// Where the VMM config of `spec`'s VM is written.
+    pub fn config_path(spec: &VmSpec) -> PathBuf {
+        spec.run_dir.join(CONFIG_FILE)
+    }
+
+    /// Writes the config file and starts the VMM process.
+    pub fn start(&self, spec: &VmSpec) -> Result<VmProcess, HypervisorError> {
+        for (what, p) in [("kernel", &spec.kernel), ("initramfs", &spec.initramfs)] {
+            if !p.is_file() {
+                return Err(HypervisorError::MissingImage {
+                    what,
+                    path: p.display().to_string(),
+                });
+            }
+        }
+        let config = Self::vmm_config(spec)?;
+        if let Some(jail) = &config.jail {
+            std::fs::create_dir_all(&jail.root)?;
+        }
+        let path = Self::config_path(spec);
+        write_config(&path, &config)?;
+        let binary = match &self.binary {
+            Some(b) => b.clone(),
+            None => std::env::current_exe()?,
+        };
+        let mut cmd = Command::new(&binary);
+        cmd.arg("vmm").arg("--config").arg(&path);
+        if let Some(net) = &spec.net {
+            super::process::pass_fd(&mut cmd, net.tap_fd, super::VMM_TAP_FD);
+        }
+        VmProcess::spawn(cmd, &spec.vmm_log).map_err(|source| HypervisorError::Spawn {
+            binary: binary.display().to_string(),
+            source,
+            fix: "the built-in VMM runs as `moatd vmm`: reinstall moatd",
+        })
+    }
+}
+
+fn write_config(path: &Path, config: &VmmConfig) -> Result<(), HypervisorError> {
+    let json = serde_json::to_vec_pretty(config).map_err(std::io::Error::other)?;
+    std::fs::write(path, json)?;
+    Ok(())
+}
+
+impl Hypervisor for Builtin {
+    fn name(&self) -> &'static str {
+        "builtin"
+    }
+    fn devices_in_process(&self) -> bool {
+        true
+    }
+    fn boot(&self, spec: &VmSpec) -> Result<VmProcess, HypervisorError> {
+        self.start(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::{FsShare, NetDevice};
+    use std::time::Duration;
+
+    fn spec(dir: &Path) -> VmSpec {
+        VmSpec {
+            id: "abc".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            kernel: dir.join("vmlinux"),
+            initramfs: dir.join("initramfs.cpio"),
+            kernel_args: vec!["moat.debug".into()],
+            run_dir: dir.to_owned(),
+            vsock_uds: dir.join("vsock"),
+            vsock_vhost_socket: dir.join("v.sock"),
+            guest_cid: 3,
+            fs_shares: vec![
+                FsShare {
+                    tag: "layers".into(),
+                    shared_dir: dir.join("layers"),
+                    read_only: true,
+                    vhost_socket: dir.join("fs.sock"),
+                },
+                FsShare {
+                    tag: "volumes".into(),
+                    shared_dir: dir.join("volumes"),
+                    read_only: false,
+                    vhost_socket: dir.join("fsv.sock"),
+                },
+            ],
+            console_log: dir.join("console.log"),
+            vmm_log: dir.join("vmm.log"),
+            net: None,
+        }
+    }
+
+    #[test]
+    fn the_vmm_config_carries_the_in_process_devices() {
+        let dir = Path::new("/run/moat/vm/abc");
+        let mut s = spec(dir);
+        s.net = Some(NetDevice {
+            tap_fd: 17,
+            mac: "0a:58:0a:f4:00:05".into(),
+        });
+        let c = Builtin::vmm_config(&s).expect("valid");
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(
+            c.initramfs.as_deref(),
+            Some(dir.join("initramfs.cpio").as_path())
+        );
+        let vsock = c.vsock.expect("vsock");
+        assert_eq!((vsock.guest_cid, vsock.uds_path), (3, dir.join("vsock")));
+        let fs: Vec<_> =
+            c.fs.iter()
+                .map(|f| (f.tag.as_str(), f.shared_dir.clone(), f.read_only))
+                .collect();
+        assert_eq!(
+            fs,
+            vec![
+                ("layers", dir.join("layers"), true),
+                ("volumes", dir.join("volumes"), false)
+            ]
+        );
+        let net = c.net.expect("net");
+        assert_eq!(
+            net.tap_fd,
+            crate::hypervisor::VMM_TAP_FD,
+            "the fd it has in the VMM"
+        );
+        assert_eq!(net.mac, "0a:58:0a:f4:00:05");
+        assert!(
+            c.cmdline
+                .starts_with("console=ttyS0 quiet reboot=k panic=-1 rdinit=/init"),
+            "{}",
+            c.cmdline
+        );
+        assert!(c.cmdline.contains(" pci=off "), "{}", c.cmdline);
+        assert!(
+            c.cmdline.ends_with("tsc=reliable moat.debug"),
+            "{}",
+            c.cmdline
+        );
+        assert_eq!(Builtin::config_path(&s), dir.join("vmm.json"));
+        assert_eq!(c.api_socket, Some(dir.join("api.sock")));
+        let jail = c.jail.expect("always confined");
+        assert_eq!(jail.root, dir.join("jail"));
+        assert!(jail.seccomp, "the seccomp allowlist is on");
+    }
+
+    #[test]
+    fn shapes_the_vmm_refuses_are_refused_before_it_starts() {
+        let mut s = spec(Path::new("/x"));
+        s.vcpus = 300;
+        assert!(matches!(
+            Builtin::vmm_config(&s),
+            Err(HypervisorError::InvalidSpec { .. })
+        ));
+        let mut s = spec(Path::new("/x"));
+        s.memory_mib = 16;
+        let e = Builtin::vmm_config(&s).expect_err("too little memory");
+        assert!(e.to_string().contains("memory_mib"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn boot_writes_the_config_and_runs_moatd_vmm() {
+        let d = tempfile::tempdir().expect("tmp");
+        let s = spec(d.path());
+        let b = Builtin::with_binary(PathBuf::from("/bin/echo"));
+        assert!(matches!(
+            b.boot(&s),
+            Err(HypervisorError::MissingImage { what: "kernel", .. })
+        ));
+        std::fs::write(&s.kernel, b"k").expect("kernel");
+        std::fs::write(&s.initramfs, b"i").expect("initramfs");
+        let p = b.boot(&s).expect("boot");
+        assert!(p.wait_timeout(Duration::from_secs(10)).await, "echo exits");
+        assert!(
+            d.path().join(JAIL_DIR).is_dir(),
+            "the jail root exists before the VMM starts"
+        );
+        let written = VmmConfig::load(&d.path().join(CONFIG_FILE)).expect("config file");
+        assert_eq!(written, Builtin::vmm_config(&s).expect("config"));
+        let log = std::fs::read_to_string(&s.vmm_log).expect("vmm log");
+        assert_eq!(
+            log.trim(),
+            format!("vmm --config {}", d.path().join(CONFIG_FILE).display())
+        );
+        assert!(b.devices_in_process());
+        assert_eq!(b.name(), "builtin");
+    }
+}
