@@ -8,9 +8,20 @@
 # QEMU exits on a panic (panic=-1 reboots at once, -no-reboot turns that into an exit); once
 # the agent has spoken, the check waits MOAT_BOOT_GRACE seconds for more and stops QEMU.
 #
-# usage: boot-check.sh [--vmlinuz] [--kernel FILE] [--initrd FILE] [--timeout S] [--verbose]
-#                      [--append ARGS] [-- EXTRA QEMU ARGS]
+# usage: boot-check.sh [--minimal] [--vmlinuz] [--kernel FILE] [--initrd FILE] [--acpi on|off]
+#                      [--timeout S] [--verbose] [--append ARGS] [-- EXTRA QEMU ARGS]
+#   --minimal   boot the minimal kernel of build-kernel.sh (vmlinux-moat, or bzImage-moat with
+#               --vmlinuz) the way the built-in VMM does: no ACPI (QEMU puts the virtio-mmio
+#               devices on the command line, the MP table gives the IOAPIC), and the
+#               initramfs without its modules (initramfs-nomodules.cpio, made from
+#               initramfs.cpio: that kernel has everything built in and no module loader)
 #   --vmlinuz   boot the bzImage instead of vmlinux (PVH entry; the default when built)
+#   --acpi      microvm's ACPI tables (default: on; off with --minimal). Without ACPI the
+#               PIT and the 8259 PIC are on: TCG has no TSC-deadline timer, and a kernel
+#               without ACPI's "hardware-reduced" flag assumes a PIT, calibrates and checks
+#               the LAPIC timer against it, and wires its IRQ 0 through the legacy PIC's IRQ
+#               range (without them: "Failed to register legacy timer interrupt", "APIC
+#               timer disabled due to verification failure", and no timer at all)
 #   --verbose   full kernel log (no "quiet"); slower, serial output costs time under TCG
 # Environment: MOAT_TSC_KHZ overrides the host TSC frequency passed as tsc_early_khz.
 set -euo pipefail
@@ -20,9 +31,11 @@ OUT="${MOAT_GUEST_OUT:-$HERE/out}"
 AGENT_PATTERN="${MOAT_AGENT_PATTERN:-moat-agent|moat_agent|guest initialised}"
 GRACE="${MOAT_BOOT_GRACE:-1}"
 
-kernel="" initrd="" timeout=60 verbose="" use_vmlinuz="" append_extra="" extra=()
+kernel="" initrd="" timeout=60 verbose="" use_vmlinuz="" append_extra="" extra=() minimal="" acpi=""
 while [ $# -gt 0 ]; do
   case "$1" in
+    --minimal) minimal=1 ;;
+    --acpi) acpi="$2"; shift ;;
     --vmlinuz) use_vmlinuz=1 ;;
     --kernel) kernel="$2"; shift ;;
     --initrd) initrd="$2"; shift ;;
@@ -36,6 +49,36 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+# The guest image's initramfs without /lib/moat (modules for Debian's kernel, which a kernel
+# without module support cannot load: finit_module fails with ENOSYS and the agent stops).
+# Remade when initramfs.cpio is newer.
+nomodules_initrd() {
+  local src="$OUT/initramfs.cpio" dst="$OUT/initramfs-nomodules.cpio" tmp
+  [ -f "$src" ] || { echo "missing $src: run guest-image/build.sh first" >&2; exit 2; }
+  [ "$dst" -nt "$src" ] && return 0
+  command -v cpio >/dev/null || { echo "cpio missing: apt-get install cpio" >&2; exit 2; }
+  tmp="$(mktemp -d "${TMPDIR:-/tmp}/moat-initrd.XXXXXX")"
+  (cd "$tmp" && cpio --quiet -idm <"$src" && rm -rf lib/moat &&
+    find . -exec touch -h -d @0 {} + &&
+    find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort |
+    cpio --quiet -o -H newc -R 0:0 --reproducible) >"$dst.tmp" || { rm -rf "$tmp" "$dst.tmp"; exit 2; }
+  rm -rf "$tmp"
+  mv "$dst.tmp" "$dst"
+}
+
+if [ -n "$minimal" ]; then
+  if [ -z "$kernel" ]; then
+    if [ -z "$use_vmlinuz" ]; then kernel="$OUT/vmlinux-moat"; else kernel="$OUT/bzImage-moat"; fi
+    [ -f "$kernel" ] || { echo "missing $kernel: run guest-image/build-kernel.sh first" >&2; exit 2; }
+  fi
+  if [ -z "$initrd" ]; then
+    nomodules_initrd
+    initrd="$OUT/initramfs-nomodules.cpio"
+  fi
+  [ -n "$acpi" ] || acpi=off
+fi
+case "${acpi:=on}" in on | off) ;; *) echo "--acpi takes on or off" >&2; exit 2 ;; esac
+if [ "$acpi" = on ]; then pit=off; else pit=on; fi
 if [ -z "$kernel" ]; then
   if [ -z "$use_vmlinuz" ] && [ -f "$OUT/vmlinux" ]; then kernel="$OUT/vmlinux"; else kernel="$OUT/vmlinuz"; fi
 fi
@@ -79,7 +122,7 @@ mem=256
 # shellcheck disable=SC2054 # the commas are QEMU's
 qemu=(
   qemu-system-x86_64
-  -M microvm,x-option-roms=off,pit=off,pic=off,rtc=on,isa-serial=on,acpi=on,memory-backend=mem
+  -M "microvm,x-option-roms=off,pit=$pit,pic=$pit,rtc=on,isa-serial=on,acpi=$acpi,memory-backend=mem"
   -accel tcg -cpu max -smp 1 -m "$mem"
   -object "memory-backend-memfd,id=mem,size=${mem}M,share=on"
   -global virtio-mmio.force-legacy=false
