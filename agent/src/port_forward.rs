@@ -171,11 +171,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_port_or_a_bad_request_is_an_error() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
+        // A port bound but not listening refuses connections, and stays ours for the whole
+        // test: a port merely freed could be taken by a parallel test, or be the source
+        // port the kernel picks for the connect itself (a TCP self-connect succeeds).
+        let held = tokio::net::TcpSocket::new_v4().expect("socket");
+        held.bind("127.0.0.1:0".parse().expect("addr"))
             .expect("bind");
-        let port = l.local_addr().expect("addr").port();
-        drop(l);
+        let port = held.local_addr().expect("addr").port();
         let e = port_forward(tokio_stream::iter(vec![data(port.into(), b"", false)]))
             .await
             .err()
