@@ -28,6 +28,22 @@ pub fn moatd_bin() -> PathBuf {
     bin
 }
 
+/// The VM backend the e2e tests run pods on: `$MOAT_E2E_BACKEND` (`qemu` or `builtin`),
+/// `qemu` when unset. scripts/test.sh runs the suite on QEMU and, where the CPU has
+/// hardware virtualization, runs the sandbox e2e tests again on the built-in VMM.
+pub fn e2e_backend() -> &'static str {
+    match std::env::var("MOAT_E2E_BACKEND").as_deref() {
+        Err(_) | Ok("" | "qemu") => "qemu",
+        Ok("builtin") => "builtin",
+        Ok(other) => panic!("MOAT_E2E_BACKEND={other:?}: use qemu or builtin"),
+    }
+}
+
+/// Whether the e2e tests run pods on the built-in VMM (see `e2e_backend`).
+pub fn on_builtin() -> bool {
+    e2e_backend() == "builtin"
+}
+
 /// A moatd process; SIGTERMed and reaped on drop.
 pub struct Moatd {
     child: Option<Child>,
@@ -76,8 +92,15 @@ impl Moatd {
         } else {
             "[log]\nlevel = \"moat_host=debug,info\"\n"
         };
+        // The default handler's backend is pinned (`auto` would pick by host), unless the
+        // test configures handlers itself.
+        let handler = if self.extra_config.contains("[runtime.handlers") {
+            String::new()
+        } else {
+            format!("[runtime.handlers.moat]\nbackend = \"{}\"\n", e2e_backend())
+        };
         let cfg = format!(
-            "root_dir = \"{}\"\nrun_dir = \"{}\"\n{log}[cni]\nconf_dir = \"{}\"\n{}\n",
+            "root_dir = \"{}\"\nrun_dir = \"{}\"\n{log}[cni]\nconf_dir = \"{}\"\n{}\n{handler}",
             d.join("root").display(),
             d.join("run").display(),
             d.join("cni").display(),
