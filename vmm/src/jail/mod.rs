@@ -132,13 +132,16 @@ pub fn confine(jail: &JailConfig, config: &VmmConfig) -> Result<(), JailError> {
         );
     }
     let plan = Confinement::for_vm(config);
-    mounts::enter(jail, &plan.keep)?;
+    let binds = mounts::enter(jail, &plan.keep)?;
     caps::drop_all_but(&plan.caps)?;
     caps::set_no_new_privs()?;
     tracing::info!(
         vm = %config.id,
         root = %jail.root.display(),
-        kept = ?plan.keep.iter().map(|k| k.path.display().to_string()).collect::<Vec<_>>(),
+        binds = ?binds
+            .iter()
+            .map(|k| format!("{}{}", k.path.display(), if k.read_only { " (ro)" } else { "" }))
+            .collect::<Vec<_>>(),
         caps = ?plan.caps,
         "VMM confined (mount namespace, capabilities)"
     );

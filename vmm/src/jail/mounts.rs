@@ -184,11 +184,12 @@ fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), JailError> 
 }
 
 /// Moves the calling thread into a new mount namespace whose root is `jail.root`, holding
-/// only `keep` (see the module docs). The thread's working directory becomes `/`.
+/// only `keep` (see the module docs). The thread's working directory becomes `/`. Returns
+/// the binds made (`plan_binds` of `keep`).
 ///
 /// Acts on the calling thread (and the threads it starts afterwards) only: call it before
 /// the VMM starts any thread. Needs CAP_SYS_ADMIN.
-pub fn enter(jail: &JailConfig, keep: &[Keep]) -> Result<(), JailError> {
+pub fn enter(jail: &JailConfig, keep: &[Keep]) -> Result<Vec<Keep>, JailError> {
     let root = check_root(&jail.root)?;
     let binds = plan_binds(keep)?;
     // (The root inside a kept directory is fine: the jail then shows its own skeleton
@@ -246,7 +247,8 @@ pub fn enter(jail: &JailConfig, keep: &[Keep]) -> Result<(), JailError> {
             | MsFlags::MS_NOEXEC,
         None::<&str>,
     )
-    .map_err(mount_err("making the jail root read-only"))
+    .map_err(mount_err("making the jail root read-only"))?;
+    Ok(binds)
 }
 
 /// Makes `root` (a mount point) the root and detaches the old one; the working directory
