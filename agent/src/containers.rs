@@ -65,6 +65,7 @@ pub struct Containers {
     map: Mutex<HashMap<String, Arc<Entry>>>,
     layers: PathBuf,
     root: PathBuf,
+    pod_pid: crate::pid_ns::PodPidNamespace,
 }
 
 impl Default for Containers {
@@ -73,8 +74,24 @@ impl Default for Containers {
             map: Mutex::new(HashMap::new()),
             layers: PathBuf::from(LAYERS_ROOT),
             root: PathBuf::from(CONTAINERS_ROOT),
+            pod_pid: Default::default(),
         }
     }
+}
+
+/// The user of the spec's process: uid, gid, and every group, the primary first.
+fn spec_user(process: &Mutex<Option<oci_spec::runtime::Process>>) -> (u32, u32, Vec<u32>) {
+    let p = process.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(u) = p.as_ref().map(|p| p.user().clone()) else {
+        return (0, 0, Vec::new());
+    };
+    let mut groups = vec![u.gid()];
+    for g in u.additional_gids().clone().unwrap_or_default() {
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    (u.uid(), u.gid(), groups)
 }
 
 fn now_nanos() -> i64 {
@@ -147,6 +164,10 @@ impl Containers {
             map: Mutex::new(HashMap::new()),
             layers,
             root,
+            pod_pid: crate::pid_ns::PodPidNamespace::with_init(
+                PathBuf::from("/bin/sleep"),
+                vec!["pause", "100000"],
+            ),
         }
     }
 
@@ -183,6 +204,18 @@ impl Containers {
         }
         let mut spec: Spec = serde_json::from_slice(&r.spec_json)
             .map_err(|e| Status::invalid_argument(format!("runtime spec: {e}")))?;
+        let pid_ns = crate::pid_ns::namespace_for(r.pid_mode, &self.pod_pid, &r.pid_target, |t| {
+            let target = self.get(t)?;
+            if target.exit.borrow().is_some() {
+                return Err(Status::failed_precondition(format!(
+                    "container {t}, whose PID namespace this one would join, has exited"
+                )));
+            }
+            Ok(target.container.pid())
+        })?;
+        if let Some(path) = pid_ns {
+            crate::pid_ns::join_pid_namespace(&mut spec, &path)?;
+        }
         let mut lowers = Vec::new();
         for l in &r.layers {
             if !valid_id(l) {
@@ -201,6 +234,7 @@ impl Containers {
         let (upper, work) = (dir.join("upper"), dir.join("work"));
         let id = r.container_id.clone();
         let (image_user, default_seccomp) = (r.image_user.clone(), r.default_seccomp);
+        let strict_groups = r.strict_groups;
         let opts = Options {
             stdin: r.stdin,
             ..Options::default()
@@ -220,7 +254,9 @@ impl Containers {
                             user.set_uid(u.uid);
                             user.set_gid(u.gid);
                             let mut gids = user.additional_gids().clone().unwrap_or_default();
-                            gids.extend(u.additional_gids);
+                            if !strict_groups {
+                                gids.extend(u.additional_gids);
+                            }
                             user.set_additional_gids(Some(gids));
                             p.set_user(user);
                         }
@@ -251,6 +287,7 @@ impl Containers {
         })
         .await??;
         let pid = created.pid() as u32;
+        let user = spec_user(&process_slot);
         let (tx, rx) = mpsc::channel(64);
         let (mut stdin, mut tty) = (None, None);
         match created.take_stdio() {
@@ -297,8 +334,13 @@ impl Containers {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(r.container_id.clone(), Arc::new(entry));
-        tracing::info!(container = %r.container_id, pid, "container created");
-        Ok(CreateContainerResponse { pid })
+        tracing::info!(container = %r.container_id, pid, uid = user.0, "container created");
+        Ok(CreateContainerResponse {
+            pid,
+            uid: user.0,
+            gid: user.1,
+            groups: user.2,
+        })
     }
 
     /// StartContainer; a process that cannot exec is reported here and by WaitContainer.
@@ -334,6 +376,7 @@ impl Containers {
                         finished_at: now_nanos(),
                     },
                 };
+                c.kill_remaining();
                 let _ = tx.send(Some(exit));
             });
         }
@@ -740,11 +783,7 @@ pub(crate) mod tests {
             return;
         };
         let root = tempfile::tempdir().expect("root");
-        let c = Containers {
-            map: Mutex::new(HashMap::new()),
-            layers: layers.path().into(),
-            root: root.path().into(),
-        };
+        let c = Containers::with_dirs(layers.path().into(), root.path().into());
 
         let req = |id: &str, args: &[&str], tty: bool, stdin: bool| CreateContainerRequest {
             container_id: id.into(),
@@ -834,11 +873,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn unknown_containers_and_bad_requests() {
-        let c = Containers {
-            map: Mutex::new(HashMap::new()),
-            layers: PathBuf::from("/nonexistent"),
-            root: PathBuf::from("/nonexistent"),
-        };
+        let c = Containers::with_dirs(PathBuf::from("/nonexistent"), PathBuf::from("/nonexistent"));
         assert_eq!(
             c.start("ab").await.expect_err("unknown").code(),
             tonic::Code::NotFound

@@ -15,6 +15,7 @@ mod exec;
 mod executor;
 mod init;
 mod netconf;
+mod pid_ns;
 mod port_forward;
 mod server;
 mod system;
@@ -33,6 +34,14 @@ struct Args {
 }
 
 fn main() {
+    // Re-executed as a pod's init (executor::PodInit): nothing but reaping.
+    let arg0 = std::env::args_os()
+        .next()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if arg0 == executor::PAUSE_ARG0 {
+        executor::pause_main();
+    }
     let pid1 = std::process::id() == 1;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

@@ -119,7 +119,24 @@ impl Agent for AgentService {
                 .mount_virtiofs(&share.tag, Path::new(&share.mount_point), share.read_only)
                 .map_err(|e| internal(&format!("mount virtio-fs share {}", share.tag), e))?;
         }
-        tracing::info!(hostname = %r.hostname, shares = r.shares.len(), "sandbox set up");
+        // The VM's kernel and namespaces are the pod's own: every sysctl of the pod, namespaced
+        // (net.*, kernel.shm*, fs.mqueue.*...) or not, is set here once, in the namespaces
+        // the containers share (network, IPC).
+        let mut sysctls: Vec<(&String, &String)> = r.sysctls.iter().collect();
+        sysctls.sort();
+        for (key, value) in sysctls {
+            let path = crate::system::sysctl_path(key).ok_or_else(|| {
+                Status::invalid_argument(format!("sysctl {key:?} is not a sysctl name"))
+            })?;
+            self.system.set_sysctl(&path, value).map_err(|e| {
+                let code = match e.kind() {
+                    std::io::ErrorKind::NotFound => tonic::Code::InvalidArgument,
+                    _ => tonic::Code::Internal,
+                };
+                Status::new(code, format!("set sysctl {key}={value:?}: {e}"))
+            })?;
+        }
+        tracing::info!(hostname = %r.hostname, shares = r.shares.len(), sysctls = r.sysctls.len(), "sandbox set up");
         Ok(Response::new(SetupSandboxResponse {}))
     }
 
@@ -365,6 +382,11 @@ mod tests {
                 mount_point: "/run/moat/layers".into(),
                 read_only: true,
             }],
+            sysctls: [
+                ("net.ipv4.ip_forward".to_string(), "1".to_string()),
+                ("kernel.shmmni".to_string(), "8192".to_string()),
+            ]
+            .into(),
         })
         .await
         .expect("setup");
@@ -378,8 +400,19 @@ mod tests {
                 Call::Write("/etc/resolv.conf".into(), "nameserver 10.96.0.10\n".into()),
                 Call::Write("/etc/hosts".into(), "127.0.0.1 localhost\n".into()),
                 Call::MountVirtiofs("layers".into(), "/run/moat/layers".into(), true),
+                Call::Sysctl("kernel/shmmni".into(), "8192".into()),
+                Call::Sysctl("net/ipv4/ip_forward".into(), "1".into()),
             ]
         );
+        let e = c
+            .setup_sandbox(SetupSandboxRequest {
+                hostname: "web-0".into(),
+                sysctls: [("../../etc/passwd".to_string(), "x".to_string())].into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("bad sysctl");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
         let e = c
             .setup_sandbox(SetupSandboxRequest {
                 hostname: "bad host/".into(),

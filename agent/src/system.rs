@@ -15,7 +15,12 @@ pub trait System: Send + Sync + 'static {
     fn power_off(&self);
     /// Mounts the virtio-fs share `tag` at `target`.
     fn mount_virtiofs(&self, tag: &str, target: &Path, read_only: bool) -> std::io::Result<()>;
+    /// Sets a sysctl: writes `value` to `/proc/sys/<path>` (`path` already checked by
+    /// `sysctl_path`).
+    fn set_sysctl(&self, path: &str, value: &str) -> std::io::Result<()>;
 }
+
+pub use moat_proto::sysctl::sysctl_path;
 
 /// The real system, as PID 1 of a guest.
 pub struct Linux {
@@ -54,6 +59,17 @@ impl System for Linux {
         mount(Some(tag), target, Some("virtiofs"), flags, None::<&str>).map_err(Into::into)
     }
 
+    fn set_sysctl(&self, path: &str, value: &str) -> std::io::Result<()> {
+        // O_NOFOLLOW: /proc/sys holds no symlinks; the write is one call, as the kernel wants.
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(Path::new("/proc/sys").join(path))?
+            .write_all(value.as_bytes())
+    }
+
     fn power_off(&self) {
         if self.guest {
             nix::unistd::sync();
@@ -85,6 +101,8 @@ pub enum Call {
     PowerOff,
     /// mount_virtiofs.
     MountVirtiofs(String, String, bool),
+    /// set_sysctl.
+    Sysctl(String, String),
 }
 
 /// Records calls instead of making them.
@@ -128,6 +146,10 @@ impl System for Recorder {
             target.display().to_string(),
             read_only,
         ));
+        Ok(())
+    }
+    fn set_sysctl(&self, path: &str, value: &str) -> std::io::Result<()> {
+        self.push(Call::Sysctl(path.into(), value.into()));
         Ok(())
     }
 }

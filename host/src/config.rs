@@ -59,6 +59,8 @@ pub struct Config {
     pub qemu: crate::hypervisor::qemu::QemuConfig,
     /// The streaming server (Exec, Attach, PortForward URLs).
     pub streaming: StreamingConfig,
+    /// Container defaults the CRI leaves to the runtime.
+    pub containers: crate::containers::config::ContainersConfig,
 }
 
 /// Where the streaming server listens.
@@ -174,6 +176,7 @@ impl Default for Config {
             sandbox: SandboxConfig::default(),
             qemu: Default::default(),
             streaming: StreamingConfig::default(),
+            containers: Default::default(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let images = ImageManager::open(&config, store.clone())?;
     let sandboxes = crate::sandbox::SandboxManager::open(&config, store.clone()).await?;
     let containers = crate::containers::ContainerManager::open(
+        config.containers.clone(),
         store.clone(),
         sandboxes.clone(),
         images.clone(),

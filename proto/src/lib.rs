@@ -1,4 +1,7 @@
-//! Moat's host-agent API, generated from `proto/moat/agent.proto` at build time.
+//! Moat's host-agent API, generated from `proto/moat/agent.proto` at build time, and the
+//! rules both sides apply to what it carries (`sysctl`).
+
+pub mod sysctl;
 
 /// Version 1 of the agent API.
 pub mod agent {

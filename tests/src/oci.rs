@@ -295,6 +295,12 @@ pub fn busybox_layer_tar() -> Vec<u8> {
         "pidof",
         "wget",
         "ip",
+        "top",
+        "hostname",
+        "touch",
+        "grep",
+        "brctl",
+        "mount",
     ] {
         t = t.symlink(&format!("bin/{applet}"), "busybox");
     }
@@ -303,6 +309,10 @@ pub fn busybox_layer_tar() -> Vec<u8> {
         b"root:x:0:0:root:/root:/bin/sh\nmoat:x:1000:1000:moat:/home/moat:/bin/sh\n",
         0o644,
     )
-    .file("etc/group", b"root:x:0:\nmoat:x:1000:\n", 0o644)
+    .file(
+        "etc/group",
+        b"root:x:0:\nmoat:x:1000:\nextra:x:2000:moat\n",
+        0o644,
+    )
     .finish()
 }

@@ -209,12 +209,17 @@ impl Cgroup {
         oom_kills(&self.path) > self.oom_kills_at_start
     }
 
-    /// Kills what is left in the cgroup and removes it.
-    pub fn remove(&self) -> Result<()> {
+    /// Kills every process in the cgroup (cgroup.kill), where the kernel has it.
+    pub fn kill_all(&self) {
         let kill = self.path.join("cgroup.kill");
         if kill.exists() {
             let _ = std::fs::write(&kill, "1");
         }
+    }
+
+    /// Kills what is left in the cgroup and removes it.
+    pub fn remove(&self) -> Result<()> {
+        self.kill_all();
         let mut last = None;
         for _ in 0..50 {
             match std::fs::remove_dir(&self.path) {

@@ -186,6 +186,10 @@ pub(crate) fn setup_rootfs<S: Syscall>(
             sys.mount(None, target, None, flags, None)
                 .map_err(at(K::Remount, i))?;
         }
+        if m.recursive_ro {
+            sys.make_readonly_recursive(target)
+                .map_err(at(K::Remount, i))?;
+        }
         if m.propagation != 0 {
             sys.mount(None, target, None, m.propagation, None)
                 .map_err(at(K::MountPropagation, i))?;

@@ -240,7 +240,7 @@ fn child_read(fd: RawFd) -> Option<u8> {
 
 /// Default dispositions and an empty mask: what the agent (tokio, Rust's SIGPIPE) set must
 /// not leak into the container (ignored signals and the mask survive execve).
-fn child_reset_signals() {
+pub(crate) fn child_reset_signals() {
     for sig in 1..=libc::SIGRTMAX() {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
             // SAFETY: setting the default disposition is always valid.
@@ -280,7 +280,7 @@ fn child_stdio(fds: &[RawFd; 3]) -> std::result::Result<(), Errno> {
 
 /// Closes every fd from 3 up but those in `keep` (sorted): the child must not hold other
 /// containers' pipes (their EOFs would wait on it).
-fn child_close_fds(keep: &[RawFd]) {
+pub(crate) fn child_close_fds(keep: &[RawFd]) {
     let close_range = |first: RawFd, last: u32| {
         // SAFETY: close_range on a range of our own fd table.
         let r = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last, 0u32) };
@@ -412,10 +412,10 @@ fn exec_child(c: &ExecChild<'_>, argv: &CVec<'_>, envp: &CVec<'_>) -> ! {
 
 /// Forks on a thread of its own that first enters `pid_ns` (a new PID namespace, or the one
 /// `pid_ns_file` is); registers the child before anyone can reap it; returns its pid.
-fn fork_on_thread(
+pub(crate) fn fork_on_thread(
     pid_ns: &PidNs,
     pid_ns_file: Option<&File>,
-    process: &ProcessPlan,
+    (args, env): (&[std::ffi::CString], &[std::ffi::CString]),
     child: &(dyn Fn(&CVec<'_>, &CVec<'_>) -> std::convert::Infallible + Sync),
 ) -> Result<i32> {
     std::thread::scope(|s| {
@@ -429,8 +429,8 @@ fn fork_on_thread(
                     .map_err(|e| Error::errno(format!("join PID namespace {}", p.display()), e))?,
                 _ => {}
             }
-            let argv = CVec::new(&process.argv);
-            let envp = CVec::new(&process.envp);
+            let argv = CVec::new(args);
+            let envp = CVec::new(env);
             let mut reg = registry();
             // SAFETY: the child only runs `child`, which makes raw system calls on data
             // prepared before the fork, takes no lock (the registry guard's copy is never
@@ -573,7 +573,7 @@ impl Container {
         let pid = fork_on_thread(
             &plan.ns.pid,
             pid_file.as_ref(),
-            &plan.process,
+            (&plan.process.argv, &plan.process.envp),
             &|argv, envp| create_child(&child, argv, envp),
         )?;
         drop(child);
@@ -645,6 +645,15 @@ impl Container {
     /// The init process's pid (in the agent's PID namespace).
     pub fn pid(&self) -> i32 {
         self.proc.pid()
+    }
+
+    /// Kills whatever its main process left behind: in a shared PID namespace its children
+    /// outlive it (reparented to the pod's init), as under runc, where the shim does the
+    /// same when the init of such a container exits.
+    pub fn kill_remaining(&self) {
+        if let Some(cg) = &self.cgroup {
+            cg.kill_all();
+        }
     }
 
     /// The container's cgroup directory, if it has one.
@@ -787,9 +796,12 @@ impl Container {
             report: report_w.as_raw_fd(),
             keep,
         };
-        let child_pid = fork_on_thread(&pid_ns, pid_file.as_ref(), &pplan, &|argv, envp| {
-            exec_child(&child, argv, envp)
-        })?;
+        let child_pid = fork_on_thread(
+            &pid_ns,
+            pid_file.as_ref(),
+            (&pplan.argv, &pplan.envp),
+            &|argv, envp| exec_child(&child, argv, envp),
+        )?;
         drop(child);
         drop((sync_r, report_w, pid_file));
         let StdioSetup {

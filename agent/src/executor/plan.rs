@@ -31,6 +31,8 @@ pub(crate) struct MountOp {
     pub remount: Option<libc::c_ulong>,
     /// Propagation flags applied after mounting (0: none).
     pub propagation: libc::c_ulong,
+    /// Make the mount and every mount below it read-only ("rro").
+    pub recursive_ro: bool,
     /// The target is a file (a bind of a file), not a directory.
     pub file: bool,
     /// The destination inside the container, for messages.
@@ -214,6 +216,8 @@ pub(crate) struct MountOptions {
     pub propagation: libc::c_ulong,
     pub bind: bool,
     pub recursive: bool,
+    /// "rro": read-only down to every submount (runc's option, mount_setattr).
+    pub recursive_ro: bool,
     pub data: Vec<String>,
 }
 
@@ -223,6 +227,10 @@ pub(crate) fn parse_mount_options(options: &[String]) -> Result<MountOptions> {
     for opt in options {
         let (set, clear): (libc::c_ulong, libc::c_ulong) = match opt.as_str() {
             "ro" => (libc::MS_RDONLY, 0),
+            "rro" => {
+                o.recursive_ro = true;
+                (libc::MS_RDONLY, 0)
+            }
             "rw" => (0, libc::MS_RDONLY),
             "suid" => (0, libc::MS_NOSUID),
             "nosuid" => (libc::MS_NOSUID, 0),
@@ -378,6 +386,7 @@ fn mount_op(rootfs: &Path, m: &Mount, lexical: &[PathBuf]) -> Result<MountOp> {
         data,
         remount,
         propagation: opts.propagation,
+        recursive_ro: opts.recursive_ro && bind,
         file,
         destination: dest.display().to_string(),
         kind,

@@ -137,6 +137,9 @@ pub(crate) trait Syscall {
     fn set_no_new_privs(&self) -> SysResult;
     /// umask(2).
     fn umask(&self, mask: libc::mode_t);
+    /// mount_setattr(2) with AT_RECURSIVE: makes the mount at `target` and every mount
+    /// below it read-only (a recursive read-only bind, the CRI's `recursive_read_only`).
+    fn make_readonly_recursive(&self, target: &CStr) -> SysResult;
     /// seccomp(SECCOMP_SET_MODE_FILTER).
     fn seccomp(&self, program: &[sock_filter], flags: libc::c_uint) -> SysResult;
     /// execve(2); returns only when it fails.
@@ -189,6 +192,37 @@ impl Syscall for Linux {
     fn setns(&self, fd: RawFd, nstype: libc::c_int) -> SysResult {
         // SAFETY: setns takes an fd and flags; a bad fd is an error, not UB.
         check(unsafe { libc::setns(fd, nstype) })
+    }
+
+    fn make_readonly_recursive(&self, target: &CStr) -> SysResult {
+        /// `struct mount_attr` of linux/mount.h.
+        #[repr(C)]
+        struct MountAttr {
+            attr_set: u64,
+            attr_clr: u64,
+            propagation: u64,
+            userns_fd: u64,
+        }
+        const MOUNT_ATTR_RDONLY: u64 = 1;
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        // SAFETY: target is NUL-terminated and attr is a valid mount_attr of the size given;
+        // both outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                (libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if r < 0 { Err(Errno::last()) } else { Ok(()) }
     }
 
     fn mount(
@@ -620,6 +654,7 @@ pub(crate) enum Call {
         data: Option<String>,
     },
     Umount(String, libc::c_int),
+    ReadonlyRecursive(String),
     PivotRoot(String, String),
     Chroot(String),
     Chdir(String),
@@ -698,6 +733,10 @@ impl Syscall for Recorder {
     fn setns(&self, fd: RawFd, nstype: libc::c_int) -> SysResult {
         self.push(Call::Setns(fd, nstype))
     }
+    fn make_readonly_recursive(&self, target: &CStr) -> SysResult {
+        self.push(Call::ReadonlyRecursive(s(target)))
+    }
+
     fn mount(
         &self,
         source: Option<&CStr>,

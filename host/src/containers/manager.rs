@@ -9,13 +9,14 @@ use std::path::{Component, Path};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub use crate::sandbox::agent::PidNamespace;
 use crate::sandbox::agent::{Agent, ContainerCreate, ExitInfo, OutputStream, Usage};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::error::ContainerError;
 use super::logs::{Formatter, LogFile, Stream};
-use super::record::{ContainerRecord, ContainerStore};
+use super::record::{ContainerRecord, ContainerStore, MountRecord};
 use super::spec::{self, ContainerInput, ImageDefaults};
 use super::state::{ContainerEvent, ContainerState, apply};
 use crate::images::ImageManager;
@@ -45,6 +46,8 @@ pub struct CreateRequest {
     pub log_path: String,
     /// Host paths to mount into the container.
     pub mounts: Vec<crate::sandbox::volumes::HostMount>,
+    /// Its PID namespace.
+    pub pid_namespace: PidNamespace,
 }
 
 /// The result of ExecSync.
@@ -62,6 +65,7 @@ pub struct ExecResult {
 const ATTACH_BUFFER: usize = 256;
 
 struct Inner {
+    config: super::config::ContainersConfig,
     records: ContainerStore,
     sandboxes: SandboxManager,
     images: ImageManager,
@@ -128,12 +132,14 @@ fn agent_err(id: &str, s: tonic::Status) -> ContainerError {
 impl ContainerManager {
     /// Opens the records.
     pub fn open(
+        config: super::config::ContainersConfig,
         store: Store,
         sandboxes: SandboxManager,
         images: ImageManager,
     ) -> Result<Self, ContainerError> {
         Ok(Self {
             inner: Arc::new(Inner {
+                config,
                 records: ContainerStore::open(store)?,
                 sandboxes,
                 images,
@@ -249,6 +255,24 @@ impl ContainerManager {
             image_defaults(&self.inner.images.config_blob(&image.id).unwrap_or_default());
         let mut input = req.input.clone();
         input.hostname = sandbox.hostname.clone();
+        self.inner.config.apply(&mut input);
+        let pid_namespace = match &req.pid_namespace {
+            PidNamespace::Target(t) => {
+                let target = self.get(t)?.ok_or_else(|| {
+                    ContainerError::NotFound(format!(
+                        "target container {t} (pid namespace TARGET) not found"
+                    ))
+                })?;
+                if target.sandbox_id != sandbox.id || target.state == ContainerState::Exited {
+                    return Err(ContainerError::FailedPrecondition(format!(
+                        "target container {t} must be a created or running container of pod {}",
+                        sandbox.id
+                    )));
+                }
+                PidNamespace::Target(target.id)
+            }
+            other => other.clone(),
+        };
         let reserved = format!(
             "{}_{}_{}",
             req.name,
@@ -287,7 +311,12 @@ impl ContainerManager {
             .map_err(|e| ContainerError::InvalidArgument(e.to_string()))?;
         input.binds = binds
             .iter()
-            .map(|b| (b.guest_path.clone(), b.container_path.clone(), b.read_only))
+            .map(|b| spec::Bind {
+                source: b.guest_path.clone(),
+                destination: b.container_path.clone(),
+                read_only: b.read_only,
+                recursive_read_only: b.recursive_read_only,
+            })
             .collect();
         let release = || {
             let _ = crate::sandbox::volumes::release(&volumes.join(&id[..12]));
@@ -318,11 +347,16 @@ impl ContainerManager {
             image_user: built.image_user,
             default_seccomp: built.default_seccomp,
             stdin: input.stdin,
+            pid_namespace,
+            strict_groups: input.strict_groups,
         };
-        if let Err(st) = agent.create_container(create).await {
-            release();
-            return Err(agent_err(&id, st));
-        }
+        let user = match agent.create_container(create).await {
+            Ok(u) => u,
+            Err(st) => {
+                release();
+                return Err(agent_err(&id, st));
+            }
+        };
         let record = ContainerRecord {
             id: id.clone(),
             sandbox_id: sandbox.id.clone(),
@@ -351,17 +385,8 @@ impl ContainerManager {
             tty: input.tty,
             stdin: input.stdin,
             stdin_once: input.stdin_once,
-            mounts: req
-                .mounts
-                .iter()
-                .map(|m| {
-                    (
-                        m.container_path.clone(),
-                        m.host_path.display().to_string(),
-                        m.read_only,
-                    )
-                })
-                .collect(),
+            mounts: req.mounts.iter().map(MountRecord::from).collect(),
+            user: Some(user),
         };
         self.inner.records.put(&record)?;
         info!(container = %id, sandbox = %sandbox.id, name = %record.name, "container created");

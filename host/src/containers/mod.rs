@@ -1,11 +1,14 @@
 //! Containers inside pod VMs: the lifecycle state machine (`state`), persisted records
 //! (`record`), the OCI spec built from the CRI request and the image (`spec`), CRI log
-//! files (`logs`) and the manager (`manager`).
+//! files (`logs`), Localhost seccomp profiles (`seccomp`), the `[containers]` config section
+//! (`config`) and the manager (`manager`).
 
+pub mod config;
 pub mod error;
 pub mod logs;
 pub mod manager;
 pub mod record;
+pub mod seccomp;
 pub mod spec;
 pub mod state;
 

@@ -8,6 +8,77 @@ use super::error::ContainerError;
 use super::state::ContainerState;
 use crate::store::{JsonTable, Store, StoreError};
 
+/// A container's mount as CreateContainer asked for it, for ContainerStatus.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "MountRepr")]
+pub struct MountRecord {
+    /// Where it appears in the container.
+    pub container_path: String,
+    /// The host path.
+    pub host_path: String,
+    /// Read-only.
+    pub read_only: bool,
+    /// Read-only recursively.
+    pub recursive_read_only: bool,
+    /// Propagation.
+    pub propagation: crate::sandbox::volumes::Propagation,
+}
+
+/// What records hold: a struct, or (records written before propagation was kept) a
+/// (container path, host path, read-only) tuple.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MountRepr {
+    Full {
+        container_path: String,
+        host_path: String,
+        read_only: bool,
+        #[serde(default)]
+        recursive_read_only: bool,
+        #[serde(default)]
+        propagation: crate::sandbox::volumes::Propagation,
+    },
+    Tuple(String, String, bool),
+}
+
+impl From<MountRepr> for MountRecord {
+    fn from(r: MountRepr) -> Self {
+        match r {
+            MountRepr::Full {
+                container_path,
+                host_path,
+                read_only,
+                recursive_read_only,
+                propagation,
+            } => MountRecord {
+                container_path,
+                host_path,
+                read_only,
+                recursive_read_only,
+                propagation,
+            },
+            MountRepr::Tuple(container_path, host_path, read_only) => MountRecord {
+                container_path,
+                host_path,
+                read_only,
+                ..Default::default()
+            },
+        }
+    }
+}
+
+impl From<&crate::sandbox::volumes::HostMount> for MountRecord {
+    fn from(m: &crate::sandbox::volumes::HostMount) -> Self {
+        MountRecord {
+            container_path: m.container_path.clone(),
+            host_path: m.host_path.display().to_string(),
+            read_only: m.read_only,
+            recursive_read_only: m.recursive_read_only,
+            propagation: m.propagation,
+        }
+    }
+}
+
 /// One container.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
@@ -49,9 +120,12 @@ pub struct ContainerRecord {
     pub message: String,
     /// The reserved name (unique among live containers).
     pub reserved_name: String,
-    /// Mounts: (container path, host path, read-only).
+    /// Mounts, as the request asked for them.
     #[serde(default)]
-    pub mounts: Vec<(String, String, bool)>,
+    pub mounts: Vec<MountRecord>,
+    /// The user the main process runs as, as the guest resolved it.
+    #[serde(default)]
+    pub user: Option<crate::sandbox::agent::ContainerUser>,
     /// The main process has a terminal.
     #[serde(default)]
     pub tty: bool,
@@ -94,5 +168,29 @@ impl ContainerStore {
     /// Every record.
     pub fn list(&self) -> Result<Vec<ContainerRecord>, ContainerError> {
         self.table.list().map_err(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::volumes::Propagation;
+
+    #[test]
+    fn mounts_read_from_old_tuples_and_new_structs() {
+        let old: Vec<MountRecord> =
+            serde_json::from_str(r#"[["/data", "/srv/data", true]]"#).expect("old");
+        assert_eq!(old[0].host_path, "/srv/data");
+        assert!(old[0].read_only && !old[0].recursive_read_only);
+        let m = MountRecord {
+            container_path: "/a".into(),
+            host_path: "/b".into(),
+            read_only: true,
+            recursive_read_only: true,
+            propagation: Propagation::HostToContainer,
+        };
+        let back: MountRecord =
+            serde_json::from_str(&serde_json::to_string(&m).expect("ser")).expect("de");
+        assert_eq!(back, m);
     }
 }

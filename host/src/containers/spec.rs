@@ -39,6 +39,8 @@ pub struct ContainerInput {
     pub run_as_username: String,
     /// `supplemental_groups`.
     pub supplemental_groups: Vec<i64>,
+    /// SupplementalGroupsPolicy Strict: no groups from the image's /etc/group.
+    pub strict_groups: bool,
     /// Allocate a TTY.
     pub tty: bool,
     /// Keep stdin open for Attach.
@@ -53,8 +55,14 @@ pub struct ContainerInput {
     pub add_caps: Vec<String>,
     /// Capabilities to drop.
     pub drop_caps: Vec<String>,
-    /// Run without seccomp (`Unconfined`); otherwise RuntimeDefault.
-    pub seccomp_unconfined: bool,
+    /// The seccomp profile asked for.
+    pub seccomp: Seccomp,
+    /// Paths masked in the container (the request's list; privileged: none).
+    pub masked_paths: Vec<String>,
+    /// Paths made read-only in the container (the request's list; privileged: none).
+    pub readonly_paths: Vec<String>,
+    /// An IPC namespace of its own (otherwise the pod's, the VM's).
+    pub ipc_private: bool,
     /// no_new_privileges.
     pub no_new_privs: bool,
     /// CPU quota and period.
@@ -65,8 +73,36 @@ pub struct ContainerInput {
     pub memory_limit: Option<i64>,
     /// The pod's hostname.
     pub hostname: String,
-    /// Bind mounts: (source in the guest, destination in the container, read-only).
-    pub binds: Vec<(String, String, bool)>,
+    /// Bind mounts of volumes, from the guest's view of the volumes share.
+    pub binds: Vec<Bind>,
+}
+
+/// A container's seccomp profile, as the CRI names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Seccomp {
+    /// The request names none: Unconfined per the CRI, unless the operator configured
+    /// otherwise (`containers.seccomp_when_unset`).
+    #[default]
+    Unset,
+    /// No filter.
+    Unconfined,
+    /// Moat's RuntimeDefault profile (Docker's default), built in the guest.
+    RuntimeDefault,
+    /// A profile file on the node.
+    Localhost(std::path::PathBuf),
+}
+
+/// A volume's bind mount into the container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bind {
+    /// The source in the guest (under the volumes share).
+    pub source: String,
+    /// Where it appears in the container.
+    pub destination: String,
+    /// Read-only.
+    pub read_only: bool,
+    /// Read-only down to every mount below.
+    pub recursive_read_only: bool,
 }
 
 /// The runtime spec plus what the agent must still resolve inside the image.
@@ -148,7 +184,8 @@ pub const ALL_CAPS: &[&str] = &[
     "CAP_CHECKPOINT_RESTORE",
 ];
 
-const MASKED: &[&str] = &[
+/// The paths containerd masks by default (kubelet sends the same list).
+pub const MASKED: &[&str] = &[
     "/proc/acpi",
     "/proc/asound",
     "/proc/kcore",
@@ -162,7 +199,8 @@ const MASKED: &[&str] = &[
     "/sys/devices/virtual/powercap",
 ];
 
-const READONLY: &[&str] = &[
+/// The paths containerd makes read-only by default (kubelet sends the same list).
+pub const READONLY: &[&str] = &[
     "/proc/bus",
     "/proc/fs",
     "/proc/irq",
@@ -294,11 +332,20 @@ pub fn build(
     if !cwd.starts_with('/') {
         return Err(SpecError(format!("working dir {cwd:?} must be absolute")));
     }
-    // The user: CRI's run_as_user wins, then run_as_username, then the image's User.
+    if i.run_as_group.is_some() && i.run_as_user.is_none() && i.run_as_username.is_empty() {
+        return Err(SpecError(
+            "run_as_group needs run_as_user or run_as_username: a group alone cannot say which user runs".into(),
+        ));
+    }
+    // The user: CRI's run_as_user wins, then run_as_username, then the image's User. The
+    // guest resolves it in the image (the primary group from /etc/passwd unless
+    // run_as_group names one; the groups of /etc/group under the Merge policy), as
+    // containerd does.
+    let group = i.run_as_group.map(|g| format!(":{g}")).unwrap_or_default();
     let (uid, image_user) = match (i.run_as_user, i.run_as_username.as_str()) {
         (Some(u), _) if u < 0 => return Err(SpecError(format!("run_as_user {u} is negative"))),
-        (Some(u), _) => (u, String::new()),
-        (None, name) if !name.is_empty() => (0, name.to_owned()),
+        (Some(u), _) => (u, format!("{u}{group}")),
+        (None, name) if !name.is_empty() => (0, format!("{name}{group}")),
         (None, _) => (0, image.user.clone()),
     };
     let gid = i.run_as_group.unwrap_or(0);
@@ -317,13 +364,35 @@ pub fn build(
         resources["memory"] = json!({"limit": m});
     }
     let mut mounts = default_mounts();
-    for (source, dest, ro) in &i.binds {
-        let mut options = vec!["rbind", "rprivate"];
-        options.push(if *ro { "ro" } else { "rw" });
-        mounts.push(
-            json!({"destination": dest, "type": "bind", "source": source, "options": options}),
-        );
+    for b in &i.binds {
+        let access = match (b.read_only, b.recursive_read_only) {
+            (true, true) => "rro",
+            (true, false) => "ro",
+            (false, _) => "rw",
+        };
+        mounts.push(json!({
+            "destination": b.destination,
+            "type": "bind",
+            "source": b.source,
+            "options": ["rbind", "rprivate", access],
+        }));
     }
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
+    if i.ipc_private {
+        namespaces.push(json!({"type": "ipc"}));
+    }
+    let seccomp = if i.privileged {
+        None
+    } else {
+        match &i.seccomp {
+            Seccomp::Localhost(path) => Some(super::seccomp::load_localhost(path, &caps)?),
+            _ => None,
+        }
+    };
     let spec = json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -340,17 +409,21 @@ pub fn build(
         "hostname": i.hostname,
         "mounts": mounts,
         "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "namespaces": namespaces,
             "cgroupsPath": format!("/moat/{}/{id}", &sandbox_id[..12.min(sandbox_id.len())]),
             "resources": resources,
-            "maskedPaths": if i.privileged { Vec::new() } else { MASKED.to_vec() },
-            "readonlyPaths": if i.privileged { Vec::new() } else { READONLY.to_vec() },
+            "maskedPaths": if i.privileged { &[][..] } else { &i.masked_paths[..] },
+            "readonlyPaths": if i.privileged { &[][..] } else { &i.readonly_paths[..] },
         },
     });
+    let mut spec = spec;
+    if let Some(profile) = seccomp {
+        spec["linux"]["seccomp"] = profile;
+    }
     Ok(BuiltSpec {
         spec,
         image_user,
-        default_seccomp: !(i.privileged || i.seccomp_unconfined),
+        default_seccomp: !i.privileged && i.seccomp == Seccomp::RuntimeDefault,
     })
 }
 
@@ -413,6 +486,7 @@ mod tests {
             cpu: Some((50_000, 100_000)),
             memory_limit: Some(64 << 20),
             hostname: "web".into(),
+            seccomp: Seccomp::RuntimeDefault,
             ..Default::default()
         };
         let b = build("c1", &"s".repeat(64), &image(), &i).expect("build");
@@ -434,7 +508,10 @@ mod tests {
             "{bounding:?}"
         );
         assert!(!bounding.iter().any(|c| c.contains("KILL")), "{bounding:?}");
-        assert_eq!(b.image_user, "");
+        assert_eq!(
+            b.image_user, "1000:1000",
+            "resolved in the image for its groups"
+        );
         assert!(b.default_seccomp);
         assert_eq!(b.spec["linux"]["resources"]["memory"]["limit"], 64 << 20);
     }
@@ -497,5 +574,150 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn cri_defaults_an_unset_profile_is_unconfined_and_paths_come_from_the_request() {
+        let b = build("c", "s", &image(), &ContainerInput::default()).expect("build");
+        assert!(!b.default_seccomp, "no profile asked for: Unconfined");
+        assert!(b.spec["linux"].get("seccomp").is_none());
+        assert_eq!(
+            b.spec["linux"]["maskedPaths"],
+            json!([]),
+            "an empty list means none"
+        );
+        let i = ContainerInput {
+            masked_paths: vec!["/proc/kcore".into()],
+            readonly_paths: vec!["/proc/sys".into(), "/proc/bus".into()],
+            ..Default::default()
+        };
+        let b = build("c", "s", &image(), &i).expect("build");
+        assert_eq!(b.spec["linux"]["maskedPaths"], json!(["/proc/kcore"]));
+        assert_eq!(
+            b.spec["linux"]["readonlyPaths"],
+            json!(["/proc/sys", "/proc/bus"])
+        );
+        let p = build(
+            "c",
+            "s",
+            &image(),
+            &ContainerInput {
+                privileged: true,
+                ..i
+            },
+        )
+        .expect("build");
+        assert_eq!(p.spec["linux"]["maskedPaths"], json!([]));
+    }
+
+    #[test]
+    fn a_group_without_a_user_is_refused() {
+        let i = ContainerInput {
+            run_as_group: Some(10),
+            ..Default::default()
+        };
+        let e = build("c", "s", &image(), &i).expect_err("group alone");
+        assert!(e.0.contains("run_as_user"), "{e}");
+        for i in [
+            ContainerInput {
+                run_as_group: Some(10),
+                run_as_user: Some(10),
+                ..Default::default()
+            },
+            ContainerInput {
+                run_as_group: Some(10),
+                run_as_username: "www".into(),
+                ..Default::default()
+            },
+        ] {
+            build("c", "s", &image(), &i).expect("with a user");
+        }
+    }
+
+    #[test]
+    fn the_ipc_namespace_is_the_pods_unless_private_and_binds_carry_rro() {
+        let i = ContainerInput {
+            binds: vec![
+                Bind {
+                    source: "/run/moat/volumes/c/0".into(),
+                    destination: "/a".into(),
+                    read_only: true,
+                    recursive_read_only: true,
+                },
+                Bind {
+                    source: "/run/moat/volumes/c/1".into(),
+                    destination: "/b".into(),
+                    read_only: true,
+                    recursive_read_only: false,
+                },
+            ],
+            ..Default::default()
+        };
+        let b = build("c", "s", &image(), &i).expect("build");
+        let types: Vec<&str> = b.spec["linux"]["namespaces"]
+            .as_array()
+            .expect("ns")
+            .iter()
+            .map(|n| n["type"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(types, vec!["pid", "uts", "mount"]);
+        let mounts = b.spec["mounts"].as_array().expect("mounts");
+        let opts = |dest: &str| {
+            mounts
+                .iter()
+                .find(|m| m["destination"] == dest)
+                .map(|m| m["options"].clone())
+                .expect("mount")
+        };
+        assert_eq!(opts("/a"), json!(["rbind", "rprivate", "rro"]));
+        assert_eq!(opts("/b"), json!(["rbind", "rprivate", "ro"]));
+        let private = build(
+            "c",
+            "s",
+            &image(),
+            &ContainerInput {
+                ipc_private: true,
+                ..Default::default()
+            },
+        )
+        .expect("build");
+        assert!(
+            private.spec["linux"]["namespaces"]
+                .as_array()
+                .expect("ns")
+                .iter()
+                .any(|n| n["type"] == "ipc")
+        );
+    }
+
+    #[test]
+    fn a_localhost_profile_lands_in_the_spec_and_privileged_ignores_it() {
+        let f = tempfile::NamedTempFile::new().expect("tmp");
+        std::fs::write(
+            f.path(),
+            r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["sethostname"],"action":"SCMP_ACT_ERRNO"}]}"#,
+        )
+        .expect("w");
+        let i = ContainerInput {
+            seccomp: Seccomp::Localhost(f.path().to_owned()),
+            ..Default::default()
+        };
+        let b = build("c", "s", &image(), &i).expect("build");
+        assert!(!b.default_seccomp);
+        assert_eq!(
+            b.spec["linux"]["seccomp"]["defaultAction"],
+            "SCMP_ACT_ALLOW"
+        );
+        let p = build(
+            "c",
+            "s",
+            &image(),
+            &ContainerInput {
+                privileged: true,
+                ..i
+            },
+        )
+        .expect("build");
+        assert!(p.spec["linux"].get("seccomp").is_none());
     }
 }

@@ -5,9 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_cri::v1 as cri;
 
 use crate::containers::CreateRequest;
+use crate::containers::manager::PidNamespace;
 use crate::containers::record::ContainerRecord;
-use crate::containers::spec::ContainerInput;
+use crate::containers::spec::{self, ContainerInput};
 use crate::containers::state::ContainerState;
+use crate::sandbox::volumes::{HostMount, Propagation};
 
 /// The manager's request from CreateContainer.
 pub fn create_request(req: cri::CreateContainerRequest) -> Result<CreateRequest, tonic::Status> {
@@ -31,27 +33,42 @@ pub fn create_request(req: cri::CreateContainerRequest) -> Result<CreateRequest,
     let mounts = c
         .mounts
         .iter()
-        .map(|m| crate::sandbox::volumes::HostMount {
-            host_path: m.host_path.clone().into(),
-            container_path: m.container_path.clone(),
-            read_only: m.readonly,
-        })
-        .collect();
+        .map(host_mount)
+        .collect::<Result<Vec<_>, _>>()?;
     let linux = c.linux.unwrap_or_default();
     let sc = linux.security_context.unwrap_or_default();
     let caps = sc.capabilities.unwrap_or_default();
     let res = linux.resources.unwrap_or_default();
-    let seccomp_unconfined = sc
-        .seccomp
-        .as_ref()
-        .is_some_and(|p| p.profile_type == cri::security_profile::ProfileType::Unconfined as i32);
-    if sc
-        .seccomp
-        .as_ref()
-        .is_some_and(|p| p.profile_type == cri::security_profile::ProfileType::Localhost as i32)
-    {
+    // The deprecated field still reaches moatd from older kubelets and crictl configs.
+    #[allow(deprecated)]
+    let seccomp = seccomp(sc.seccomp.as_ref(), &sc.seccomp_profile_path)?;
+    let ns = sc.namespace_options.unwrap_or_default();
+    let pid_namespace = match cri::NamespaceMode::try_from(ns.pid) {
+        Ok(cri::NamespaceMode::Pod) => PidNamespace::Pod,
+        Ok(cri::NamespaceMode::Container) => PidNamespace::Container,
+        Ok(cri::NamespaceMode::Target) if !ns.target_id.is_empty() => {
+            PidNamespace::Target(ns.target_id.clone())
+        }
+        Ok(cri::NamespaceMode::Target) => {
+            return Err(tonic::Status::invalid_argument(
+                "pid namespace mode TARGET needs target_id",
+            ));
+        }
+        Ok(cri::NamespaceMode::Node) => {
+            return Err(tonic::Status::failed_precondition(
+                "a container in a VM sandbox cannot share the host's PID namespace: run it with a runc-based RuntimeClass",
+            ));
+        }
+        Err(_) => {
+            return Err(tonic::Status::invalid_argument(format!(
+                "unknown pid namespace mode {}",
+                ns.pid
+            )));
+        }
+    };
+    if ns.ipc == cri::NamespaceMode::Node as i32 {
         return Err(tonic::Status::failed_precondition(
-            "Localhost seccomp profiles are not supported yet; use RuntimeDefault or Unconfined",
+            "a container in a VM sandbox cannot share the host's IPC namespace: run it with a runc-based RuntimeClass",
         ));
     }
     let input = ContainerInput {
@@ -63,6 +80,8 @@ pub fn create_request(req: cri::CreateContainerRequest) -> Result<CreateRequest,
         run_as_group: sc.run_as_group.map(|v| v.value),
         run_as_username: sc.run_as_username,
         supplemental_groups: sc.supplemental_groups,
+        strict_groups: sc.supplemental_groups_policy
+            == cri::SupplementalGroupsPolicy::Strict as i32,
         tty: c.tty,
         stdin: c.stdin,
         stdin_once: c.stdin_once,
@@ -70,7 +89,10 @@ pub fn create_request(req: cri::CreateContainerRequest) -> Result<CreateRequest,
         privileged: sc.privileged,
         add_caps: caps.add_capabilities,
         drop_caps: caps.drop_capabilities,
-        seccomp_unconfined,
+        seccomp,
+        masked_paths: sc.masked_paths,
+        readonly_paths: sc.readonly_paths,
+        ipc_private: ns.ipc == cri::NamespaceMode::Container as i32,
         no_new_privs: sc.no_new_privs,
         cpu: (res.cpu_quota > 0).then_some((res.cpu_quota, res.cpu_period.max(1))),
         cpu_shares: (res.cpu_shares > 0).then_some(res.cpu_shares as u64),
@@ -88,7 +110,87 @@ pub fn create_request(req: cri::CreateContainerRequest) -> Result<CreateRequest,
         annotations: c.annotations.into_iter().collect(),
         log_path: c.log_path,
         mounts,
+        pid_namespace,
     })
+}
+
+/// A CRI mount as a volume; recursive read-only needs read-only and private propagation,
+/// as containerd checks.
+fn host_mount(m: &cri::Mount) -> Result<HostMount, tonic::Status> {
+    let propagation = match cri::MountPropagation::try_from(m.propagation) {
+        Ok(cri::MountPropagation::PropagationPrivate) => Propagation::Private,
+        Ok(cri::MountPropagation::PropagationHostToContainer) => Propagation::HostToContainer,
+        Ok(cri::MountPropagation::PropagationBidirectional) => Propagation::Bidirectional,
+        Err(_) => {
+            return Err(tonic::Status::invalid_argument(format!(
+                "mount {}: unknown propagation {}",
+                m.container_path, m.propagation
+            )));
+        }
+    };
+    if m.recursive_read_only && !m.readonly {
+        return Err(tonic::Status::invalid_argument(format!(
+            "mount {}: recursive_read_only needs readonly",
+            m.container_path
+        )));
+    }
+    if m.recursive_read_only && propagation != Propagation::Private {
+        return Err(tonic::Status::invalid_argument(format!(
+            "mount {}: recursive_read_only needs private propagation",
+            m.container_path
+        )));
+    }
+    if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+        return Err(tonic::Status::invalid_argument(format!(
+            "mount {}: idmapped mounts are not supported by this version of moatd",
+            m.container_path
+        )));
+    }
+    Ok(HostMount {
+        host_path: m.host_path.clone().into(),
+        container_path: m.container_path.clone(),
+        read_only: m.readonly,
+        recursive_read_only: m.recursive_read_only,
+        propagation,
+    })
+}
+
+/// The seccomp profile from the request: `seccomp`, else the deprecated
+/// `seccomp_profile_path` ("runtime/default", "docker/default", "unconfined",
+/// "localhost/<path>"), else unset.
+fn seccomp(
+    profile: Option<&cri::SecurityProfile>,
+    path: &str,
+) -> Result<spec::Seccomp, tonic::Status> {
+    use cri::security_profile::ProfileType;
+    if let Some(p) = profile {
+        return match ProfileType::try_from(p.profile_type) {
+            Ok(ProfileType::RuntimeDefault) => Ok(spec::Seccomp::RuntimeDefault),
+            Ok(ProfileType::Unconfined) => Ok(spec::Seccomp::Unconfined),
+            Ok(ProfileType::Localhost) if p.localhost_ref.starts_with('/') => {
+                Ok(spec::Seccomp::Localhost(p.localhost_ref.clone().into()))
+            }
+            Ok(ProfileType::Localhost) => Err(tonic::Status::invalid_argument(format!(
+                "Localhost seccomp profile {:?} must be an absolute path on the node",
+                p.localhost_ref
+            ))),
+            Err(_) => Err(tonic::Status::invalid_argument(format!(
+                "unknown seccomp profile type {}",
+                p.profile_type
+            ))),
+        };
+    }
+    match path {
+        "" => Ok(spec::Seccomp::Unset),
+        "runtime/default" | "docker/default" => Ok(spec::Seccomp::RuntimeDefault),
+        "unconfined" => Ok(spec::Seccomp::Unconfined),
+        p => match p.strip_prefix("localhost/") {
+            Some(file) if file.starts_with('/') => Ok(spec::Seccomp::Localhost(file.into())),
+            _ => Err(tonic::Status::invalid_argument(format!(
+                "seccomp profile path {p:?} is not runtime/default, unconfined or localhost/<absolute path>"
+            ))),
+        },
+    }
 }
 
 fn state(s: ContainerState) -> i32 {
@@ -128,17 +230,31 @@ pub fn status(r: &ContainerRecord) -> cri::ContainerStatus {
         mounts: r
             .mounts
             .iter()
-            .map(|(c, h, ro)| cri::Mount {
-                container_path: c.clone(),
-                host_path: h.clone(),
-                readonly: *ro,
+            .map(|m| cri::Mount {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.read_only,
+                recursive_read_only: m.recursive_read_only,
+                propagation: match m.propagation {
+                    Propagation::Private => cri::MountPropagation::PropagationPrivate,
+                    Propagation::HostToContainer => {
+                        cri::MountPropagation::PropagationHostToContainer
+                    }
+                    Propagation::Bidirectional => cri::MountPropagation::PropagationBidirectional,
+                } as i32,
                 ..Default::default()
             })
             .collect(),
         log_path: r.log_path.clone(),
         resources: None,
         image_id: r.image_id.clone(),
-        user: None,
+        user: r.user.as_ref().map(|u| cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: u.uid.into(),
+                gid: u.gid.into(),
+                supplemental_groups: u.groups.iter().map(|g| i64::from(*g)).collect(),
+            }),
+        }),
     }
 }
 

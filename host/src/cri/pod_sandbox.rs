@@ -17,11 +17,21 @@ pub fn run_request(req: cri::RunPodSandboxRequest) -> Result<RunRequest, tonic::
         .metadata
         .ok_or_else(|| tonic::Status::invalid_argument("pod sandbox config needs metadata"))?;
     let linux = c.linux.unwrap_or_default();
-    let host_network = linux
+    let ns = linux
         .security_context
         .as_ref()
-        .and_then(|s| s.namespace_options.as_ref())
-        .is_some_and(|n| n.network == cri::NamespaceMode::Node as i32);
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default();
+    let node = cri::NamespaceMode::Node as i32;
+    if ns
+        .userns_options
+        .as_ref()
+        .is_some_and(|u| u.mode == cri::NamespaceMode::Pod as i32)
+    {
+        return Err(tonic::Status::failed_precondition(
+            "user namespaces for pods are not supported by this version of moatd (its runtime handlers say user_namespaces: false); run the pod without hostUsers: false",
+        ));
+    }
     let res = linux.resources.unwrap_or_default();
     let mut port_mappings = Vec::new();
     for p in c.port_mappings {
@@ -76,7 +86,10 @@ pub fn run_request(req: cri::RunPodSandboxRequest) -> Result<RunRequest, tonic::
         dns,
         cpu: (res.cpu_quota > 0).then_some((res.cpu_quota, res.cpu_period)),
         memory_limit_bytes: (res.memory_limit_in_bytes > 0).then_some(res.memory_limit_in_bytes),
-        host_network,
+        host_network: ns.network == node,
+        host_pid: ns.pid == node,
+        host_ipc: ns.ipc == node,
+        sysctls: linux.sysctls.into_iter().collect(),
         port_mappings,
         pod_cidr: None,
     })

@@ -199,13 +199,13 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
                 .map(|name| cri::RuntimeHandler {
                     name: name.clone(),
                     features: Some(cri::RuntimeHandlerFeatures {
-                        recursive_read_only_mounts: false,
+                        recursive_read_only_mounts: true,
                         user_namespaces: false,
                     }),
                 })
                 .collect(),
             features: Some(cri::RuntimeFeatures {
-                supplemental_groups_policy: false,
+                supplemental_groups_policy: true,
             }),
         }))
     }

@@ -179,6 +179,8 @@ pub struct SandboxSetup {
     pub time_unix_nanos: i64,
     /// Shares to mount.
     pub shares: Vec<ShareMount>,
+    /// The pod's sysctls, set in the VM.
+    pub sysctls: std::collections::BTreeMap<String, String>,
 }
 
 /// A container for the agent to create.
@@ -196,6 +198,34 @@ pub struct ContainerCreate {
     pub default_seccomp: bool,
     /// Keep stdin open.
     pub stdin: bool,
+    /// The PID namespace it lives in.
+    pub pid_namespace: PidNamespace,
+    /// No groups from the image's /etc/group (SupplementalGroupsPolicy Strict).
+    pub strict_groups: bool,
+}
+
+/// The user a container's main process runs as, as the guest resolved it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ContainerUser {
+    /// uid.
+    pub uid: u32,
+    /// Primary gid.
+    pub gid: u32,
+    /// Every group, the primary first.
+    pub groups: Vec<u32>,
+}
+
+/// A container's PID namespace (the CRI's pid NamespaceMode, NODE aside: a VM pod has no
+/// host PID namespace to share).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PidNamespace {
+    /// The pod's, shared by its containers, whose PID 1 is the agent's pod init (POD).
+    #[default]
+    Pod,
+    /// Its own: its main process is PID 1 (CONTAINER).
+    Container,
+    /// That of the container with this id (TARGET).
+    Target(String),
 }
 
 /// How a container's main process ended.
@@ -354,6 +384,7 @@ impl Agent {
                     read_only: m.read_only,
                 })
                 .collect(),
+            sysctls: s.sysctls.into_iter().collect(),
         };
         let r = self.req(msg, Duration::ZERO);
         let mut c = self.client.clone();
@@ -369,8 +400,11 @@ impl Agent {
         self.call(Duration::ZERO, c.shutdown(r)).await.map(|_| ())
     }
 
-    /// CreateContainer; returns the process id in the guest.
-    pub async fn create_container(&mut self, k: ContainerCreate) -> Result<u32, tonic::Status> {
+    /// CreateContainer; returns the user the main process runs as.
+    pub async fn create_container(
+        &mut self,
+        k: ContainerCreate,
+    ) -> Result<ContainerUser, tonic::Status> {
         let msg = pb::CreateContainerRequest {
             container_id: k.id,
             spec_json: k.spec_json,
@@ -378,11 +412,26 @@ impl Agent {
             image_user: k.image_user,
             default_seccomp: k.default_seccomp,
             stdin: k.stdin,
+            pid_mode: match &k.pid_namespace {
+                PidNamespace::Pod => pb::PidMode::PidPod,
+                PidNamespace::Container => pb::PidMode::PidContainer,
+                PidNamespace::Target(_) => pb::PidMode::PidTarget,
+            } as i32,
+            pid_target: match k.pid_namespace {
+                PidNamespace::Target(t) => t,
+                _ => String::new(),
+            },
+            strict_groups: k.strict_groups,
         };
         let extra = Duration::from_secs(20);
         let r = self.req(msg, extra);
         let mut c = self.client.clone();
-        Ok(self.call(extra, c.create_container(r)).await?.pid)
+        let made = self.call(extra, c.create_container(r)).await?;
+        Ok(ContainerUser {
+            uid: made.uid,
+            gid: made.gid,
+            groups: made.groups,
+        })
     }
 
     /// StartContainer.

@@ -53,7 +53,7 @@ impl DnsConfig {
 pub struct RunRequest {
     /// Pod metadata.
     pub metadata: PodMetadata,
-    /// Hostname (defaults to the pod name).
+    /// Hostname (empty: the node's, as containerd gives it).
     pub hostname: String,
     /// Labels.
     pub labels: BTreeMap<String, String>,
@@ -71,6 +71,12 @@ pub struct RunRequest {
     pub memory_limit_bytes: Option<i64>,
     /// The pod wants the host's network namespace.
     pub host_network: bool,
+    /// The pod wants the host's PID namespace (hostPID).
+    pub host_pid: bool,
+    /// The pod wants the host's IPC namespace (hostIPC).
+    pub host_ipc: bool,
+    /// The pod's sysctls (linux.sysctls).
+    pub sysctls: BTreeMap<String, String>,
     /// Host ports (for the portmap plugin).
     pub port_mappings: Vec<crate::network::PortMapping>,
     /// The node's pod CIDR from UpdateRuntimeConfig.
@@ -362,11 +368,18 @@ impl SandboxManager {
                 "pod sandbox metadata needs name, uid and namespace".into(),
             ));
         }
-        if req.host_network {
-            return Err(SandboxError::FailedPrecondition(
-                "a VM sandbox cannot share the host's network namespace: run hostNetwork pods with a runc-based RuntimeClass".into(),
-            ));
+        for (wanted, what) in [
+            (req.host_network, "network namespace (hostNetwork)"),
+            (req.host_pid, "PID namespace (hostPID)"),
+            (req.host_ipc, "IPC namespace (hostIPC)"),
+        ] {
+            if wanted {
+                return Err(SandboxError::FailedPrecondition(format!(
+                    "a VM sandbox cannot share the host's {what}: run such pods with a runc-based RuntimeClass"
+                )));
+            }
         }
+        super::identity::check_sysctls(&req.sysctls)?;
         let handler = if req.runtime_handler.is_empty() {
             self.inner.config.runtime.default_handler.clone()
         } else {
@@ -388,11 +401,7 @@ impl SandboxManager {
                     "runtime handler {handler:?} has no hypervisor"
                 ))
             })?;
-        let hostname = if req.hostname.is_empty() {
-            md.name.clone()
-        } else {
-            req.hostname.clone()
-        };
+        let hostname = super::identity::hostname(&req.hostname)?;
         let (vcpus, memory_mib) =
             size_vm(&self.inner.config.sandbox, req.cpu, req.memory_limit_bytes);
 
@@ -504,6 +513,7 @@ impl SandboxManager {
                     read_only: false,
                 },
             ],
+            sysctls: req.sysctls.clone(),
         };
         let mut configured = agent
             .setup(setup)

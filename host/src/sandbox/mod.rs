@@ -1,9 +1,11 @@
 //! Pod sandboxes: one micro-VM per pod. The state machine (`state`), the persisted records
-//! (`record`), the VM's processes and files (`vm`), the way to its agent (`agent`), and the
-//! manager that runs the lifecycle (`manager`).
+//! (`record`), the VM's processes and files (`vm`), the way to its agent (`agent`), the
+//! pod's hostname and sysctls (`identity`), and the manager that runs the lifecycle
+//! (`manager`).
 
 pub mod agent;
 pub mod error;
+pub mod identity;
 pub mod manager;
 pub mod record;
 pub mod state;

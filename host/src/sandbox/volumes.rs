@@ -4,6 +4,18 @@
 //! `<vm dir>/volumes/<container>/<n>`; the agent bind-mounts the share's copy into the
 //! container. Everything is unmounted before anything under the share is deleted, so
 //! removing a sandbox can never reach into a host path.
+//!
+//! Read-only is enforced on the host, not only by the agent: a read-only mount's bind is
+//! itself read-only, so a guest that remounts its view read-write (or mounts the share
+//! itself) still cannot write. Read-only is non-recursive as the CRI defines it (mounts
+//! below the host path stay writable) unless the mount asks for `recursive_read_only`.
+//! The guest sees the whole volume as one virtio-fs directory, so for a non-recursive
+//! read-only volume with submounts the guest-side bind stays read-write and the host's
+//! read-only top mount alone refuses writes outside the submounts.
+//!
+//! Propagation: a HostToContainer or Bidirectional volume's bind is a slave of the host
+//! path, so mounts the host makes there later show in the container (through virtio-fs);
+//! nothing the guest mounts ever propagates back to the host.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -15,7 +27,7 @@ pub const VOLUMES_TAG: &str = "volumes";
 pub const VOLUMES_MOUNT: &str = "/run/moat/volumes";
 
 /// One mount a container asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HostMount {
     /// The path on the host.
     pub host_path: PathBuf,
@@ -23,6 +35,22 @@ pub struct HostMount {
     pub container_path: String,
     /// Read-only in the container.
     pub read_only: bool,
+    /// Read-only down to every mount below the host path too.
+    pub recursive_read_only: bool,
+    /// Mount propagation from the host.
+    pub propagation: Propagation,
+}
+
+/// Mount propagation of a volume, as the CRI names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Propagation {
+    /// No propagation (the CRI's PROPAGATION_PRIVATE).
+    #[default]
+    Private,
+    /// Host mounts made later under the path show in the container.
+    HostToContainer,
+    /// Both ways under runc; host to container only in a VM.
+    Bidirectional,
 }
 
 /// The same mount as the guest sees it.
@@ -32,8 +60,11 @@ pub struct GuestMount {
     pub guest_path: String,
     /// Where it appears in the container.
     pub container_path: String,
-    /// Read-only in the container.
+    /// The guest-side bind is read-only (false for a non-recursive read-only volume with
+    /// submounts, which the host's read-only top mount protects).
     pub read_only: bool,
+    /// The guest-side bind is read-only recursively.
+    pub recursive_read_only: bool,
 }
 
 /// Why a mount cannot be given to a container.
@@ -99,32 +130,13 @@ pub fn prepare(
             } else {
                 std::fs::write(&target, b"").map_err(io("create a volume mount point"))?;
             }
-            mount(
-                Some(&m.host_path),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(|e| VolumeError::Io {
-                what: format!("bind {}", m.host_path.display()),
-                source: e.into(),
-            })?;
-            mount(
-                None::<&str>,
-                &target,
-                None::<&str>,
-                MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(|e| VolumeError::Io {
-                what: "make the volume private".into(),
-                source: e.into(),
-            })?;
+            bind_volume(m, &target)?;
+            let submounts = mounts_under(&target).len() > 1;
             out.push(GuestMount {
                 guest_path: format!("{VOLUMES_MOUNT}/{key}/{n}"),
                 container_path: m.container_path.clone(),
-                read_only: m.read_only,
+                read_only: m.read_only && (m.recursive_read_only || !submounts),
+                recursive_read_only: m.recursive_read_only,
             });
         }
         Ok(out)
@@ -133,6 +145,93 @@ pub fn prepare(
         let _ = release(&dir);
     }
     result
+}
+
+/// Binds `m.host_path` (with what is mounted below it) at `target`: private, or a slave of
+/// the host path for HostToContainer and Bidirectional; read-only at the top when the
+/// volume is, and all the way down when it is recursively read-only.
+fn bind_volume(m: &HostMount, target: &Path) -> Result<(), VolumeError> {
+    let step = |what: &str| {
+        let what = format!("{what} {}", m.host_path.display());
+        move |e: nix::Error| VolumeError::Io {
+            what,
+            source: e.into(),
+        }
+    };
+    let rec = MsFlags::MS_REC;
+    mount(
+        Some(&m.host_path),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | rec,
+        None::<&str>,
+    )
+    .map_err(step("bind"))?;
+    let propagation = match m.propagation {
+        Propagation::Private => MsFlags::MS_PRIVATE,
+        Propagation::HostToContainer | Propagation::Bidirectional => MsFlags::MS_SLAVE,
+    };
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        propagation | rec,
+        None::<&str>,
+    )
+    .map_err(step("set the propagation of the volume bind of"))?;
+    if m.read_only {
+        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount(None::<&str>, target, None::<&str>, ro, None::<&str>)
+            .map_err(step("make read-only the volume bind of"))?;
+    }
+    if m.read_only && m.recursive_read_only {
+        readonly_recursive(target).map_err(|source| VolumeError::Io {
+            what: format!(
+                "make read-only every mount below the volume bind of {}",
+                m.host_path.display()
+            ),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// mount_setattr(2) with AT_RECURSIVE and MOUNT_ATTR_RDONLY on `target` (nix has no
+/// wrapper for it).
+fn readonly_recursive(target: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    /// `struct mount_attr` of linux/mount.h.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let path = std::ffi::CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("path has a NUL byte"))?;
+    let attr = MountAttr {
+        attr_set: 1, // MOUNT_ATTR_RDONLY
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: path is NUL-terminated and attr a mount_attr of the size given; both outlive
+    // the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            (libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Bind-mounts directory `src` read-only at `target` (created), unless already there.
@@ -233,16 +332,22 @@ mod tests {
                     host_path: host.path().to_owned(),
                     container_path: "/data".into(),
                     read_only: true,
+                    ..Default::default()
                 },
                 HostMount {
                     host_path: file.clone(),
                     container_path: "/etc/single".into(),
-                    read_only: false,
+                    ..Default::default()
                 },
             ],
         )
         .expect("prepare");
         assert_eq!(got[0].guest_path, "/run/moat/volumes/c1/0");
+        assert!(got[0].read_only && !got[1].read_only);
+        assert!(
+            std::fs::write(share.path().join("c1/0/data"), b"x").is_err(),
+            "a read-only volume is read-only on the host"
+        );
         assert_eq!(
             std::fs::read(share.path().join("c1/0/data")).expect("through the bind"),
             b"keep me"
@@ -276,6 +381,89 @@ mod tests {
         assert!(src.path().join("f").exists());
     }
 
+    fn tmpfs_below(dir: &Path) -> PathBuf {
+        let sub = dir.join("sub");
+        std::fs::create_dir(&sub).expect("mkdir");
+        mount(
+            Some("tmpfs"),
+            &sub,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .expect("tmpfs");
+        sub
+    }
+
+    #[test]
+    fn read_only_keeps_submounts_writable_unless_recursive() {
+        let host = tempfile::tempdir().expect("host");
+        let sub = tmpfs_below(host.path());
+        let share = tempfile::tempdir().expect("share");
+        let ro = |recursive| HostMount {
+            host_path: host.path().to_owned(),
+            container_path: "/data".into(),
+            read_only: true,
+            recursive_read_only: recursive,
+            ..Default::default()
+        };
+        let got = prepare(share.path(), "c1", &[ro(false), ro(true)]).expect("prepare");
+        // Non-recursive: the top refuses writes, the tmpfs below takes them; the guest's
+        // bind stays read-write so that the submount can be written through it.
+        assert!(std::fs::write(share.path().join("c1/0/top"), b"x").is_err());
+        std::fs::write(share.path().join("c1/0/sub/f"), b"x").expect("submount writable");
+        assert!(!got[0].read_only && !got[0].recursive_read_only);
+        // Recursive: both refuse.
+        assert!(std::fs::write(share.path().join("c1/1/top"), b"x").is_err());
+        assert!(std::fs::write(share.path().join("c1/1/sub/g"), b"x").is_err());
+        assert!(got[1].read_only && got[1].recursive_read_only);
+        release(&share.path().join("c1")).expect("release");
+        assert_eq!(std::fs::read(sub.join("f")).expect("on the host"), b"x");
+        umount2(&sub, MntFlags::MNT_DETACH).expect("umount");
+    }
+
+    #[test]
+    fn host_to_container_volumes_see_later_host_mounts() {
+        let host = tempfile::tempdir().expect("host");
+        let share = tempfile::tempdir().expect("share");
+        let m = |propagation| HostMount {
+            host_path: host.path().to_owned(),
+            container_path: "/data".into(),
+            propagation,
+            ..Default::default()
+        };
+        // The host path must be a shared mount for a slave to receive anything.
+        mount(
+            Some(host.path()),
+            host.path(),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("self bind");
+        mount(
+            None::<&str>,
+            host.path(),
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .expect("shared");
+        prepare(
+            share.path(),
+            "c1",
+            &[m(Propagation::Private), m(Propagation::HostToContainer)],
+        )
+        .expect("prepare");
+        let sub = tmpfs_below(host.path());
+        std::fs::write(sub.join("late"), b"x").expect("w");
+        assert!(share.path().join("c1/1/sub/late").exists(), "propagated");
+        assert!(!share.path().join("c1/0/sub/late").exists(), "private");
+        release(&share.path().join("c1")).expect("release");
+        umount2(&sub, MntFlags::MNT_DETACH).expect("umount");
+        umount2(host.path(), MntFlags::MNT_DETACH).expect("umount");
+    }
+
     #[test]
     fn bad_paths_are_refused() {
         let share = tempfile::tempdir().expect("share");
@@ -287,7 +475,7 @@ mod tests {
             let m = HostMount {
                 host_path: h.into(),
                 container_path: c.into(),
-                read_only: false,
+                ..Default::default()
             };
             assert!(
                 matches!(
