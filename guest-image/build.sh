@@ -2,7 +2,9 @@
 # Builds the pod-VM guest image into guest-image/out/:
 #   vmlinuz            Debian's cloud kernel (bzImage), straight from the .deb
 #   vmlinux            the same kernel as an ELF (PVH entry), extracted from vmlinuz
-#   initramfs.cpio     /init (static moat-agent), /lib/moat/modules/*.ko, /lib/moat/modules.order
+#   initramfs.cpio     /init (static moat-agent), /lib/moat/modules/*.ko, /lib/moat/modules.order,
+#                      /lib/moat/ondemand/*.ko and index (loaded when the kernel asks), and
+#                      /sbin/modprobe (a link to the agent, the kernel's modprobe helper)
 #   manifest.json      kernel version, modules, sizes, hashes, and the input hash
 #
 # The build is cached by a hash of its inputs (kernel package file name and version, the
@@ -34,6 +36,20 @@ MODULES=(
   vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport # agent <-> moatd
   fuse virtiofs overlay                        # container rootfs: virtiofs lower, overlay
   failover net_failover virtio_net             # pod network
+)
+
+# Modules loaded only when the kernel asks for them (request_module: a bridge created, a
+# veth pair, a netfilter table or match used...), for privileged workloads that expect the
+# usual kernel: nested CNI plugins, iptables, tun, loop. The kernel runs /sbin/modprobe,
+# which is the agent; it finds the module by name or alias in lib/moat/ondemand/index.
+ONDEMAND_MODULES=(
+  bridge br_netfilter veth tun loop dummy macvlan ipvlan vxlan
+  ip_tables ip6_tables iptable_filter iptable_nat iptable_mangle iptable_raw
+  ip6table_filter ip6table_nat ip6table_mangle
+  xt_conntrack xt_MASQUERADE xt_addrtype xt_comment xt_mark xt_multiport xt_nat
+  xt_statistic xt_REDIRECT xt_tcpudp xt_set ip_set ip_set_hash_ip ip_set_hash_net
+  nf_tables nft_chain_nat nft_ct nft_masq nft_nat nft_compat nft_redir nft_reject_inet
+  nft_fib_inet nft_limit
 )
 
 # Tools this script runs; installed (Debian) only when missing.
@@ -84,6 +100,7 @@ input_hash="$(
   {
     printf 'kernel %s %s %s\n' "$kernel_pkg" "$kernel_version" "$kernel_deb"
     printf 'modules %s\n' "${MODULES[*]}"
+    printf 'ondemand %s\n' "${ONDEMAND_MODULES[*]}"
     printf 'rustc %s\n' "$(rustc -V 2>/dev/null || echo unknown)"
     printf 'target %s\n' "$RUST_TARGET"
     find agent proto -type f -not -path '*/target/*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
@@ -251,6 +268,58 @@ printf '%s.ko\n' "${order[@]}" >"$WORK/root/lib/moat/modules.order"
 log "modules (${#order[@]}, load order): ${order[*]}"
 [ ${#skipped_builtin[@]} -eq 0 ] || log "built in, skipped: ${skipped_builtin[*]}"
 [ ${#compressed[@]} -eq 0 ] || log "decompressed: ${compressed[*]}"
+
+# On-demand modules: each with its dependencies (those not loaded at boot, not built in) in
+# load order, under its name and every alias the kernel may ask for (rtnl-link-bridge,
+# nft-chain-2-nat, char-major-10-200...). The closure runs in a subshell per module, so a
+# shared dependency is decompressed again (the same bytes).
+ONDIR="$WORK/root/lib/moat/ondemand"
+mkdir -p "$ONDIR"
+declare -A boot=() ondemand_done=()
+for m in "${order[@]}"; do boot[$m]=1; done
+ondemand_closure() { # prints the modules m needs, dependencies first
+  local m="$1" d f
+  [ -n "${builtin[$m]:-}" ] || [ -n "${boot[$m]:-}" ] || [ -n "${seen[$m]:-}" ] && return 0
+  seen[$m]=1
+  f="${modfile[$m]:-}"
+  [ -n "$f" ] || die "on-demand module $m is neither in $kernel_deb nor built in"
+  if [ -z "${ondemand_done[$m]:-}" ]; then
+    case "$f" in
+      *.ko.xz) xz -dc "$f" >"$ONDIR/$m.ko" ;;
+      *.ko.zst) zstd -qdc "$f" >"$ONDIR/$m.ko" ;;
+      *.ko.gz) gzip -dc "$f" >"$ONDIR/$m.ko" ;;
+      *) cp "$f" "$ONDIR/$m.ko" ;;
+    esac
+    ondemand_done[$m]=1
+  fi
+  local -a deps=()
+  IFS=, read -r -a deps <<<"$(modinfo -F depends "$ONDIR/$m.ko")"
+  for d in "${deps[@]}"; do
+    [ -n "$d" ] && ondemand_closure "${d//-/_}"
+  done
+  printf '%s\n' "$m"
+}
+ondemand_builtin=()
+{
+  echo "# module <name> <modules to load, in order>; alias <pattern> <module name>"
+  for m in "${ONDEMAND_MODULES[@]}"; do
+    if [ -n "${builtin[$m]:-}" ]; then
+      ondemand_builtin+=("$m")
+      continue
+    fi
+    declare -A seen=()
+    list="$(ondemand_closure "$m" | tr '\n' ' ')"
+    unset seen
+    echo "module $m ${list% }"
+    modinfo -F alias "$ONDIR/$m.ko" | while read -r a; do
+      [ -n "$a" ] && echo "alias $a $m"
+    done
+  done
+} >"$ONDIR/index"
+mkdir -p "$WORK/root/sbin"
+ln -sf /init "$WORK/root/sbin/modprobe"
+log "on-demand modules ($(find "$ONDIR" -name '*.ko' | wc -l), $(cat "$ONDIR"/*.ko | wc -c) bytes)"
+[ ${#ondemand_builtin[@]} -eq 0 ] || log "on-demand, built in: ${ondemand_builtin[*]}"
 
 # --- the agent --------------------------------------------------------------------------
 if ! wait "$cargo_pid"; then

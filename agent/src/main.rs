@@ -14,6 +14,7 @@ mod exec;
 #[allow(dead_code, unused_imports)]
 mod executor;
 mod init;
+mod modprobe;
 mod netconf;
 mod pid_ns;
 mod port_forward;
@@ -41,6 +42,13 @@ fn main() {
         .unwrap_or_default();
     if arg0 == executor::PAUSE_ARG0 {
         executor::pause_main();
+    }
+    // The kernel's module helper: /sbin/modprobe is a link to the agent.
+    if std::path::Path::new(&arg0).file_name() == Some(std::ffi::OsStr::new("modprobe")) {
+        let args = std::env::args_os().skip(1);
+        std::process::exit(modprobe::main(
+            args.map(|a| a.to_string_lossy().into_owned()),
+        ));
     }
     let pid1 = std::process::id() == 1;
     tracing_subscriber::fmt()
