@@ -159,7 +159,7 @@ pub fn switch_off_initramfs() -> Result<(), InitError> {
         target: "/newroot".into(),
         source,
     })?;
-    copy_tree(Path::new("/"), new).map_err(|e| io("copy the initramfs", e))?;
+    move_tree(Path::new("/"), new).map_err(|e| io("move the initramfs", e))?;
     std::env::set_current_dir(new).map_err(|e| io("chdir", e))?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|source| {
         InitError::Mount {
@@ -191,8 +191,11 @@ pub fn root_fs_type() -> String {
         .unwrap_or_default()
 }
 
-/// Copies files, directories and symlinks from `from` into `to`, skipping `to` itself.
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Moves files, directories and symlinks from `from` into `to`, skipping `to` itself: each
+/// is copied, then removed from `from`, so the initramfs gives its memory back as the tmpfs
+/// fills (otherwise every pod would hold its image twice, hidden under the new root). What
+/// it does not copy (device nodes) stays, and so do the directories holding them.
+fn move_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
@@ -206,11 +209,14 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         if ft.is_dir() {
             std::fs::create_dir_all(&dst)?;
             std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-            copy_tree(&src, &dst)?;
+            move_tree(&src, &dst)?;
+            let _ = std::fs::remove_dir(&src);
         } else if ft.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+            std::fs::remove_file(&src)?;
         } else if ft.is_file() {
             std::fs::copy(&src, &dst)?;
+            std::fs::remove_file(&src)?;
         }
     }
     Ok(())
@@ -330,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn copy_tree_keeps_dirs_files_and_links_and_skips_the_target() {
+    fn move_tree_keeps_dirs_files_and_links_and_skips_the_target() {
         let d = tempfile::tempdir().expect("tmp");
         let src = d.path().join("src");
         std::fs::create_dir_all(src.join("lib/moat")).expect("mkdir");
@@ -339,7 +345,9 @@ mod tests {
         std::os::unix::fs::symlink("init", src.join("link")).expect("ln");
         let dst = src.join("newroot");
         std::fs::create_dir(&dst).expect("mkdir");
-        copy_tree(&src, &dst).expect("copy");
+        std::fs::create_dir(src.join("dev")).expect("mkdir");
+        nix::unistd::mkfifo(&src.join("dev/fifo"), nix::sys::stat::Mode::S_IRUSR).expect("fifo");
+        move_tree(&src, &dst).expect("move");
         assert_eq!(std::fs::read(dst.join("init")).expect("r"), b"agent");
         assert_eq!(
             std::fs::read(dst.join("lib/moat/modules.order")).expect("r"),
@@ -353,6 +361,9 @@ mod tests {
             !dst.join("newroot").exists(),
             "the target is not copied into itself"
         );
+        // The source gives its files up; what was not copied stays.
+        assert!(!src.join("init").exists() && !src.join("lib").exists());
+        assert!(src.join("dev/fifo").exists() && !dst.join("dev/fifo").exists());
     }
 
     #[test]
