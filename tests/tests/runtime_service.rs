@@ -84,6 +84,45 @@ async fn status_tells_the_truth_about_runtime_and_network() {
         serde_json::from_str(&s.info["info"]).expect("verbose info is JSON");
     assert_eq!(info["cniNetwork"]["name"], "moat-net");
     assert_eq!(info["config"]["root_dir"], m.root().display().to_string());
+    // Each handler's VMM, and whether QEMU runs it in TCG, with the warning.
+    let h = &info["runtimeHandlers"]["moat"];
+    let tcg = !hardware_kvm();
+    assert_eq!(h["tcg"], tcg, "{h}");
+    assert_eq!(
+        h["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("security boundary")),
+        tcg,
+        "{h}"
+    );
+}
+
+/// Whether /dev/kvm has hardware virtualization behind it (else QEMU runs TCG).
+fn hardware_kvm() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    std::path::Path::new("/dev/kvm").exists()
+        && cpuinfo
+            .lines()
+            .filter(|l| l.starts_with("flags"))
+            .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_that_would_run_in_tcg_are_refused_when_tcg_is_not_allowed() {
+    if hardware_kvm() {
+        eprintln!(
+            "SKIPPED pods_that_would_run_in_tcg_are_refused_when_tcg_is_not_allowed: this host has hardware KVM, so no handler runs TCG"
+        );
+        return;
+    }
+    let m = Moatd::start("[qemu]\nallow_tcg = false\n").await;
+    let logs = tempfile::tempdir().expect("logs");
+    let e = moat_tests::pod::run_pod(&m, "tcg", logs.path(), |_| {})
+        .await
+        .expect_err("TCG forbidden");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("allow_tcg"), "{e:?}");
+    assert!(m.log().contains("pods refused"), "logged at start-up");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,7 +7,7 @@ use super::Finding;
 use super::facts::{Cgroups, Device, FileFact, HostFacts, KernelSource};
 use crate::config::{Backend, Config};
 use crate::hypervisor::HostCaps;
-use crate::hypervisor::select::{Selection, VmmKind, select};
+use crate::hypervisor::select::{Selection, VmmKind, select_with};
 
 /// What the host's KVM amounts to.
 pub fn kvm(device: &Device, flag: Option<&str>, modules: &[String]) -> Finding {
@@ -223,9 +223,11 @@ pub fn handler(name: &str, backend: Backend, choice: &Selection) -> Finding {
         choice.kind.name(),
         choice.reason
     );
-    match &choice.warning {
-        None => Finding::ok(item, detail),
-        Some(w) => Finding::warn(item, format!("{detail}: {w}"), true),
+    match (&choice.refused, &choice.warning) {
+        (Some(r), _) => Finding::missing(item, format!("{detail}: {r}"), true),
+        (None, None) => Finding::ok(item, detail),
+        // TCG runs pods: a warning that does not make the host unusable.
+        (None, Some(w)) => Finding::warn(item, format!("{detail}: {w}"), !choice.tcg),
     }
 }
 
@@ -240,7 +242,13 @@ pub fn evaluate(config: &Config, facts: &HostFacts) -> super::Report {
         .runtime
         .handlers
         .iter()
-        .map(|(name, h)| (name, h.backend, select(h.backend, &caps)))
+        .map(|(name, h)| {
+            let qemu = crate::hypervisor::select::Qemu {
+                accel: h.accel.or(config.qemu.accel),
+                allow_tcg: config.qemu.allow_tcg,
+            };
+            (name, h.backend, select_with(h.backend, qemu, &caps))
+        })
         .collect();
     let uses = |k: VmmKind| handlers.iter().any(|(_, _, s)| s.kind == k);
     let network = facts.cni_network.is_ok();

@@ -183,6 +183,7 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
                 "config": self.config,
                 "podCIDR": pod_cidr,
                 "cniNetwork": default_network(&self.config.cni.conf_dir).ok().map(|n| serde_json::json!({"name": n.name, "file": n.file})),
+                "runtimeHandlers": self.sandboxes.handlers_info(),
             });
             info.insert("info".to_owned(), v.to_string());
         }

@@ -16,6 +16,9 @@ pub struct QemuConfig {
     pub accel: Option<Accel>,
     /// The TCG translation cache size in MiB (TCG only).
     pub tcg_tb_size_mib: u32,
+    /// Whether a handler may run its guests in TCG (software emulation, no security
+    /// boundary upstream); false refuses such pods with FailedPrecondition.
+    pub allow_tcg: bool,
 }
 
 impl Default for QemuConfig {
@@ -24,6 +27,7 @@ impl Default for QemuConfig {
             binary: "qemu-system-x86_64".into(),
             accel: None,
             tcg_tb_size_mib: 64,
+            allow_tcg: true,
         }
     }
 }

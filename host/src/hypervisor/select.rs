@@ -2,8 +2,12 @@
 //! what the host offers, so moatd logs the same choice and reason at start-up that
 //! `moatd check` prints.
 
-use super::HostCaps;
+use super::{Accel, HostCaps};
 use crate::config::Backend;
+
+/// What moatd says wherever a handler runs QEMU in TCG: start-up log, `moatd check`,
+/// Status's verbose info.
+pub const TCG_WARNING: &str = "QEMU runs this handler's guests in TCG (software emulation), which upstream QEMU does not treat as a security boundary: a guest that exploits a TCG bug runs code in the QEMU process on the host; use hardware KVM, or set qemu.allow_tcg = false to refuse such pods";
 
 /// The VMM a handler's pods run under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,8 +36,46 @@ pub struct Selection {
     /// Why this one, in words for a log line (after the configured backend's name).
     pub reason: String,
     /// Set when the choice will not boot Linux guests on this host (the operator asked
-    /// for the built-in VMM on a host without hardware KVM).
+    /// for the built-in VMM on a host without hardware KVM), or when QEMU runs in TCG.
     pub warning: Option<String>,
+    /// QEMU in TCG (software emulation).
+    pub tcg: bool,
+    /// Set when the handler may not run pods at all (TCG while `qemu.allow_tcg` is false).
+    pub refused: Option<String>,
+}
+
+/// The TCG policy applied to a selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Qemu {
+    /// The handler's acceleration (its own `accel`, else `qemu.accel`), if set.
+    pub accel: Option<Accel>,
+    /// `qemu.allow_tcg`.
+    pub allow_tcg: bool,
+}
+
+impl Default for Qemu {
+    fn default() -> Self {
+        Qemu {
+            accel: None,
+            allow_tcg: true,
+        }
+    }
+}
+
+/// `select`, then the TCG policy: a QEMU handler whose acceleration is (or falls back to)
+/// TCG gets the TCG warning, and is refused when TCG is not allowed.
+pub fn select_with(backend: Backend, qemu: Qemu, caps: &HostCaps) -> Selection {
+    let mut s = select(backend, caps);
+    if s.kind == VmmKind::Qemu && qemu.accel.unwrap_or_else(|| caps.best_accel()) == Accel::Tcg {
+        s.tcg = true;
+        s.warning = Some(TCG_WARNING.into());
+        if !qemu.allow_tcg {
+            s.refused = Some(
+                "this handler's pods would run in QEMU's TCG emulation, and qemu.allow_tcg = false forbids it: run on a host with hardware KVM (VT-x/AMD-V) or allow TCG".into(),
+            );
+        }
+    }
+    s
 }
 
 /// Whether /dev/kvm can run ordinary Linux guests here.
@@ -59,6 +101,8 @@ pub fn select(backend: Backend, caps: &HostCaps) -> Selection {
             kind: VmmKind::Qemu,
             reason: "the config asks for it".into(),
             warning: None,
+            tcg: false,
+            refused: None,
         },
         Backend::Builtin => Selection {
             kind: VmmKind::Builtin,
@@ -69,11 +113,15 @@ pub fn select(backend: Backend, caps: &HostCaps) -> Selection {
                     no_hardware_kvm(caps)
                 )
             }),
+            tcg: false,
+            refused: None,
         },
         Backend::Auto if hardware_kvm(caps) => Selection {
             kind: VmmKind::Builtin,
             reason: "/dev/kvm is usable and the CPU has hardware virtualization".into(),
             warning: None,
+            tcg: false,
+            refused: None,
         },
         Backend::Auto => Selection {
             kind: VmmKind::Qemu,
@@ -82,6 +130,8 @@ pub fn select(backend: Backend, caps: &HostCaps) -> Selection {
                 no_hardware_kvm(caps)
             ),
             warning: None,
+            tcg: false,
+            refused: None,
         },
     }
 }
@@ -135,5 +185,33 @@ mod tests {
         assert!(w.contains("will not boot Linux"), "{w}");
         assert_eq!(VmmKind::Builtin.name(), "builtin");
         assert_eq!(VmmKind::Qemu.name(), "qemu");
+    }
+
+    #[test]
+    fn tcg_is_chosen_with_a_warning_and_refused_when_not_allowed() {
+        let pvm = caps(true, false);
+        let s = select_with(Backend::Auto, Qemu::default(), &pvm);
+        assert!(s.tcg && s.refused.is_none());
+        assert_eq!(s.warning.as_deref(), Some(TCG_WARNING));
+        let strict = Qemu {
+            accel: None,
+            allow_tcg: false,
+        };
+        let s = select_with(Backend::Auto, strict, &pvm);
+        assert!(
+            s.refused
+                .as_deref()
+                .is_some_and(|r| r.contains("allow_tcg"))
+        );
+        // Hardware KVM: the built-in VMM, or QEMU with KVM; neither is TCG.
+        let hw = caps(true, true);
+        assert!(!select_with(Backend::Auto, strict, &hw).tcg);
+        assert!(!select_with(Backend::Qemu, strict, &hw).tcg);
+        // Unless the handler asks for TCG itself.
+        let tcg = Qemu {
+            accel: Some(Accel::Tcg),
+            allow_tcg: false,
+        };
+        assert!(select_with(Backend::Qemu, tcg, &hw).refused.is_some());
     }
 }

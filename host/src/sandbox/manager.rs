@@ -15,7 +15,7 @@ use super::vm::{self, LaunchSpec, RunningVm, VmPaths};
 use crate::config::Config;
 use crate::hypervisor::builtin::Builtin;
 use crate::hypervisor::qemu::{Qemu, QemuConfig};
-use crate::hypervisor::select::{VmmKind, select};
+use crate::hypervisor::select::{VmmKind, select_with};
 use crate::hypervisor::{HostCaps, Hypervisor};
 use crate::store::Store;
 use crate::sync::KeyedLocks;
@@ -132,6 +132,10 @@ fn guest_network(pn: &crate::network::PodNetwork) -> super::agent::GuestNetwork 
 struct HandlerVmm {
     hypervisor: Arc<dyn Hypervisor>,
     kind: VmmKind,
+    /// Why this handler may not run pods (TCG forbidden), if so.
+    refused: Option<String>,
+    /// The choice as made at start-up, for Status's verbose info.
+    selection: crate::hypervisor::select::Selection,
 }
 
 /// The hypervisor of each runtime handler, as `select` picks it for this host (one log line
@@ -144,7 +148,10 @@ fn hypervisors(config: &Config) -> HashMap<String, HandlerVmm> {
         .handlers
         .iter()
         .map(|(name, h)| {
-            let choice = select(h.backend, &caps);
+            let choice = select_with(h.backend, crate::hypervisor::select::Qemu {
+                accel: h.accel.or(config.qemu.accel),
+                allow_tcg: config.qemu.allow_tcg,
+            }, &caps);
             info!(handler = %name, configured = h.backend.name(), backend = choice.kind.name(), reason = %choice.reason, "runtime handler VMM");
             if let Some(w) = &choice.warning {
                 warn!(handler = %name, "{w}");
@@ -164,13 +171,40 @@ fn hypervisors(config: &Config) -> HashMap<String, HandlerVmm> {
                     Arc::new(Builtin::new())
                 }
             };
+            if let Some(r) = &choice.refused {
+                warn!(handler = %name, "pods refused: {r}");
+            }
             let vmm = HandlerVmm {
                 hypervisor,
                 kind: choice.kind,
+                refused: choice.refused.clone(),
+                selection: choice,
             };
             (name.clone(), vmm)
         })
         .collect()
+}
+
+impl SandboxManager {
+    /// Each runtime handler's VMM as chosen at start-up, with why, for Status's verbose
+    /// info: backend, reason, whether QEMU runs in TCG, the warning and any refusal.
+    pub fn handlers_info(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for (name, h) in &self.inner.hypervisors {
+            let s = &h.selection;
+            out.insert(
+                name.clone(),
+                serde_json::json!({
+                    "backend": s.kind.name(),
+                    "reason": s.reason,
+                    "tcg": s.tcg,
+                    "warning": s.warning,
+                    "refused": s.refused,
+                }),
+            );
+        }
+        serde_json::Value::Object(out)
+    }
 }
 
 /// vCPUs and memory for a pod: from its limits, or the defaults, plus the overhead.
@@ -401,6 +435,11 @@ impl SandboxManager {
                     "runtime handler {handler:?} has no hypervisor"
                 ))
             })?;
+        if let Some(r) = &handler_vmm.refused {
+            return Err(SandboxError::FailedPrecondition(format!(
+                "runtime handler {handler:?}: {r}"
+            )));
+        }
         let hostname = super::identity::hostname(&req.hostname)?;
         let (vcpus, memory_mib) =
             size_vm(&self.inner.config.sandbox, req.cpu, req.memory_limit_bytes);
