@@ -319,7 +319,7 @@ impl ContainerManager {
             })
             .collect();
         let release = || {
-            let _ = crate::sandbox::volumes::release(&volumes.join(&id[..12]));
+            let _ = crate::sandbox::volumes::release(&volumes, &id[..12]);
         };
         let built = match spec::build(&id, &sandbox.id, &defaults, &input) {
             Ok(b) => b,
@@ -613,12 +613,8 @@ impl ContainerManager {
         if let Ok(mut agent) = self.agent(&r.sandbox_id).await {
             let _ = agent.remove_container(&r.id).await;
         }
-        let volumes = self
-            .inner
-            .sandboxes
-            .volumes_dir(&r.sandbox_id)
-            .join(&r.id[..12]);
-        if let Err(e) = crate::sandbox::volumes::release(&volumes) {
+        let volumes = self.inner.sandboxes.volumes_dir(&r.sandbox_id);
+        if let Err(e) = crate::sandbox::volumes::release(&volumes, &r.id[..12]) {
             warn!(container = %r.id, error = %e, "could not release the container's volumes");
         }
         self.transition(&mut r, ContainerEvent::Remove)?;

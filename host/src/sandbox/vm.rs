@@ -67,8 +67,8 @@ impl VmPaths {
     /// Unmounts the volumes, then deletes the whole directory. Nothing is deleted while a
     /// host path is still mounted under it.
     pub fn remove(&self) {
-        let released = super::volumes::release(&self.layers())
-            .and_then(|()| super::volumes::release(&self.volumes()));
+        let released = super::volumes::release(&self.layers(), "")
+            .and_then(|()| super::volumes::release(&self.volumes(), ""));
         match released {
             Ok(()) => {
                 let _ = std::fs::remove_dir_all(&self.dir);

@@ -19,7 +19,11 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use rustix::fs::{CWD, Mode, OFlags, ResolveFlags, mkdirat, openat, openat2};
+use rustix::mount::{MoveMountFlags, OpenTreeFlags, move_mount, open_tree};
 
 /// The virtio-fs tag of the volumes share.
 pub const VOLUMES_TAG: &str = "volumes";
@@ -99,14 +103,55 @@ pub fn check_container_path(p: &str) -> Result<(), VolumeError> {
     Ok(())
 }
 
+/// Resolution that stays below the directory it starts from and follows no symlink: the
+/// share is guest-writable, so a name in it may be swapped for a symlink at any time.
+const BENEATH: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+/// Opens `rel` below `dir` (see `BENEATH`).
+fn open_beneath(dir: impl AsFd, rel: &str, flags: OFlags) -> std::io::Result<OwnedFd> {
+    Ok(openat2(
+        dir,
+        rel,
+        flags | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+        BENEATH,
+    )?)
+}
+
+/// Opens a host-owned directory (the share root, never a name the guest controls).
+fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?)
+}
+
 /// Bind-mounts each host path under `share/<key>/` and returns the guest view.
+///
+/// The share is the guest's to write, so nothing here resolves a path inside it: the key
+/// directory and each mount point are made relative to directory fds opened beneath the
+/// share with no symlinks (openat2), and each bind is a detached copy of the host path's
+/// tree (open_tree), given its propagation and read-only flags while detached
+/// (mount_setattr), then attached onto the mount point's fd (move_mount). A guest that
+/// renames or replaces names in the share meanwhile can only move the pod's own mounts
+/// within the share, or make the call fail.
 pub fn prepare(
     share: &Path,
     key: &str,
     mounts: &[HostMount],
 ) -> Result<Vec<GuestMount>, VolumeError> {
-    let dir = share.join(key);
+    if key.is_empty() || key.contains('/') || key == "." || key == ".." {
+        return Err(VolumeError::Invalid(format!("bad volume key {key:?}")));
+    }
     let result = (|| {
+        let share_fd = open_dir(share).map_err(io(format!("open {}", share.display())))?;
+        mkdirat(&share_fd, key, Mode::from_raw_mode(0o755))
+            .map_err(|e| io(format!("create the volume dir {key}"))(e.into()))?;
+        let key_fd = open_beneath(&share_fd, key, OFlags::DIRECTORY | OFlags::RDONLY)
+            .map_err(io(format!("open the volume dir {key}")))?;
         let mut out = Vec::new();
         for (n, m) in mounts.iter().enumerate() {
             check_container_path(&m.container_path)?;
@@ -123,15 +168,29 @@ pub fn prepare(
                 std::fs::create_dir_all(&m.host_path)
                     .map_err(io(format!("create {}", m.host_path.display())))?;
             }
-            let target = dir.join(n.to_string());
-            std::fs::create_dir_all(&dir).map_err(io("create the volume dir"))?;
-            if m.host_path.is_dir() {
-                std::fs::create_dir(&target).map_err(io("create a volume mount point"))?;
+            let name = n.to_string();
+            let made = if m.host_path.is_dir() {
+                mkdirat(&key_fd, name.as_str(), Mode::from_raw_mode(0o755))
             } else {
-                std::fs::write(&target, b"").map_err(io("create a volume mount point"))?;
-            }
+                openat(
+                    &key_fd,
+                    name.as_str(),
+                    OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::WRONLY
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o644),
+                )
+                .map(drop)
+            };
+            made.map_err(|e| io("create a volume mount point")(e.into()))?;
+            let target = open_beneath(&key_fd, &name, OFlags::PATH)
+                .map_err(io("open a volume mount point"))?;
             bind_volume(m, &target)?;
-            let submounts = mounts_under(&target).len() > 1;
+            let submounts = std::fs::canonicalize(&m.host_path)
+                .map(|p| mounts_under(&p).iter().any(|m| *m != p))
+                .unwrap_or(false);
             out.push(GuestMount {
                 guest_path: format!("{VOLUMES_MOUNT}/{key}/{n}"),
                 container_path: m.container_path.clone(),
@@ -142,64 +201,59 @@ pub fn prepare(
         Ok(out)
     })();
     if result.is_err() {
-        let _ = release(&dir);
+        let _ = release(share, key);
     }
     result
 }
 
-/// Binds `m.host_path` (with what is mounted below it) at `target`: private, or a slave of
-/// the host path for HostToContainer and Bidirectional; read-only at the top when the
+/// Binds `m.host_path` (with what is mounted below it) onto `target`: private, or a slave
+/// of the host path for HostToContainer and Bidirectional; read-only at the top when the
 /// volume is, and all the way down when it is recursively read-only.
-fn bind_volume(m: &HostMount, target: &Path) -> Result<(), VolumeError> {
+fn bind_volume(m: &HostMount, target: &OwnedFd) -> Result<(), VolumeError> {
     let step = |what: &str| {
         let what = format!("{what} {}", m.host_path.display());
-        move |e: nix::Error| VolumeError::Io {
-            what,
-            source: e.into(),
-        }
+        move |e: std::io::Error| VolumeError::Io { what, source: e }
     };
-    let rec = MsFlags::MS_REC;
-    mount(
-        Some(&m.host_path),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | rec,
-        None::<&str>,
+    let tree = open_tree(
+        CWD,
+        &m.host_path,
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_RECURSIVE,
     )
-    .map_err(step("bind"))?;
+    .map_err(|e| step("bind")(e.into()))?;
     let propagation = match m.propagation {
-        Propagation::Private => MsFlags::MS_PRIVATE,
-        Propagation::HostToContainer | Propagation::Bidirectional => MsFlags::MS_SLAVE,
+        Propagation::Private => libc::MS_PRIVATE,
+        Propagation::HostToContainer | Propagation::Bidirectional => libc::MS_SLAVE,
     };
-    mount(
-        None::<&str>,
-        target,
-        None::<&str>,
-        propagation | rec,
-        None::<&str>,
-    )
-    .map_err(step("set the propagation of the volume bind of"))?;
+    setattr(&tree, true, 0, propagation)
+        .map_err(step("set the propagation of the volume bind of"))?;
     if m.read_only {
-        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        mount(None::<&str>, target, None::<&str>, ro, None::<&str>)
+        setattr(&tree, m.recursive_read_only, MOUNT_ATTR_RDONLY, 0)
             .map_err(step("make read-only the volume bind of"))?;
     }
-    if m.read_only && m.recursive_read_only {
-        readonly_recursive(target).map_err(|source| VolumeError::Io {
-            what: format!(
-                "make read-only every mount below the volume bind of {}",
-                m.host_path.display()
-            ),
-            source,
-        })?;
-    }
-    Ok(())
+    move_mount(
+        &tree,
+        "",
+        target,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )
+    .map_err(|e| step("attach the volume bind of")(e.into()))
 }
 
-/// mount_setattr(2) with AT_RECURSIVE and MOUNT_ATTR_RDONLY on `target` (nix has no
-/// wrapper for it).
-fn readonly_recursive(target: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
+/// `MOUNT_ATTR_RDONLY` of linux/mount.h.
+const MOUNT_ATTR_RDONLY: u64 = 1;
+
+/// mount_setattr(2) on the mount (tree) `fd` is: `attr_set` flags and a propagation type
+/// (0 leaves it), on every mount of the tree when `recursive`. (Neither nix nor rustix
+/// wraps this call.)
+fn setattr(
+    fd: &OwnedFd,
+    recursive: bool,
+    attr_set: u64,
+    propagation: libc::c_ulong,
+) -> std::io::Result<()> {
     /// `struct mount_attr` of linux/mount.h.
     #[repr(C)]
     struct MountAttr {
@@ -208,22 +262,21 @@ fn readonly_recursive(target: &Path) -> std::io::Result<()> {
         propagation: u64,
         userns_fd: u64,
     }
-    let path = std::ffi::CString::new(target.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::other("path has a NUL byte"))?;
     let attr = MountAttr {
-        attr_set: 1, // MOUNT_ATTR_RDONLY
+        attr_set,
         attr_clr: 0,
-        propagation: 0,
+        propagation,
         userns_fd: 0,
     };
-    // SAFETY: path is NUL-terminated and attr a mount_attr of the size given; both outlive
-    // the call.
+    let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: the fd is open, "" is NUL-terminated, and attr is a mount_attr of the size
+    // given; all outlive the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            (libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags as libc::c_uint,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
@@ -285,31 +338,60 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Unmounts everything under `dir`, then deletes it. Refuses to delete while anything is
-/// still mounted there.
-pub fn release(dir: &Path) -> Result<(), VolumeError> {
+/// Unmounts everything under `root/rel` (`rel` empty: `root` itself), then deletes it.
+/// `root` is host-owned; below it the guest may have renamed things or planted symlinks,
+/// so each mount is opened beneath `root` without following any, and unmounted through
+/// that fd. Refuses to delete while anything is still mounted there.
+pub fn release(root: &Path, rel: &str) -> Result<(), VolumeError> {
+    let dir = if rel.is_empty() {
+        root.to_path_buf()
+    } else {
+        root.join(rel)
+    };
     for _ in 0..3 {
-        let left = mounts_under(dir);
+        let left = mounts_under(&dir);
         if left.is_empty() {
             break;
         }
         for m in left {
-            let _ = umount2(&m, MntFlags::MNT_DETACH);
+            unmount_beneath(root, &m);
         }
     }
-    let left = mounts_under(dir);
+    let left = mounts_under(&dir);
     if !left.is_empty() {
         return Err(VolumeError::Invalid(format!(
             "still mounted under {}: {left:?}; not deleting",
             dir.display()
         )));
     }
-    match std::fs::remove_dir_all(dir) {
+    // remove_dir_all follows no symlink (one planted at `dir` itself is removed as a link).
+    match std::fs::remove_dir_all(&dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(VolumeError::Io {
             what: format!("remove {}", dir.display()),
             source: e,
         }),
         _ => Ok(()),
+    }
+}
+
+/// Unmounts the mount at `m` (a path below host-owned `root`, as mountinfo reported it).
+fn unmount_beneath(root: &Path, m: &Path) {
+    let Ok(rel) = m.strip_prefix(root) else {
+        return;
+    };
+    if rel.as_os_str().is_empty() {
+        let _ = umount2(root, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
+        return;
+    }
+    let Some(rel) = rel.to_str() else {
+        return;
+    };
+    let fd = open_dir(root).and_then(|r| open_beneath(&r, rel, OFlags::PATH));
+    if let Ok(fd) = fd {
+        let _ = umount2(
+            format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+            MntFlags::MNT_DETACH,
+        );
     }
 }
 
@@ -357,7 +439,7 @@ mod tests {
             b"file"
         );
         assert_eq!(mounts_under(share.path()).len(), 2);
-        release(&share.path().join("c1")).expect("release");
+        release(share.path(), "c1").expect("release");
         assert!(mounts_under(share.path()).is_empty());
         assert_eq!(
             std::fs::read(host.path().join("data")).expect("host data survives"),
@@ -377,7 +459,7 @@ mod tests {
         assert_eq!(mounts_under(share.path()).len(), 1);
         assert_eq!(std::fs::read(t.join("f")).expect("r"), b"layer");
         assert!(std::fs::write(t.join("g"), b"x").is_err(), "read-only");
-        release(share.path()).expect("release");
+        release(share.path(), "").expect("release");
         assert!(src.path().join("f").exists());
     }
 
@@ -417,7 +499,7 @@ mod tests {
         assert!(std::fs::write(share.path().join("c1/1/top"), b"x").is_err());
         assert!(std::fs::write(share.path().join("c1/1/sub/g"), b"x").is_err());
         assert!(got[1].read_only && got[1].recursive_read_only);
-        release(&share.path().join("c1")).expect("release");
+        release(share.path(), "c1").expect("release");
         assert_eq!(std::fs::read(sub.join("f")).expect("on the host"), b"x");
         umount2(&sub, MntFlags::MNT_DETACH).expect("umount");
     }
@@ -459,9 +541,94 @@ mod tests {
         std::fs::write(sub.join("late"), b"x").expect("w");
         assert!(share.path().join("c1/1/sub/late").exists(), "propagated");
         assert!(!share.path().join("c1/0/sub/late").exists(), "private");
-        release(&share.path().join("c1")).expect("release");
+        release(share.path(), "c1").expect("release");
         umount2(&sub, MntFlags::MNT_DETACH).expect("umount");
         umount2(host.path(), MntFlags::MNT_DETACH).expect("umount");
+    }
+
+    #[test]
+    fn a_symlink_planted_in_the_share_is_never_followed() {
+        let host = tempfile::tempdir().expect("host");
+        let outside = tempfile::tempdir().expect("outside");
+        let share = tempfile::tempdir().expect("share");
+        std::os::unix::fs::symlink(outside.path(), share.path().join("c1")).expect("plant");
+        let m = HostMount {
+            host_path: host.path().to_owned(),
+            container_path: "/d".into(),
+            ..Default::default()
+        };
+        assert!(prepare(share.path(), "c1", std::slice::from_ref(&m)).is_err());
+        assert_eq!(std::fs::read_dir(outside.path()).expect("ls").count(), 0);
+        assert!(mounts_under(outside.path()).is_empty());
+        // Releasing a planted link removes the link, not what it points to.
+        std::os::unix::fs::symlink(outside.path(), share.path().join("c2")).expect("plant");
+        std::fs::write(outside.path().join("keep"), b"x").expect("w");
+        release(share.path(), "c2").expect("release");
+        assert!(outside.path().join("keep").exists());
+        assert!(!share.path().join("c2").exists());
+    }
+
+    #[test]
+    fn renames_and_symlink_swaps_racing_set_up_stay_inside_the_share() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let host = tempfile::tempdir().expect("host");
+        std::fs::write(host.path().join("data"), b"keep me").expect("w");
+        let file = host.path().join("data");
+        let outside = tempfile::tempdir().expect("outside");
+        let share = tempfile::tempdir().expect("share");
+        let mounts = [
+            HostMount {
+                host_path: host.path().to_owned(),
+                container_path: "/d".into(),
+                read_only: true,
+                ..Default::default()
+            },
+            HostMount {
+                host_path: file.clone(),
+                container_path: "/f".into(),
+                ..Default::default()
+            },
+        ];
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            // The guest: swaps the key directory and the mount points for symlinks out.
+            s.spawn(|| {
+                let (sp, out) = (share.path(), outside.path());
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::fs::rename(sp.join("c1"), sp.join("aside"));
+                    let _ = std::os::unix::fs::symlink(out, sp.join("c1"));
+                    let _ = std::fs::rename(sp.join("aside/0"), sp.join("aside/0x"));
+                    let _ = std::os::unix::fs::symlink(out, sp.join("aside/0"));
+                    let _ = std::os::unix::fs::symlink(out.join("f"), sp.join("aside/1"));
+                    std::thread::yield_now();
+                    let _ = std::fs::remove_file(sp.join("c1"));
+                    let _ = std::fs::rename(sp.join("aside"), sp.join("c1"));
+                }
+            });
+            for _ in 0..300 {
+                let _ = prepare(share.path(), "c1", &mounts);
+                let _ = release(share.path(), "c1");
+                let _ = release(share.path(), "aside");
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        let _ = release(share.path(), "c1");
+        let _ = release(share.path(), "aside");
+        assert!(
+            mounts_under(outside.path()).is_empty(),
+            "nothing mounted outside"
+        );
+        assert_eq!(
+            std::fs::read_dir(outside.path()).expect("ls").count(),
+            0,
+            "nothing created outside"
+        );
+        assert_eq!(
+            std::fs::read(&file).expect("r"),
+            b"keep me",
+            "nothing truncated"
+        );
+        assert!(mounts_under(share.path()).is_empty());
     }
 
     #[test]
