@@ -3,8 +3,10 @@
 #   vmlinuz            Debian's cloud kernel (bzImage), straight from the .deb
 #   vmlinux            the same kernel as an ELF (PVH entry), extracted from vmlinuz
 #   initramfs.cpio     /init (static moat-agent), /lib/moat/modules/*.ko, /lib/moat/modules.order,
-#                      /lib/moat/ondemand/*.ko and index (loaded when the kernel asks), and
-#                      /sbin/modprobe (a link to the agent, the kernel's modprobe helper)
+#                      and /sbin/modprobe (a link to the agent, the kernel's modprobe helper)
+#   modules/           *.ko and index: modules loaded when the kernel asks for them; moatd
+#                      shares them read-only with each pod (the `layers` share), so they
+#                      cost a pod nothing until loaded
 #   manifest.json      kernel version, modules, sizes, hashes, and the input hash
 #
 # The build is cached by a hash of its inputs (kernel package file name and version, the
@@ -41,7 +43,7 @@ MODULES=(
 # Modules loaded only when the kernel asks for them (request_module: a bridge created, a
 # veth pair, a netfilter table or match used...), for privileged workloads that expect the
 # usual kernel: nested CNI plugins, iptables, tun, loop. The kernel runs /sbin/modprobe,
-# which is the agent; it finds the module by name or alias in lib/moat/ondemand/index.
+# which is the agent; it finds the module by name or alias in modules/index, on the share.
 ONDEMAND_MODULES=(
   bridge br_netfilter veth tun loop dummy macvlan ipvlan vxlan
   ip_tables ip6_tables iptable_filter iptable_nat iptable_mangle iptable_raw
@@ -111,7 +113,7 @@ input_hash="$(
 exit_if_up_to_date() {
   [ -z "${MOAT_GUEST_FORCE:-}" ] && [ -f "$OUT/manifest.json" ] &&
     grep -q "\"content_hash\": \"$input_hash\"" "$OUT/manifest.json" &&
-    [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/initramfs.cpio" ] || return 0
+    [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/initramfs.cpio" ] && [ -f "$OUT/modules/index" ] || return 0
   echo "guest image up to date ($input_hash)"
   sizes
   exit 0
@@ -119,11 +121,15 @@ exit_if_up_to_date() {
 exit_if_up_to_date
 
 IMAGE_CACHE="${MOAT_GUEST_CACHE:-/var/cache/moat/guest}"
-if [ -z "${MOAT_GUEST_FORCE:-}" ] && [ -f "$IMAGE_CACHE/$input_hash/manifest.json" ]; then
+if [ -z "${MOAT_GUEST_FORCE:-}" ] && [ -f "$IMAGE_CACHE/$input_hash/manifest.json" ] &&
+  [ -f "$IMAGE_CACHE/$input_hash/modules/index" ]; then
   mkdir -p "$OUT"
+  rm -f "$OUT/manifest.json"
   for f in vmlinuz vmlinux initramfs.cpio config; do
     [ -f "$IMAGE_CACHE/$input_hash/$f" ] && cp "$IMAGE_CACHE/$input_hash/$f" "$OUT/$f.tmp" && mv "$OUT/$f.tmp" "$OUT/$f"
   done
+  rm -rf "$OUT/modules" "$OUT/modules.tmp"
+  cp -r "$IMAGE_CACHE/$input_hash/modules" "$OUT/modules.tmp" && mv "$OUT/modules.tmp" "$OUT/modules"
   cp "$IMAGE_CACHE/$input_hash/manifest.json" "$OUT/manifest.json"
   echo "guest image taken from the cache $IMAGE_CACHE/$input_hash"
   sizes
@@ -273,7 +279,7 @@ log "modules (${#order[@]}, load order): ${order[*]}"
 # load order, under its name and every alias the kernel may ask for (rtnl-link-bridge,
 # nft-chain-2-nat, char-major-10-200...). The closure runs in a subshell per module, so a
 # shared dependency is decompressed again (the same bytes).
-ONDIR="$WORK/root/lib/moat/ondemand"
+ONDIR="$STAGE/modules"
 mkdir -p "$ONDIR"
 declare -A boot=() ondemand_done=()
 for m in "${order[@]}"; do boot[$m]=1; done
@@ -373,7 +379,7 @@ sha() { sha256sum "$1" | cut -d' ' -f1; }
   printf '  "agent": {"size": %s, "sha256": "%s"},\n' "$(sz "$WORK/root/init")" "$(sha "$WORK/root/init")"
   printf '  "files": {\n'
   sep=""
-  for f in vmlinuz vmlinux initramfs.cpio; do
+  for f in vmlinuz vmlinux initramfs.cpio modules/index; do
     [ -f "$STAGE/$f" ] || continue
     printf '%s    "%s": {"size": %s, "sha256": "%s"}' "$sep" "$f" "$(sz "$STAGE/$f")" "$(sha "$STAGE/$f")"
     sep=$',\n'
@@ -388,6 +394,8 @@ for f in vmlinuz vmlinux initramfs.cpio config; do
   rm -f "$OUT/$f"
   [ -f "$STAGE/$f" ] && mv "$STAGE/$f" "$OUT/$f"
 done
+rm -rf "$OUT/modules"
+mv "$STAGE/modules" "$OUT/modules"
 mv "$STAGE/manifest.json" "$OUT/manifest.json"
 
 echo "guest image built in $((SECONDS - t0)) s ($input_hash)"
@@ -400,6 +408,7 @@ if mkdir -p "$IMAGE_CACHE/$input_hash.tmp" 2>/dev/null; then
   for f in vmlinuz vmlinux initramfs.cpio config manifest.json; do
     [ -f "$OUT/$f" ] && cp "$OUT/$f" "$IMAGE_CACHE/$input_hash.tmp/$f"
   done
+  cp -r "$OUT/modules" "$IMAGE_CACHE/$input_hash.tmp/modules"
   rm -rf "$IMAGE_CACHE/$input_hash" && mv "$IMAGE_CACHE/$input_hash.tmp" "$IMAGE_CACHE/$input_hash"
   # shellcheck disable=SC2012
   ls -1t "$IMAGE_CACHE" | tail -n +4 | while read -r old; do rm -rf "${IMAGE_CACHE:?}/$old"; done

@@ -3,7 +3,7 @@
 //! match, /dev/net/tun...) and runs its usermode helper, `/sbin/modprobe -q -- <name>`,
 //! which in the guest image is a link to the agent. It looks the name up in the index that
 //! guest-image/build.sh writes (`module <name> <files in load order>`, `alias <pattern>
-//! <name>`) and loads those modules from the initramfs with finit_module.
+//! <name>`) and loads those modules from the `layers` share with finit_module.
 //!
 //! Written by hand because kmod's modprobe is a dynamically linked program with its own
 //! binary index files, and the guest has neither a libc nor those files: the agent is one
@@ -12,8 +12,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-/// The on-demand modules and their index in the guest image.
-pub const ONDEMAND_DIR: &str = "/lib/moat/ondemand";
+/// The on-demand modules and their index: moatd binds the guest image's `modules/`
+/// read-only into the pod's `layers` share, so they cost a pod nothing until one is
+/// loaded (in the initramfs they would be unpacked into every guest's memory at boot).
+pub const ONDEMAND_DIR: &str = "/run/moat/layers/modules";
 
 /// The index: module name -> modules to load in order; aliases, in file order.
 #[derive(Debug, Default, PartialEq, Eq)]

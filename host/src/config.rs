@@ -108,6 +108,9 @@ pub struct SandboxConfig {
     pub builtin_kernel: Option<PathBuf>,
 }
 
+/// The on-demand kernel modules in the guest dir, and their name in the `layers` share.
+pub const MODULES_DIR: &str = "modules";
+
 /// The minimal kernel for the built-in VMM in the guest dir (guest-image/build-kernel.sh).
 pub const BUILTIN_KERNEL_FILE: &str = "vmlinux-moat";
 
@@ -152,6 +155,13 @@ impl SandboxConfig {
         }
     }
     /// The guest initramfs: the compressed one if present, else the plain cpio.
+    /// The kernel modules loaded on demand (`<guest_dir>/modules`: the `.ko` files and their
+    /// index), which reach the guest on its read-only `layers` share.
+    pub fn modules(&self) -> PathBuf {
+        self.guest_dir.join(MODULES_DIR)
+    }
+
+    /// The initramfs.
     pub fn initramfs(&self) -> PathBuf {
         let gz = self.guest_dir.join("initramfs.cpio.gz");
         if gz.exists() {

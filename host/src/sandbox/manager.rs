@@ -490,6 +490,7 @@ impl SandboxManager {
             }
         };
         let cfg = &self.inner.config.sandbox;
+        let modules = cfg.modules();
         let kernel = match handler_vmm.kind {
             VmmKind::Qemu => cfg.kernel(),
             VmmKind::Builtin => cfg.builtin_kernel(),
@@ -511,6 +512,8 @@ impl SandboxManager {
                     tap_fd: std::os::fd::AsRawFd::as_raw_fd(fd),
                     mac: pn.mac.clone(),
                 }),
+                // Debian's kernel (QEMU) has modules; the built-in VMM's has none.
+                modules: (handler_vmm.kind == VmmKind::Qemu).then_some(modules.as_path()),
             },
         )
         .await;

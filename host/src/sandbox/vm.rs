@@ -150,6 +150,10 @@ pub struct LaunchSpec<'a> {
     pub agent_timeout: Duration,
     /// The pod's network device, if it has a network.
     pub net: Option<crate::hypervisor::NetDevice>,
+    /// The kernel modules the guest loads on demand, bound read-only into the `layers`
+    /// share as `modules/` (skipped when the directory is missing: a kernel with
+    /// everything built in has none).
+    pub modules: Option<&'a Path>,
 }
 
 /// The virtio-fs tag of the image layers share, and where the agent mounts it.
@@ -191,6 +195,16 @@ pub async fn launch(
     paths.remove();
     for d in [paths.volumes(), paths.layers()] {
         std::fs::create_dir_all(d).map_err(|e| SandboxError::io("create the VM run dir", e))?;
+    }
+    if let Some(m) = spec.modules.filter(|m| m.is_dir()) {
+        let target = paths.layers().join(crate::config::MODULES_DIR);
+        if let Err(e) = super::volumes::bind_read_only(m, &target) {
+            paths.remove();
+            return Err(SandboxError::io(
+                "share the on-demand kernel modules",
+                std::io::Error::other(e.to_string()),
+            ));
+        }
     }
     let result = launch_inner(hypervisor, &paths, &spec).await;
     if let Err(e) = &result {
@@ -485,6 +499,7 @@ mod tests {
                 share_layers: true,
                 agent_timeout: Duration::from_secs(1),
                 net: None,
+                modules: None,
             },
         )
         .await;
