@@ -6,6 +6,12 @@
 //! that mounts the share read-write (or a hostile guest kernel) still cannot change a byte
 //! of the image layers on the host.
 //!
+//! On a read-write share (the pod's volumes: host paths) it refuses what would hand the
+//! guest's root a way into the host's: device nodes (a guest-made block device of the
+//! host's disk), setuid files and setgid executables, and file capabilities
+//! (`security.capability`), with `EPERM`. The back-end runs as root, so without this a
+//! guest could leave a setuid-root binary in a hostPath for a host user to run.
+//!
 //! The wrapper lists each `FileSystem` method explicitly. Anything not listed falls back to
 //! the trait's default (`ENOSYS`, or `ENOTTY` for ioctl), so an operation added to the trait
 //! in a later fuse-backend-rs release is refused until someone decides what it means for a
@@ -76,6 +82,36 @@ impl<F> GuardedFs<F> {
     }
 }
 
+fn eperm() -> io::Error {
+    io::Error::from_raw_os_error(libc::EPERM)
+}
+
+/// `Err(EPERM)` for a mode that would make a setuid file, or a setgid one that is not a
+/// directory (a setgid directory only passes its group on, and shared volumes use it).
+fn unprivileged_mode(mode: u32) -> io::Result<()> {
+    let is_dir = mode & libc::S_IFMT == libc::S_IFDIR;
+    if mode & libc::S_ISUID != 0 || (mode & libc::S_ISGID != 0 && !is_dir) {
+        return Err(eperm());
+    }
+    Ok(())
+}
+
+/// `Err(EPERM)` for a device node.
+fn not_a_device(mode: u32) -> io::Result<()> {
+    match mode & libc::S_IFMT {
+        libc::S_IFCHR | libc::S_IFBLK => Err(eperm()),
+        _ => Ok(()),
+    }
+}
+
+/// `Err(EPERM)` for the file capability xattr.
+fn not_a_file_capability(name: &CStr) -> io::Result<()> {
+    if name.to_bytes() == b"security.capability" {
+        return Err(eperm());
+    }
+    Ok(())
+}
+
 impl<F: FileSystem> FileSystem for GuardedFs<F> {
     type Inode = F::Inode;
     type Handle = F::Handle;
@@ -124,6 +160,9 @@ impl<F: FileSystem> FileSystem for GuardedFs<F> {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         self.writable()?;
+        if valid.contains(SetattrValid::MODE) {
+            unprivileged_mode(attr.st_mode)?;
+        }
         self.inner.setattr(ctx, inode, attr, handle, valid)
     }
 
@@ -152,6 +191,8 @@ impl<F: FileSystem> FileSystem for GuardedFs<F> {
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
+        not_a_device(mode)?;
+        unprivileged_mode(mode)?;
         self.inner.mknod(ctx, inode, name, mode, rdev, umask)
     }
 
@@ -164,6 +205,7 @@ impl<F: FileSystem> FileSystem for GuardedFs<F> {
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
+        unprivileged_mode(mode | libc::S_IFDIR)?;
         self.inner.mkdir(ctx, parent, name, mode, umask)
     }
 
@@ -223,6 +265,7 @@ impl<F: FileSystem> FileSystem for GuardedFs<F> {
         args: CreateIn,
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
+        unprivileged_mode(args.mode)?;
         self.inner.create(ctx, parent, name, args)
     }
 
@@ -330,6 +373,7 @@ impl<F: FileSystem> FileSystem for GuardedFs<F> {
         flags: u32,
     ) -> io::Result<()> {
         self.writable()?;
+        not_a_file_capability(name)?;
         self.inner.setxattr(ctx, inode, name, value, flags)
     }
 
@@ -675,5 +719,66 @@ mod tests {
         let meta = fs::metadata(dir.path().join("made")).expect("made on the host");
         assert!(meta.is_dir());
         assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+    }
+
+    #[test]
+    fn a_read_write_share_refuses_devices_setuid_and_file_capabilities() {
+        let (dir, fs) = share(false);
+        let ctx = Context::default();
+        for (what, mode) in [
+            ("char device", libc::S_IFCHR | 0o600),
+            ("block device", libc::S_IFBLK | 0o600),
+            ("setuid file", libc::S_IFREG | libc::S_ISUID | 0o755),
+        ] {
+            let r = fs.mknod(&ctx, ROOT_ID, &name("node"), mode, 0x0801, 0);
+            assert_eq!(errno(r), Some(libc::EPERM), "{what}");
+        }
+        assert!(!dir.path().join("node").exists());
+        fs.mknod(&ctx, ROOT_ID, &name("fifo"), libc::S_IFIFO | 0o600, 0, 0)
+            .expect("a fifo is fine");
+        let create = |mode| CreateIn {
+            flags: libc::O_WRONLY as u32,
+            mode,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        let r = fs.create(
+            &ctx,
+            ROOT_ID,
+            &name("suid"),
+            create(libc::S_IFREG | libc::S_ISUID | 0o755),
+        );
+        assert_eq!(errno(r), Some(libc::EPERM));
+        let r = fs.create(
+            &ctx,
+            ROOT_ID,
+            &name("sgid"),
+            create(libc::S_IFREG | libc::S_ISGID | 0o755),
+        );
+        assert_eq!(errno(r), Some(libc::EPERM));
+        fs.mkdir(&ctx, ROOT_ID, &name("shared"), libc::S_ISGID | 0o775, 0)
+            .expect("a setgid directory is fine");
+        // chmod u+s on a file that exists.
+        let file = fs.lookup(&ctx, ROOT_ID, &name("file")).expect("lookup");
+        let mut attr = file.attr;
+        attr.st_mode = libc::S_IFREG | libc::S_ISUID | 0o755;
+        let r = fs.setattr(&ctx, file.inode, attr, None, SetattrValid::MODE);
+        assert_eq!(errno(r), Some(libc::EPERM));
+        attr.st_mode = libc::S_IFREG | 0o640;
+        fs.setattr(&ctx, file.inode, attr, None, SetattrValid::MODE)
+            .expect("a plain chmod is fine");
+        let r = fs.setxattr(&ctx, file.inode, &name("security.capability"), b"\x01", 0);
+        assert_eq!(errno(r), Some(libc::EPERM));
+        let meta = fs::metadata(dir.path().join("file")).expect("file");
+        assert_eq!(
+            meta.permissions().mode() & 0o7777,
+            0o640,
+            "no setuid on the host"
+        );
+        assert!(
+            xattr::get(dir.path().join("file"), "security.capability")
+                .expect("xattr")
+                .is_none()
+        );
     }
 }
