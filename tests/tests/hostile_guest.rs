@@ -64,6 +64,7 @@ async fn guest_root_cannot_write_read_only_volumes_or_plant_privileges_on_the_ho
     for cmd in [
         "mknod /rw/disk b 8 0",
         "mknod /rw/mem c 1 1",
+        "mknod /rw/tty c 5 0",
         "touch /rw/suid && chmod u+s /rw/suid",
         "touch /rw/sgid && chmod g+s /rw/sgid",
     ] {

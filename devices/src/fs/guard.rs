@@ -8,7 +8,7 @@
 //!
 //! On a read-write share (the pod's volumes: host paths) it refuses what would hand the
 //! guest's root a way into the host's: device nodes (a guest-made block device of the
-//! host's disk), setuid files and setgid executables, and file capabilities
+//! host's disk; overlayfs whiteouts, 0:0, are fine), setuid files and setgid executables, and file capabilities
 //! (`security.capability`), with `EPERM`. The back-end runs as root, so without this a
 //! guest could leave a setuid-root binary in a hostPath for a host user to run.
 //!
@@ -96,9 +96,11 @@ fn unprivileged_mode(mode: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// `Err(EPERM)` for a device node.
-fn not_a_device(mode: u32) -> io::Result<()> {
+/// `Err(EPERM)` for a device node; an overlayfs whiteout (a character device 0:0, which
+/// opens nothing) is fine, so overlay upper dirs work on volumes.
+fn not_a_device(mode: u32, rdev: u32) -> io::Result<()> {
     match mode & libc::S_IFMT {
+        libc::S_IFCHR if rdev == 0 => Ok(()),
         libc::S_IFCHR | libc::S_IFBLK => Err(eperm()),
         _ => Ok(()),
     }
@@ -191,7 +193,7 @@ impl<F: FileSystem> FileSystem for GuardedFs<F> {
         umask: u32,
     ) -> io::Result<Entry> {
         self.writable()?;
-        not_a_device(mode)?;
+        not_a_device(mode, rdev)?;
         unprivileged_mode(mode)?;
         self.inner.mknod(ctx, inode, name, mode, rdev, umask)
     }
@@ -736,6 +738,15 @@ mod tests {
         assert!(!dir.path().join("node").exists());
         fs.mknod(&ctx, ROOT_ID, &name("fifo"), libc::S_IFIFO | 0o600, 0, 0)
             .expect("a fifo is fine");
+        fs.mknod(
+            &ctx,
+            ROOT_ID,
+            &name("whiteout"),
+            libc::S_IFCHR | 0o600,
+            0,
+            0,
+        )
+        .expect("an overlayfs whiteout (0:0) is fine");
         let create = |mode| CreateIn {
             flags: libc::O_WRONLY as u32,
             mode,
