@@ -14,6 +14,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for d in [&config.root_dir, &config.run_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
     }
+    // The image store holds unpacked layers as the images have them (setuid binaries,
+    // device nodes): no one but root goes below root_dir.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.root_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("make {} private (0700)", config.root_dir.display()))?;
+    }
     let store = Store::open(&config.root_dir.join("moat.redb"))?;
     let images = ImageManager::open(&config, store.clone())?;
     let sandboxes = crate::sandbox::SandboxManager::open(&config, store.clone()).await?;

@@ -286,6 +286,12 @@ async fn socket_is_0660_and_a_second_moatd_is_refused() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o660);
+    let root_mode = std::fs::metadata(m.root())
+        .expect("root dir")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(root_mode, 0o700, "the image store is root's alone");
     let out = Command::new(moatd_bin())
         .arg("--config")
         .arg(m.config_path())

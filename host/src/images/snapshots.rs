@@ -25,6 +25,10 @@ impl SnapshotStore {
             std::fs::create_dir_all(d)
                 .map_err(|e| ImageError::io(format!("create {}", d.display()), e))?;
         }
+        // Layers keep their setuid binaries and device nodes: root's alone.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| ImageError::io(format!("make {} private", root.display()), e))?;
         Ok(Self { dir, tmp })
     }
 

@@ -73,8 +73,14 @@ pub async fn channel(
                 }
             }))
             .await?;
-    Ok(AgentClient::new(ch))
+    Ok(AgentClient::new(ch)
+        .max_decoding_message_size(MAX_AGENT_MESSAGE)
+        .max_encoding_message_size(MAX_AGENT_MESSAGE))
 }
+
+/// The largest message moatd takes from (or sends to) an agent, which the guest controls:
+/// output chunks, ExecSync output and stats all stay far below it.
+pub const MAX_AGENT_MESSAGE: usize = 4 << 20;
 
 /// Waits for the agent's announce line on `listener` (bound at `<uds>_1025`).
 pub async fn wait_announce(listener: &tokio::net::UnixListener) -> std::io::Result<String> {

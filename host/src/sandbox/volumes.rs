@@ -287,7 +287,8 @@ fn setattr(
     Ok(())
 }
 
-/// Bind-mounts directory `src` read-only at `target` (created), unless already there.
+/// Bind-mounts directory `src` read-only, nosuid and nodev at `target` (created), unless
+/// already there.
 pub fn bind_read_only(src: &Path, target: &Path) -> Result<(), VolumeError> {
     if mounts_under(target).iter().any(|m| m == target) {
         return Ok(());
@@ -304,7 +305,12 @@ pub fn bind_read_only(src: &Path, target: &Path) -> Result<(), VolumeError> {
         what: format!("bind {}", src.display()),
         source: e.into(),
     })?;
-    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    // Read-only, and no setuid or device node in a layer means anything on the host.
+    let ro = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV;
     let made_ro = mount(None::<&str>, target, None::<&str>, ro, None::<&str>).and_then(|()| {
         mount(
             None::<&str>,
@@ -459,6 +465,15 @@ mod tests {
         assert_eq!(mounts_under(share.path()).len(), 1);
         assert_eq!(std::fs::read(t.join("f")).expect("r"), b"layer");
         assert!(std::fs::write(t.join("g"), b"x").is_err(), "read-only");
+        let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let line = info
+            .lines()
+            .find(|l| l.split(' ').nth(4) == t.to_str())
+            .expect("the bind in mountinfo");
+        let opts = line.split(' ').nth(5).unwrap_or_default();
+        for o in ["ro", "nosuid", "nodev"] {
+            assert!(opts.split(',').any(|x| x == o), "{o} in {opts}");
+        }
         release(share.path(), "").expect("release");
         assert!(src.path().join("f").exists());
     }
