@@ -20,6 +20,8 @@ pub enum Fault {
     Corrupt,
     /// Send half the body, then go silent (the connection stays open).
     Stall,
+    /// Send the body, then zeros without end (chunked: no length to hold it to).
+    Endless,
 }
 
 const BIG: usize = 64 * 1024;
@@ -124,6 +126,9 @@ async fn forward(
     };
     let mut builder = Response::builder().status(resp.status().as_u16());
     for (k, v) in resp.headers() {
+        if fault == Fault::Endless && is_blob_get && k == "content-length" {
+            continue;
+        }
         builder = builder.header(k.as_str(), v.as_bytes());
     }
     let bytes = resp.bytes().await.unwrap_or_default();
@@ -142,6 +147,17 @@ async fn forward(
                     async move { Ok::<_, std::io::Error>(Frame::data(half)) },
                 )
                 .chain(futures::stream::pending());
+                BoxBody::new(StreamBody::new(s))
+            }
+            Fault::Endless => {
+                let zeros = Bytes::from(vec![0u8; BIG]);
+                let s =
+                    futures::stream::once(
+                        async move { Ok::<_, std::io::Error>(Frame::data(bytes)) },
+                    )
+                    .chain(futures::stream::repeat_with(move || {
+                        Ok(Frame::data(zeros.clone()))
+                    }));
                 BoxBody::new(StreamBody::new(s))
             }
         }

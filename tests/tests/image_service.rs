@@ -490,6 +490,23 @@ async fn corrupted_blob_is_refused_and_leaves_no_trace() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_blob_longer_than_its_descriptor_is_cut_off_and_leaves_no_trace() {
+    let reg = Registry::start().await;
+    let img = busybox_image(Compression::Gzip, Flavor::Oci, "");
+    reg.push_image("t/endless", "v1", &img).await;
+    // The layer's bytes, then zeros without end: read to the end, this never stops.
+    let proxy = Proxy::start(&reg.addr, Fault::Endless).await;
+    let m = Moatd::start("").await;
+    let e = pull(&m, &format!("{}/t/endless:v1", proxy.addr))
+        .await
+        .expect_err("endless blob");
+    assert!(e.message().contains("longer than"), "{e:?}");
+    assert!(e.message().contains(&img.layers[0].digest), "{e:?}");
+    assert!(list(&m).await.is_empty());
+    assert_eq!(store_counts(&m), (0, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn registry_that_stops_answering_mid_pull_times_out_cleanly() {
     let reg = Registry::start().await;
     let img = busybox_image(Compression::Gzip, Flavor::Oci, "");

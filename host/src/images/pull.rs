@@ -329,12 +329,33 @@ async fn ensure_blob(
         async move {
             let stream = session.blob(&ep, r, &layer.digest).await?;
             let mut ingest = inner.content.begin()?;
-            drain_stream(stream, &ep, "reading a layer", |c| ingest.write(c))
-                .await
-                .map_err(|e| match e {
-                    StreamError::Transport(e) => e,
-                    StreamError::Local(e) => ImageError::io("write layer blob", e),
-                })?;
+            // Stop at the manifest's size: a registry sending more is wrong, and without
+            // this bound one could fill the disk before the digest check at the end.
+            let mut received = 0u64;
+            drain_stream(stream, &ep, "reading a layer", |c| {
+                received += c.len() as u64;
+                if received > layer.size {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "layer {} is longer than the {} bytes its manifest gives it",
+                            layer.digest, layer.size
+                        ),
+                    ));
+                }
+                ingest.write(c)
+            })
+            .await
+            .map_err(|e| match e {
+                StreamError::Transport(e) => e,
+                StreamError::Local(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    ImageError::BadResponse {
+                        registry: ep.to_string(),
+                        detail: e.to_string(),
+                    }
+                }
+                StreamError::Local(e) => ImageError::io("write layer blob", e),
+            })?;
             inner
                 .content
                 .commit(ingest, &layer.digest, Some(layer.size), &ep.to_string())
