@@ -3,6 +3,7 @@
 //! - `vsock`: virtio-vsock with a hybrid-vsock host side (the connection state machine,
 //!   credit flow control, the muxer of host Unix sockets, queue handling).
 //! - `fs`: virtio-fs, a FUSE server over a passthrough filesystem sharing image layers.
+//! - `ratelimit`: `warn_limited!`, for warnings a guest can trigger at will.
 //! - `vring`: what the vhost-user back-ends share (memory and vring types, feature bits,
 //!   queue draining).
 //!
@@ -11,5 +12,6 @@
 //! own VMM in-process over virtio-mmio (crate `moat-vmm`).
 
 pub mod fs;
+pub mod ratelimit;
 pub mod vring;
 pub mod vsock;

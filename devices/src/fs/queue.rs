@@ -42,7 +42,7 @@ pub fn process_queue(
         let head = chain.head_index();
         let len = serve_chain(chain, mem, server, scratch);
         if let Err(e) = queue.add_used(mem, head, len) {
-            tracing::warn!(error = %e, head, "virtio-fs: returning a chain failed");
+            crate::warn_limited!(error = %e, head, "virtio-fs: returning a chain failed");
         }
         used = true;
     }
@@ -59,14 +59,14 @@ fn serve_chain(
     let mut reader = match chain.clone().reader(mem) {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(error = %e, "virtio-fs: unreadable chain");
+            crate::warn_limited!(error = %e, "virtio-fs: unreadable chain");
             return 0;
         }
     };
     let mut writer = match chain.writer(mem) {
         Ok(w) => w,
         Err(e) => {
-            tracing::warn!(error = %e, "virtio-fs: unwritable chain");
+            crate::warn_limited!(error = %e, "virtio-fs: unwritable chain");
             return 0;
         }
     };
@@ -75,7 +75,7 @@ fn serve_chain(
     scratch.request.clear();
     scratch.request.resize(req_len, 0);
     if let Err(e) = reader.read_exact(&mut scratch.request) {
-        tracing::warn!(error = %e, req_len, "virtio-fs: reading a request failed");
+        crate::warn_limited!(error = %e, req_len, "virtio-fs: reading a request failed");
         return 0;
     }
 
@@ -92,7 +92,7 @@ fn serve_chain(
         // n <= room <= MAX_REPLY, far below u32::MAX.
         Ok(()) => n as u32,
         Err(e) => {
-            tracing::warn!(error = %e, len = n, "virtio-fs: writing a reply failed");
+            crate::warn_limited!(error = %e, len = n, "virtio-fs: writing a reply failed");
             0
         }
     }

@@ -117,7 +117,7 @@ impl FuseServer {
     /// request takes no reply, or it was too broken to answer: both logged).
     pub fn handle(&self, request: &mut [u8], reply: &mut [u8]) -> usize {
         let Some(hdr) = InHeader::parse(request) else {
-            tracing::warn!(
+            crate::warn_limited!(
                 len = request.len(),
                 "virtio-fs: request shorter than a FUSE header"
             );

@@ -211,7 +211,7 @@ impl Connection {
         let in_flight = (self.rx_cnt - self.fwd_cnt).0;
         if u64::from(in_flight) + u64::from(len) > u64::from(self.buf_alloc) {
             // The guest ignored our credit. Dropping bytes would corrupt the stream.
-            tracing::warn!(
+            crate::warn_limited!(
                 local_port = self.local_port,
                 peer_port = self.peer_port,
                 len,

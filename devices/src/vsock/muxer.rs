@@ -276,7 +276,7 @@ impl Muxer {
             return;
         };
         if self.conns.len() >= MAX_CONNECTIONS {
-            tracing::warn!(peer_port, "vsock: too many connections; refusing CONNECT");
+            crate::warn_limited!(peer_port, "vsock: too many connections; refusing CONNECT");
             epoll_del(&self.epoll, hs.stream.as_raw_fd());
             return;
         }
@@ -392,7 +392,7 @@ impl Muxer {
     /// Handles a packet the guest sent (TX queue). `payload` is the RW payload.
     pub fn on_guest_packet(&mut self, hdr: &Header, payload: &[u8]) {
         if hdr.src_cid != self.guest_cid || hdr.dst_cid != HOST_CID {
-            tracing::warn!(
+            crate::warn_limited!(
                 src_cid = hdr.src_cid,
                 dst_cid = hdr.dst_cid,
                 "vsock: dropping a guest packet with wrong addresses"
@@ -438,7 +438,7 @@ impl Muxer {
 
     fn accept_guest_connection(&mut self, req: &Header, key: ConnKey) {
         if self.conns.len() >= MAX_CONNECTIONS {
-            tracing::warn!(
+            crate::warn_limited!(
                 port = req.dst_port,
                 "vsock: too many connections; refusing one"
             );
@@ -487,7 +487,7 @@ impl Muxer {
 
     fn queue_rst(&mut self, to: &Header) {
         if self.rst_backlog >= MAX_RST_BACKLOG {
-            tracing::warn!("vsock: RST backlog full; dropping one");
+            crate::warn_limited!("vsock: RST backlog full; dropping one");
             return;
         }
         self.rst_backlog += 1;

@@ -30,13 +30,15 @@ pub fn process_tx(
         match read_tx_packet(chain.reader(mem), scratch) {
             TxPacket::Good(hdr) => muxer.on_guest_packet(&hdr, scratch),
             TxPacket::BadPayload(hdr, why) => {
-                tracing::warn!(op = hdr.op, len = hdr.len, why, "vsock: bad guest packet");
+                crate::warn_limited!(op = hdr.op, len = hdr.len, why, "vsock: bad guest packet");
                 muxer.on_bad_guest_packet(&hdr);
             }
-            TxPacket::Unreadable(why) => tracing::warn!(why, "vsock: unreadable TX chain"),
+            TxPacket::Unreadable(why) => {
+                crate::warn_limited!(why, "vsock: unreadable TX chain")
+            }
         }
         if let Err(e) = queue.add_used(mem, head, 0) {
-            tracing::warn!(error = %e, "vsock: returning a TX chain failed");
+            crate::warn_limited!(error = %e, "vsock: returning a TX chain failed");
         }
         used = true;
     }
@@ -96,7 +98,7 @@ pub fn process_rx(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -
         let mut writer = match chain.writer(mem) {
             Ok(w) => w,
             Err(e) => {
-                tracing::warn!(error = %e, "vsock: unwritable RX chain");
+                crate::warn_limited!(error = %e, "vsock: unwritable RX chain");
                 give_back(queue, mem, head, 0);
                 used = true;
                 continue;
@@ -104,7 +106,7 @@ pub fn process_rx(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -
         };
         let room = writer.available_bytes();
         if room < HDR_LEN {
-            tracing::warn!(room, "vsock: RX chain too small for a header");
+            crate::warn_limited!(room, "vsock: RX chain too small for a header");
             give_back(queue, mem, head, 0);
             used = true;
             continue;
@@ -119,7 +121,7 @@ pub fn process_rx(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -
         let len = match written {
             Ok(()) => HDR_LEN as u32 + hdr.len,
             Err(e) => {
-                tracing::warn!(error = %e, op = hdr.op, "vsock: writing an RX packet failed");
+                crate::warn_limited!(error = %e, op = hdr.op, "vsock: writing an RX packet failed");
                 0
             }
         };
@@ -131,7 +133,7 @@ pub fn process_rx(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -
 
 fn give_back(queue: &mut Queue, mem: &GuestMemoryMmap, head: u16, len: u32) {
     if let Err(e) = queue.add_used(mem, head, len) {
-        tracing::warn!(error = %e, "vsock: returning an RX chain failed");
+        crate::warn_limited!(error = %e, "vsock: returning an RX chain failed");
     }
 }
 
