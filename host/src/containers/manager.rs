@@ -62,7 +62,24 @@ pub struct ExecResult {
 }
 
 /// Output chunks an attached client may fall behind by before it misses some.
-const ATTACH_BUFFER: usize = 256;
+const ATTACH_BUFFER: usize = 128;
+/// The largest chunk handed to attached clients (the agent reads 32 KiB at a time; a
+/// hostile agent's larger chunks are split), so what slow clients hold back is bounded:
+/// ATTACH_BUFFER x ATTACH_CHUNK = 4 MiB per container.
+const ATTACH_CHUNK: usize = 32 * 1024;
+
+/// An output record as attached clients get it: in pieces of at most ATTACH_CHUNK bytes.
+fn attach_pieces(
+    c: &crate::sandbox::agent::OutputRecord,
+) -> impl Iterator<Item = crate::sandbox::agent::OutputRecord> + '_ {
+    c.data
+        .chunks(ATTACH_CHUNK)
+        .map(|piece| crate::sandbox::agent::OutputRecord {
+            stderr: c.stderr,
+            data: piece.to_vec(),
+            time: c.time,
+        })
+}
 
 struct Inner {
     config: super::config::ContainersConfig,
@@ -457,7 +474,9 @@ impl ContainerManager {
                     chunk = output.next() => match chunk {
                         Some(Ok(c)) => {
                             if attach_tx.receiver_count() > 0 {
-                                let _ = attach_tx.send(c.clone());
+                                for piece in attach_pieces(&c) {
+                                    let _ = attach_tx.send(piece);
+                                }
                             }
                             let stream = if c.stderr { Stream::Stderr } else { Stream::Stdout };
                             let bytes = fmt.push(stream, &c.data, c.time);
@@ -825,6 +844,24 @@ impl ContainerManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attached_clients_get_bounded_pieces() {
+        let big = crate::sandbox::agent::OutputRecord {
+            stderr: true,
+            data: vec![7u8; 4 << 20],
+            time: 5,
+        };
+        let pieces: Vec<_> = attach_pieces(&big).collect();
+        assert_eq!(pieces.len(), (4 << 20) / ATTACH_CHUNK);
+        assert!(
+            pieces
+                .iter()
+                .all(|p| p.data.len() == ATTACH_CHUNK && p.stderr && p.time == 5)
+        );
+        let joined: Vec<u8> = pieces.iter().flat_map(|p| p.data.clone()).collect();
+        assert_eq!(joined, big.data);
+    }
 
     #[test]
     fn log_paths_stay_in_the_pod_log_dir() {
