@@ -48,6 +48,15 @@ async fn stop(p: &Pod, id: &str, timeout: i64) -> Duration {
     t.elapsed()
 }
 
+async fn runtime_status(p: &Pod) -> cri::StatusResponse {
+    p.m.runtime()
+        .await
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .expect("status")
+        .into_inner()
+}
+
 async fn touch(p: &Pod, id: &str, path: &str) -> i32 {
     p.exec(id, &["touch", path]).await.exit_code
 }
@@ -375,13 +384,7 @@ async fn read_only_mounts_are_recursive_only_when_asked() {
         .expect_err("rro without ro");
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     // Advertised per handler.
-    let status =
-        p.m.runtime()
-            .await
-            .status(cri::StatusRequest { verbose: false })
-            .await
-            .expect("status")
-            .into_inner();
+    let status = runtime_status(&p).await;
     assert!(status.runtime_handlers.iter().all(|h| {
         h.features
             .as_ref()
@@ -524,13 +527,7 @@ async fn supplemental_groups_merge_or_stay_strict_and_are_reported() {
         got.sort_unstable();
         assert_eq!(got, want);
     }
-    let status =
-        p.m.runtime()
-            .await
-            .status(cri::StatusRequest { verbose: false })
-            .await
-            .expect("status")
-            .into_inner();
+    let status = runtime_status(&p).await;
     assert!(
         status
             .features

@@ -431,6 +431,15 @@ pub fn build(
 mod tests {
     use super::*;
 
+    /// `i`, built as a privileged container.
+    fn privileged(i: ContainerInput) -> BuiltSpec {
+        let i = ContainerInput {
+            privileged: true,
+            ..i
+        };
+        build("c", "s", &image(), &i).expect("build")
+    }
+
     fn image() -> ImageDefaults {
         ImageDefaults {
             entrypoint: vec!["/entry".into()],
@@ -597,16 +606,7 @@ mod tests {
             b.spec["linux"]["readonlyPaths"],
             json!(["/proc/sys", "/proc/bus"])
         );
-        let p = build(
-            "c",
-            "s",
-            &image(),
-            &ContainerInput {
-                privileged: true,
-                ..i
-            },
-        )
-        .expect("build");
+        let p = privileged(i);
         assert_eq!(p.spec["linux"]["maskedPaths"], json!([]));
     }
 
@@ -708,16 +708,7 @@ mod tests {
             b.spec["linux"]["seccomp"]["defaultAction"],
             "SCMP_ACT_ALLOW"
         );
-        let p = build(
-            "c",
-            "s",
-            &image(),
-            &ContainerInput {
-                privileged: true,
-                ..i
-            },
-        )
-        .expect("build");
+        let p = privileged(i);
         assert!(p.spec["linux"].get("seccomp").is_none());
     }
 }
