@@ -1,5 +1,6 @@
 //! A hostile guest against the host, through a real pod VM: guest root (a privileged
-//! container, all capabilities) goes after the host through its volumes.
+//! container, all capabilities) goes after the host through its volumes and the share
+//! that carries them.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 
@@ -87,6 +88,29 @@ async fn guest_root_cannot_write_read_only_volumes_or_plant_privileges_on_the_ho
             entry.path()
         );
     }
+    // Guest root mounts the volumes share's own root and fills it: a 1 MiB tmpfs on the
+    // host, not the host's /run.
+    let r = p
+        .exec(&id, &["mount", "-t", "virtiofs", "volumes", "/tmp"])
+        .await;
+    assert_eq!(r.exit_code, 0, "guest root mounts the share: {r:?}");
+    let r = p
+        .exec(
+            &id,
+            &["dd", "if=/dev/zero", "of=/tmp/fill", "bs=1M", "count=8"],
+        )
+        .await;
+    assert_ne!(r.exit_code, 0, "8 MiB do not fit: {r:?}");
+    let size = p.exec(&id, &["stat", "-c", "%s", "/tmp/fill"]).await;
+    assert_eq!(size.exit_code, 0, "{size:?}");
+    let size: u64 = String::from_utf8_lossy(&size.stdout)
+        .trim()
+        .parse()
+        .expect("a size");
+    assert!(
+        size > 0 && size <= 1 << 20,
+        "{size} bytes landed in the share's root"
+    );
     // Ordinary writes still work.
     let r = p
         .exec(&id, &["sh", "-c", "echo data > /rw/plain && mkdir /rw/d"])

@@ -196,6 +196,13 @@ pub async fn launch(
     for d in [paths.volumes(), paths.layers()] {
         std::fs::create_dir_all(d).map_err(|e| SandboxError::io("create the VM run dir", e))?;
     }
+    if let Err(e) = super::volumes::mount_share_root(&paths.volumes()) {
+        paths.remove();
+        return Err(SandboxError::io(
+            "mount the volumes share's root",
+            std::io::Error::other(e.to_string()),
+        ));
+    }
     if let Some(m) = spec.modules.filter(|m| m.is_dir()) {
         let target = paths.layers().join(crate::config::MODULES_DIR);
         if let Err(e) = super::volumes::bind_read_only(m, &target) {

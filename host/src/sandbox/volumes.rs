@@ -287,6 +287,27 @@ fn setattr(
     Ok(())
 }
 
+/// The size of the volumes share's own tmpfs: it holds only the mount points of the
+/// volumes bound into it, but the guest can write there too.
+pub const SHARE_ROOT_SIZE: &str = "size=1m,nr_inodes=4096,mode=0755";
+
+/// Mounts a small tmpfs of its own at `dir`, the volumes share's root: what the guest
+/// writes there (rather than into a volume) costs the host at most 1 MiB, not the /run
+/// tmpfs below it. nosuid, nodev and noexec on the host.
+pub fn mount_share_root(dir: &Path) -> Result<(), VolumeError> {
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(SHARE_ROOT_SIZE),
+    )
+    .map_err(|e| VolumeError::Io {
+        what: format!("mount a tmpfs on {}", dir.display()),
+        source: e.into(),
+    })
+}
+
 /// Bind-mounts directory `src` read-only, nosuid and nodev at `target` (created), unless
 /// already there.
 pub fn bind_read_only(src: &Path, target: &Path) -> Result<(), VolumeError> {
@@ -644,6 +665,33 @@ mod tests {
             "nothing truncated"
         );
         assert!(mounts_under(share.path()).is_empty());
+    }
+
+    #[test]
+    fn the_share_root_is_a_small_tmpfs_that_release_takes_away() {
+        let vm = tempfile::tempdir().expect("vm dir");
+        let share = vm.path().join("volumes");
+        std::fs::create_dir(&share).expect("mkdir");
+        mount_share_root(&share).expect("tmpfs");
+        let host = tempfile::tempdir().expect("host");
+        let m = HostMount {
+            host_path: host.path().to_owned(),
+            container_path: "/d".into(),
+            ..Default::default()
+        };
+        prepare(&share, "c1", std::slice::from_ref(&m)).expect("prepare");
+        // The guest filling the root: 1 MiB at most.
+        let big = vec![0u8; 2 << 20];
+        assert!(std::fs::write(share.join("fill"), &big).is_err(), "capped");
+        // A volume bound into it is the host path's, not capped by the tmpfs.
+        std::fs::write(share.join("c1/0/big"), &big).expect("the volume takes it");
+        assert_eq!(
+            std::fs::read(host.path().join("big")).expect("r").len(),
+            2 << 20
+        );
+        release(&share, "").expect("release");
+        assert!(mounts_under(&share).is_empty());
+        assert!(!share.exists());
     }
 
     #[test]
