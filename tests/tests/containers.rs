@@ -252,12 +252,14 @@ async fn containers_that_exit_or_cannot_start_say_why() {
     assert!(all.is_empty());
 }
 
+/// Mount points strictly below `dir` (the volumes share's root is a tmpfs of its own).
 fn mounts_under(dir: &std::path::Path) -> Vec<String> {
+    let prefix = format!("{}/", dir.display());
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(&dir.display().to_string()))
+        .filter(|p| p.starts_with(&prefix))
         .map(str::to_owned)
         .collect()
 }
