@@ -433,10 +433,12 @@ impl Agent {
         let r = self.req(msg, extra);
         let mut c = self.client.clone();
         let made = self.call(extra, c.create_container(r)).await?;
+        // The guest's word, kept in the record and reported to kubelet: no more groups than
+        // Linux lets a process have (NGROUPS_MAX).
         Ok(ContainerUser {
             uid: made.uid,
             gid: made.gid,
-            groups: made.groups,
+            groups: made.groups.into_iter().take(65_536).collect(),
         })
     }
 
