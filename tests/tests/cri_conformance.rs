@@ -425,6 +425,25 @@ async fn pod_sysctls_are_set_in_the_vm() {
     .await
     .expect_err("bad sysctl");
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    // Well formed, but not a sysctl of the guest's kernel: the agent says so, the pod's VM
+    // is torn down, and the request is still the one at fault.
+    let e = run_pod(&p.m, "unknown-sysctl", logs.path(), |c| {
+        c.linux.get_or_insert_with(Default::default).sysctls =
+            [("kernel.no_such_sysctl".to_string(), "1".to_string())].into();
+    })
+    .await
+    .expect_err("unknown sysctl");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("kernel.no_such_sysctl"), "{e:?}");
+    let pods =
+        p.m.runtime()
+            .await
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await
+            .expect("list")
+            .into_inner()
+            .items;
+    assert_eq!(pods.len(), 1, "only the first pod is left: {pods:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -557,21 +557,28 @@ impl SandboxManager {
             ],
             sysctls: req.sysctls.clone(),
         };
+        // The agent's InvalidArgument (a sysctl this kernel does not have) is the request's
+        // fault, and stays InvalidArgument; anything else is the VM's.
         let mut configured = agent
             .setup(setup)
             .await
-            .map_err(|e| format!("setting the sandbox up: {}", e.message()));
+            .map_err(|e| (e.code(), format!("setting the sandbox up: {}", e.message())));
         if let (Ok(()), Some(pn)) = (&configured, &network) {
-            configured = agent
-                .setup_network(guest_network(pn))
-                .await
-                .map_err(|e| format!("configuring the guest network: {}", e.message()));
+            configured = agent.setup_network(guest_network(pn)).await.map_err(|e| {
+                (
+                    tonic::Code::Internal,
+                    format!("configuring the guest network: {}", e.message()),
+                )
+            });
         }
-        if let Err(detail) = configured {
+        if let Err((code, detail)) = configured {
             vm::teardown(&vm).await;
             vm.paths.remove();
             self.teardown_network(&id).await;
             self.fail_boot(&id)?;
+            if code == tonic::Code::InvalidArgument {
+                return Err(SandboxError::InvalidArgument(detail));
+            }
             return Err(SandboxError::Agent { id, detail });
         }
         record.state = match record
