@@ -325,6 +325,14 @@ pub struct ImagesConfig {
     pub max_concurrent_downloads: usize,
     /// The platform picked from image indexes, as `os/architecture`.
     pub platform: String,
+    /// Bytes a manifest or image index may have (containerd's limit: 4 MiB). A registry
+    /// sending more is cut off, whether or not it gave a Content-Length.
+    pub max_manifest_bytes: u64,
+    /// Bytes one layer's decompressed tar stream may have (headers and padding included),
+    /// so a small compressed layer cannot inflate without end.
+    pub max_layer_unpacked_bytes: u64,
+    /// Entries (files, directories, links, whiteouts...) one layer may have.
+    pub max_layer_entries: u64,
 }
 
 impl Default for ImagesConfig {
@@ -334,6 +342,9 @@ impl Default for ImagesConfig {
             read_timeout_secs: 30,
             max_concurrent_downloads: 3,
             platform: "linux/amd64".into(),
+            max_manifest_bytes: 4 << 20,
+            max_layer_unpacked_bytes: 16 << 30,
+            max_layer_entries: 1_000_000,
         }
     }
 }

@@ -16,9 +16,12 @@ impl From<ImageError> for Status {
             ImageError::Unreachable { .. } | ImageError::BadResponse { .. } => Code::Unavailable,
             ImageError::Timeout { .. } => Code::DeadlineExceeded,
             ImageError::DigestMismatch { .. } => Code::DataLoss,
-            ImageError::Unsupported { .. } | ImageError::BadLayer { .. } => {
-                Code::FailedPrecondition
-            }
+            // Content moatd will not take, like an unsupported or unsafe image: the request
+            // is well-formed, and retrying cannot help until the image or the operator's
+            // cap (named in the message) changes.
+            ImageError::Unsupported { .. }
+            | ImageError::BadLayer { .. }
+            | ImageError::TooLarge { .. } => Code::FailedPrecondition,
             ImageError::Storage(_) | ImageError::Io { .. } => Code::Internal,
         };
         Status::new(code, e.to_string())
@@ -95,5 +98,17 @@ mod tests {
         .into();
         assert_eq!(s.code(), Code::DataLoss);
         assert!(s.message().contains("corrupted"));
+        let s: Status = ImageError::TooLarge {
+            what: "layer sha256:x".into(),
+            cap: crate::images::error::Cap::LayerEntries,
+            limit: 10,
+        }
+        .into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert!(
+            s.message().contains("raise images.max_layer_entries"),
+            "{}",
+            s.message()
+        );
     }
 }

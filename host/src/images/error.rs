@@ -95,6 +95,20 @@ pub enum ImageError {
         /// What was wrong.
         detail: String,
     },
+    /// Registry content passed one of moatd's caps on what an image may hold.
+    #[error(
+        "{what} exceeds {limit} {unit} ({key}); refused as a possibly hostile image; if the image is genuine, raise {key} in moatd's config",
+        unit = .cap.unit(),
+        key = .cap.key()
+    )]
+    TooLarge {
+        /// What passed the cap (names the manifest or layer).
+        what: String,
+        /// Which cap.
+        cap: Cap,
+        /// The cap's value.
+        limit: u64,
+    },
     /// Local storage failed.
     #[error("image store: {0}")]
     Storage(String),
@@ -106,6 +120,36 @@ pub enum ImageError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+/// The caps on registry content, each set by a key of moatd's `[images]` config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cap {
+    /// Bytes of one manifest or image index.
+    ManifestBytes,
+    /// Bytes of one layer's decompressed tar stream.
+    LayerUnpackedBytes,
+    /// Entries of one layer.
+    LayerEntries,
+}
+
+impl Cap {
+    /// The config key that sets it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::ManifestBytes => "images.max_manifest_bytes",
+            Self::LayerUnpackedBytes => "images.max_layer_unpacked_bytes",
+            Self::LayerEntries => "images.max_layer_entries",
+        }
+    }
+
+    /// What it counts.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Self::ManifestBytes | Self::LayerUnpackedBytes => "bytes",
+            Self::LayerEntries => "entries",
+        }
+    }
 }
 
 impl ImageError {

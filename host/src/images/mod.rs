@@ -5,6 +5,7 @@ pub mod content;
 pub mod error;
 pub mod leases;
 pub mod manifest;
+mod manifest_fetch;
 pub mod metadata;
 mod pull;
 pub use pull::now_nanos;
@@ -12,6 +13,8 @@ pub mod reference;
 pub mod registry;
 pub mod service;
 pub mod snapshots;
+#[cfg(test)]
+mod test_registry;
 pub mod unpack;
 
 pub use error::ImageError;

@@ -51,7 +51,7 @@ pub async fn pull(
 ) -> Result<ImageRecord, ImageError> {
     let r = ImageRef::parse(image)?;
     let eps = inner.registries.endpoints(r.registry());
-    let session = inner.registries.session(credentials);
+    let session = inner.registries.session(credentials)?;
     let mut lease = inner.leases.acquire(Vec::new());
 
     // 1. The top-level document, by tag or digest.
@@ -176,14 +176,24 @@ pub async fn pull(
             diff_id: diff_id.clone(),
         })
         .collect();
+    // Every unpack task holds a sender: once all are dropped, no unpack is running.
+    let (unpacking, mut unpacks_done) = tokio::sync::mpsc::channel::<()>(1);
     let jobs: Vec<BoxFuture<'_, Result<(), ImageError>>> = layers
         .iter()
-        .map(|l| ensure_layer(&inner, &session, &eps, ep_i, &r, l).boxed())
+        .map(|l| ensure_layer(&inner, &session, &eps, ep_i, &r, l, unpacking.clone()).boxed())
         .collect();
-    futures::stream::iter(jobs)
+    drop(unpacking);
+    let fetched = futures::stream::iter(jobs)
         .buffer_unordered(inner.max_concurrent_downloads)
         .try_collect::<Vec<()>>()
-        .await?;
+        .await;
+    if let Err(e) = fetched {
+        // The other layers' jobs are dropped, but a blocking unpack runs on to its end (and
+        // may publish its snapshot): wait for it, so the clean-up after this failure sees
+        // everything the pull left.
+        let _ = unpacks_done.recv().await;
+        return Err(e);
+    }
 
     // 5. Keep the manifests, then publish the image.
     inner
@@ -293,6 +303,7 @@ async fn ensure_layer(
     ep_i: usize,
     r: &ImageRef,
     layer: &LayerRecord,
+    unpacking: tokio::sync::mpsc::Sender<()>,
 ) -> Result<(), ImageError> {
     let blob = ensure_blob(inner, session, eps, ep_i, r, layer).await?;
     let _g = inner.snapshot_locks.lock(&layer.diff_id).await;
@@ -305,9 +316,12 @@ async fn ensure_layer(
         layer.diff_id.clone(),
     );
     let started = std::time::Instant::now();
-    tokio::task::spawn_blocking(move || snapshots.unpack(&blob, &digest, &diff_id))
-        .await
-        .map_err(|e| ImageError::Storage(format!("unpack task: {e}")))??;
+    tokio::task::spawn_blocking(move || {
+        let _running = unpacking;
+        snapshots.unpack(&blob, &digest, &diff_id)
+    })
+    .await
+    .map_err(|e| ImageError::Storage(format!("unpack task: {e}")))??;
     debug!(layer = %layer.digest, ms = started.elapsed().as_millis() as u64, "layer unpacked");
     Ok(())
 }
@@ -365,4 +379,225 @@ async fn ensure_blob(
     .await?;
     debug!(layer = %layer.digest, ms = started.elapsed().as_millis() as u64, "layer fetched");
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    //! Pulls from a loopback registry into a real image store, with the caps of
+    //! `[images]` set small; each refusal must leave the store as empty as it was.
+
+    use std::path::{Path, PathBuf};
+
+    use super::super::error::{Cap, ImageError};
+    use super::super::manifest::sha256_digest;
+    use super::super::test_registry::{Reply, TestRegistry, tar_of};
+    use super::super::{Credentials, ImageManager};
+    use crate::config::Config;
+    use crate::store::Store;
+
+    const CAPS: &str =
+        "max_manifest_bytes = 65536\nmax_layer_unpacked_bytes = 1048576\nmax_layer_entries = 10\n";
+
+    fn manager(root: &Path) -> ImageManager {
+        let text = format!("root_dir = \"{}\"\n[images]\n{CAPS}", root.display());
+        let config = Config::parse(&text).expect("config");
+        let store = Store::open(&root.join("moat.redb")).expect("store");
+        ImageManager::open(&config, store).expect("image manager")
+    }
+
+    /// Whatever the image store holds: blobs, ingest files, snapshots, unpack dirs.
+    fn leftovers(m: &ImageManager) -> Vec<PathBuf> {
+        [
+            "content/blobs/sha256",
+            "content/ingest",
+            "snapshots/sha256",
+            "snapshots/tmp",
+        ]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(m.root().join(d)).expect("store dir"))
+        .map(|e| e.expect("entry").path())
+        .collect()
+    }
+
+    fn names(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i}")).collect()
+    }
+
+    /// Pulls `image`, expects a refusal, and checks that the store is empty.
+    async fn refused(m: &ImageManager, image: &str) -> ImageError {
+        let e = m
+            .pull(image, Credentials::default())
+            .await
+            .expect_err("the pull should be refused");
+        assert!(m.list().expect("list").is_empty(), "{image}: an image");
+        assert_eq!(leftovers(m), Vec::<PathBuf>::new(), "{image}: {e}");
+        e
+    }
+
+    fn assert_cap(e: &ImageError, want: Cap) {
+        match e {
+            ImageError::TooLarge { cap, .. } if *cap == want => {
+                assert!(e.to_string().contains(want.key()), "{e}");
+            }
+            other => panic!("expected the {} cap, got {other:?}", want.key()),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_image_within_the_caps_is_pulled() {
+        let reg = TestRegistry::start().await;
+        reg.image(
+            "t/ok",
+            "v1",
+            &[tar_of(&names("a", 10), 100), tar_of(&names("b", 3), 0)],
+        );
+        let root = tempfile::tempdir().expect("tmp");
+        let m = manager(root.path());
+        let rec = m
+            .pull(&format!("{}/t/ok:v1", reg.addr), Credentials::default())
+            .await
+            .expect("pull");
+        assert_eq!(rec.layers.len(), 2);
+        // The manifest, the config and two layers; two snapshots.
+        assert_eq!(leftovers(&m).len(), 6, "{:?}", leftovers(&m));
+        let e = m
+            .pull(&format!("{}/t/absent:v1", reg.addr), Credentials::default())
+            .await
+            .expect_err("absent");
+        assert!(matches!(e, ImageError::RemoteNotFound { .. }), "{e:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn basic_credentials_go_to_a_registry_that_asks_for_them() {
+        use oci_client::secrets::RegistryAuth;
+        let reg = TestRegistry::start_basic("moat", "s3cret").await;
+        reg.image("t/auth", "v1", &[tar_of(&names("f", 1), 0)]);
+        let root = tempfile::tempdir().expect("tmp");
+        let m = manager(root.path());
+        let image = format!("{}/t/auth:v1", reg.addr);
+        let basic = |password: &str| Credentials {
+            auth: Some(RegistryAuth::Basic("moat".into(), password.into())),
+        };
+        let e = refused(&m, &image).await;
+        assert!(matches!(e, ImageError::Unauthorized { .. }), "{e:?}");
+        let e = m
+            .pull(&image, basic("wrong"))
+            .await
+            .expect_err("wrong password");
+        assert!(matches!(e, ImageError::Unauthorized { .. }), "{e:?}");
+        m.pull(&image, basic("s3cret"))
+            .await
+            .expect("right password");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_oversized_manifest_is_refused_and_leaves_nothing() {
+        let reg = TestRegistry::start().await;
+        let root = tempfile::tempdir().expect("tmp");
+        let m = manager(root.path());
+        let json = "application/vnd.oci.image.manifest.v1+json";
+
+        // A Content-Length over the cap: refused before the body.
+        reg.route(
+            "/v2/t/declared/manifests/v1",
+            Reply::Declared {
+                content_type: json.into(),
+                declared: 1 << 40,
+                body: b"{\"schemaVersion\":2".to_vec(),
+            },
+        );
+        let e = refused(&m, &format!("{}/t/declared:v1", reg.addr)).await;
+        assert_cap(&e, Cap::ManifestBytes);
+
+        // No length, and a body without end: cut at the cap.
+        reg.route(
+            "/v2/t/endless/manifests/v1",
+            Reply::Endless {
+                content_type: json.into(),
+                prefix: b"{\"schemaVersion\":2,\"layers\":[".to_vec(),
+            },
+        );
+        let e = refused(&m, &format!("{}/t/endless:v1", reg.addr)).await;
+        assert_cap(&e, Cap::ManifestBytes);
+        assert!(e.to_string().contains("t/endless:v1"), "{e}");
+
+        // A small index whose platform manifest is too large.
+        let mut manifest = br#"{"schemaVersion":2,"config":{},"layers":[]}"#.to_vec();
+        manifest.resize(65537, b' ');
+        let digest = sha256_digest(&manifest);
+        reg.route(
+            &format!("/v2/t/index/manifests/{digest}"),
+            Reply::Body {
+                content_type: json.into(),
+                body: manifest.clone(),
+            },
+        );
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{"mediaType": json, "digest": digest, "size": manifest.len(),
+                           "platform": {"os": "linux", "architecture": "amd64"}}]
+        });
+        reg.route(
+            "/v2/t/index/manifests/v1",
+            Reply::Body {
+                content_type: "application/vnd.oci.image.index.v1+json".into(),
+                body: index.to_string().into_bytes(),
+            },
+        );
+        let e = refused(&m, &format!("{}/t/index:v1", reg.addr)).await;
+        assert_cap(&e, Cap::ManifestBytes);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_blob_longer_than_its_descriptor_is_cut_and_leaves_nothing() {
+        let reg = TestRegistry::start().await;
+        let layers = reg.image("t/long", "v1", &[tar_of(&names("f", 2), 10)]);
+        let (digest, blob) = &layers[0];
+        // The layer's bytes, then more without end.
+        reg.route(
+            &format!("/v2/t/long/blobs/{digest}"),
+            Reply::Endless {
+                content_type: "application/octet-stream".into(),
+                prefix: blob.clone(),
+            },
+        );
+        let root = tempfile::tempdir().expect("tmp");
+        let m = manager(root.path());
+        let e = refused(&m, &format!("{}/t/long:v1", reg.addr)).await;
+        assert!(
+            matches!(e, ImageError::BadResponse { .. }) && e.to_string().contains("longer than"),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(digest.as_str()), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_decompression_bomb_is_stopped_and_leaves_nothing() {
+        let reg = TestRegistry::start().await;
+        // 4 MiB of zeros behind a few KiB of gzip, after a good layer.
+        let layers = reg.image(
+            "t/bomb",
+            "v1",
+            &[
+                tar_of(&names("ok", 3), 10),
+                tar_of(&names("zeros", 1), 4 << 20),
+            ],
+        );
+        assert!(layers[1].1.len() < 16 << 10, "{} bytes", layers[1].1.len());
+        let root = tempfile::tempdir().expect("tmp");
+        let m = manager(root.path());
+        let e = refused(&m, &format!("{}/t/bomb:v1", reg.addr)).await;
+        assert_cap(&e, Cap::LayerUnpackedBytes);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_layer_with_too_many_entries_is_stopped_and_leaves_nothing() {
+        let reg = TestRegistry::start().await;
+        reg.image("t/many", "v1", &[tar_of(&names("f", 50), 0)]);
+        let root = tempfile::tempdir().expect("tmp");
+        let m = manager(root.path());
+        let e = refused(&m, &format!("{}/t/many:v1", reg.addr)).await;
+        assert_cap(&e, Cap::LayerEntries);
+    }
 }

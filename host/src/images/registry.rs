@@ -11,7 +11,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
 use super::error::ImageError;
-use super::manifest::ACCEPTED_MANIFEST_TYPES;
+use super::manifest_fetch::Fetcher;
 use super::reference::{ImageRef, is_local_registry};
 use crate::config::{ImagesConfig, RegistryHostConfig};
 
@@ -66,7 +66,10 @@ pub struct Registries {
 pub struct Session {
     http: Client,
     https: Client,
+    /// For manifests, which moatd reads itself to bound them (see `manifest_fetch`).
+    raw: reqwest::Client,
     auth: RegistryAuth,
+    max_manifest_bytes: u64,
 }
 
 impl Registries {
@@ -106,7 +109,7 @@ impl Registries {
     }
 
     /// Starts a session for one pull.
-    pub fn session(&self, credentials: Credentials) -> Session {
+    pub fn session(&self, credentials: Credentials) -> Result<Session, ImageError> {
         let make = |protocol| {
             Client::new(ClientConfig {
                 protocol,
@@ -116,11 +119,21 @@ impl Registries {
                 ..Default::default()
             })
         };
-        Session {
+        let raw = reqwest::Client::builder()
+            .read_timeout(self.images.read_timeout())
+            .connect_timeout(self.images.connect_timeout())
+            .user_agent(concat!("moatd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| {
+                ImageError::io("create the registry HTTP client", std::io::Error::other(e))
+            })?;
+        Ok(Session {
             http: make(ClientProtocol::Http),
             https: make(ClientProtocol::Https),
+            raw,
             auth: credentials.auth.unwrap_or(RegistryAuth::Anonymous),
-        }
+            max_manifest_bytes: self.images.max_manifest_bytes,
+        })
     }
 }
 
@@ -147,7 +160,8 @@ impl Session {
         r
     }
 
-    /// Fetches a manifest or index by the image's tag or digest, or by `digest` when given.
+    /// Fetches a manifest or index by the image's tag or digest, or by `digest` when given;
+    /// one over `images.max_manifest_bytes` is `ImageError::TooLarge`.
     pub async fn manifest(
         &self,
         ep: &Endpoint,
@@ -155,12 +169,14 @@ impl Session {
         digest: Option<&str>,
     ) -> Result<Vec<u8>, ImageError> {
         let r = Self::reference(image, ep, digest);
-        let (bytes, _) = self
-            .client(ep)
-            .pull_manifest_raw(&r, &self.auth, ACCEPTED_MANIFEST_TYPES)
-            .await
-            .map_err(|e| map_error(e, ep, image, "reading the manifest"))?;
-        Ok(bytes.to_vec())
+        Fetcher {
+            http: &self.raw,
+            oci: self.client(ep),
+            auth: &self.auth,
+            max_bytes: self.max_manifest_bytes,
+        }
+        .fetch(ep, image, &r)
+        .await
     }
 
     /// Opens a blob stream. The stream checks the digest itself at its end.
@@ -238,7 +254,7 @@ fn digest_error(e: &oci_client::errors::DigestError, ep: &Endpoint) -> ImageErro
     }
 }
 
-fn map_reqwest(e: &reqwest::Error, ep: &Endpoint, what: &str) -> ImageError {
+pub(super) fn map_reqwest(e: &reqwest::Error, ep: &Endpoint, what: &str) -> ImageError {
     let detail = full_chain(e);
     if e.is_timeout() {
         ImageError::Timeout {
@@ -270,7 +286,12 @@ fn full_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn map_error(e: OciDistributionError, ep: &Endpoint, image: &ImageRef, what: &str) -> ImageError {
+pub(super) fn map_error(
+    e: OciDistributionError,
+    ep: &Endpoint,
+    image: &ImageRef,
+    what: &str,
+) -> ImageError {
     let reference = image.canonical();
     let registry = ep.to_string();
     match e {

@@ -17,6 +17,7 @@ use super::metadata::{ImageIndex, ImageRecord};
 use super::reference::{LocalRef, parse_local};
 use super::registry::{Credentials, Registries};
 use super::snapshots::SnapshotStore;
+use super::unpack::UnpackLimits;
 use crate::config::Config;
 use crate::store::Store;
 
@@ -56,7 +57,13 @@ impl ImageManager {
         let root = config.root_dir.join("images");
         let inner = Inner {
             content: ContentStore::open(&root.join("content"))?,
-            snapshots: SnapshotStore::open(&root.join("snapshots"))?,
+            snapshots: SnapshotStore::open(
+                &root.join("snapshots"),
+                UnpackLimits {
+                    max_unpacked_bytes: config.images.max_layer_unpacked_bytes,
+                    max_entries: config.images.max_layer_entries,
+                },
+            )?,
             index: ImageIndex::open(store)?,
             registries: Registries::new(config.registries.clone(), config.images.clone()),
             platform: config.images.platform.clone(),

@@ -6,18 +6,20 @@ use std::path::{Path, PathBuf};
 
 use super::content::validate_digest;
 use super::error::ImageError;
-use super::unpack::unpack_layer;
+use super::unpack::{UnpackLimits, unpack_layer};
 
 /// Unpacked layers by DiffID.
 #[derive(Debug, Clone)]
 pub struct SnapshotStore {
     dir: PathBuf,
     tmp: PathBuf,
+    limits: UnpackLimits,
 }
 
 impl SnapshotStore {
-    /// Opens (creating) the store and removes half-unpacked leftovers.
-    pub fn open(root: &Path) -> Result<Self, ImageError> {
+    /// Opens (creating) the store and removes half-unpacked leftovers. Every layer is
+    /// unpacked within `limits`.
+    pub fn open(root: &Path, limits: UnpackLimits) -> Result<Self, ImageError> {
         let dir = root.join("sha256");
         let tmp = root.join("tmp");
         let _ = std::fs::remove_dir_all(&tmp);
@@ -29,7 +31,7 @@ impl SnapshotStore {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| ImageError::io(format!("make {} private", root.display()), e))?;
-        Ok(Self { dir, tmp })
+        Ok(Self { dir, tmp, limits })
     }
 
     /// The directory of a snapshot (the layer's root).
@@ -43,6 +45,7 @@ impl SnapshotStore {
     }
 
     /// Unpacks `blob` (the layer `layer_digest`) and publishes it as `diff_id`. Blocking.
+    /// On any failure (a cap passed included) the half-unpacked tree is removed.
     pub fn unpack(&self, blob: &Path, layer_digest: &str, diff_id: &str) -> Result<(), ImageError> {
         let dest = self.path(diff_id)?;
         if dest.is_dir() {
@@ -54,7 +57,7 @@ impl SnapshotStore {
             .map_err(|e| ImageError::io("create unpack dir", e))?;
         let root = work.path().join("fs");
         std::fs::create_dir(&root).map_err(|e| ImageError::io("create unpack dir", e))?;
-        let unpacked = unpack_layer(blob, &root, layer_digest)?;
+        let unpacked = unpack_layer(blob, &root, layer_digest, self.limits)?;
         if unpacked.diff_id != diff_id {
             return Err(ImageError::DigestMismatch {
                 registry: format!("layer {layer_digest} (uncompressed)"),

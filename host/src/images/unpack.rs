@@ -7,6 +7,9 @@
 //! Regular files, directories and symlinks go through the `tar` crate's `unpack_in`, which
 //! refuses `..` and canonicalises every parent; whiteouts, hard links and device nodes are
 //! done here because the crate does not create them the way a layer needs.
+//!
+//! A layer is hostile input: its decompressed stream and its entries are capped
+//! (`UnpackLimits`, from `images.max_layer_unpacked_bytes` and `images.max_layer_entries`).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -18,7 +21,7 @@ use nix::sys::stat::{Mode, SFlag, makedev, mknod};
 use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
-use super::error::ImageError;
+use super::error::{Cap, ImageError};
 use super::manifest::Compression;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
@@ -49,13 +52,52 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
+/// Caps on one layer, from moatd's `[images]` config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Bytes of the decompressed tar stream (`images.max_layer_unpacked_bytes`).
+    pub max_unpacked_bytes: u64,
+    /// Entries in the stream (`images.max_layer_entries`).
+    pub max_entries: u64,
+}
+
+/// A reader that fails once more than `left` bytes passed through it, and remembers that it
+/// did (the tar crate wraps the error, so the flag is what tells a cap from corruption).
+struct CappedReader<R> {
+    inner: R,
+    left: u64,
+    exceeded: bool,
+}
+
+impl<R: Read> Read for CappedReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // At most one byte past the allowance: enough to see that it was passed.
+        let want =
+            usize::try_from(self.left.saturating_add(1)).map_or(buf.len(), |w| w.min(buf.len()));
+        let n = self.inner.read(&mut buf[..want])?;
+        match self.left.checked_sub(n as u64) {
+            Some(left) => {
+                self.left = left;
+                Ok(n)
+            }
+            None => {
+                self.exceeded = true;
+                Err(io::Error::other("the layer passes its unpacked size cap"))
+            }
+        }
+    }
+}
+
 /// Unpacks the (possibly compressed) layer blob at `blob` into the existing empty
-/// directory `dest`. `layer` names the layer in errors.
-pub fn unpack_layer(blob: &Path, dest: &Path, layer: &str) -> Result<Unpacked, ImageError> {
-    let bad = |detail: String| ImageError::BadLayer {
-        layer: layer.into(),
-        detail,
-    };
+/// directory `dest`. `layer` names the layer in errors. Unpacking stops with
+/// `ImageError::TooLarge` once the decompressed stream or its entries pass `limits`.
+pub fn unpack_layer(
+    blob: &Path,
+    dest: &Path,
+    layer: &str,
+    limits: UnpackLimits,
+) -> Result<Unpacked, ImageError> {
+    let bad = |detail: String| bad_layer(layer, detail);
     let mut file = File::open(blob).map_err(|e| ImageError::io(format!("open blob {layer}"), e))?;
     let mut head = [0u8; 4];
     let n = read_up_to(&mut file, &mut head).map_err(|e| ImageError::io("read blob", e))?;
@@ -69,7 +111,11 @@ pub fn unpack_layer(blob: &Path, dest: &Path, layer: &str) -> Result<Unpacked, I
         ),
     };
     let reader = HashingReader {
-        inner: decompressed,
+        inner: CappedReader {
+            inner: decompressed,
+            left: limits.max_unpacked_bytes,
+            exceeded: false,
+        },
         hasher: Sha256::new(),
     };
     let mut archive = tar::Archive::new(reader);
@@ -83,19 +129,67 @@ pub fn unpack_layer(blob: &Path, dest: &Path, layer: &str) -> Result<Unpacked, I
     let dest_canon = dest
         .canonicalize()
         .map_err(|e| ImageError::io("snapshot dir", e))?;
+    let written = write_entries(&mut archive, &dest_canon, layer, limits.max_entries);
+    // Hash the end-of-archive blocks and any padding too: the DiffID covers the whole stream.
+    let mut reader = archive.into_inner();
+    let written = written.and_then(|entries| {
+        io::copy(&mut reader, &mut io::sink())
+            .map_err(|e| bad(format!("corrupt stream tail: {e}")))?;
+        Ok(entries)
+    });
+    // Past the cap the tar crate reports a wrapped I/O error; the flag tells it apart.
+    if reader.inner.exceeded {
+        return Err(ImageError::TooLarge {
+            what: format!("the unpacked tar stream of layer {layer}"),
+            cap: Cap::LayerUnpackedBytes,
+            limit: limits.max_unpacked_bytes,
+        });
+    }
+    let entries = written?;
+    Ok(Unpacked {
+        diff_id: format!("sha256:{}", hex::encode(reader.hasher.finalize())),
+        entries,
+    })
+}
+
+fn bad_layer(layer: &str, detail: String) -> ImageError {
+    ImageError::BadLayer {
+        layer: layer.into(),
+        detail,
+    }
+}
+
+/// Writes the entries of `archive` under `dest_canon` (canonical) and returns how many were
+/// written; more than `max_entries` in the stream is an error.
+fn write_entries<R: Read>(
+    archive: &mut tar::Archive<R>,
+    dest_canon: &Path,
+    layer: &str,
+    max_entries: u64,
+) -> Result<u64, ImageError> {
+    let bad = |detail: String| bad_layer(layer, detail);
+    let mut seen = 0u64;
     let mut entries = 0u64;
     for entry in archive
         .entries()
         .map_err(|e| bad(format!("not a tar stream: {e}")))?
     {
         let mut entry = entry.map_err(|e| bad(format!("corrupt tar stream: {e}")))?;
+        seen += 1;
+        if seen > max_entries {
+            return Err(ImageError::TooLarge {
+                what: format!("layer {layer}"),
+                cap: Cap::LayerEntries,
+                limit: max_entries,
+            });
+        }
         let raw_path = entry.path_bytes().into_owned();
         let rel = relative_path(&raw_path).map_err(&bad)?;
         let Some(rel) = rel else { continue };
         let name = rel.file_name().unwrap_or_default().as_bytes().to_vec();
         entries += 1;
         if name == OPAQUE_MARKER.as_bytes() {
-            let dir = prepare_parent(&dest_canon, &rel.with_file_name("x"))
+            let dir = prepare_parent(dest_canon, &rel.with_file_name("x"))
                 .map_err(|e| bad(format!("{}: {e}", rel.display())))?;
             xattr::set(&dir, OPAQUE_XATTR, b"y")
                 .map_err(|e| ImageError::io(format!("mark {} opaque", dir.display()), e))?;
@@ -107,7 +201,7 @@ pub fn unpack_layer(blob: &Path, dest: &Path, layer: &str) -> Result<Unpacked, I
                 continue;
             }
             let target = rel.with_file_name(OsStr::from_bytes(hidden));
-            let parent = prepare_parent(&dest_canon, &target)
+            let parent = prepare_parent(dest_canon, &target)
                 .map_err(|e| bad(format!("{}: {e}", rel.display())))?;
             let path = parent.join(OsStr::from_bytes(hidden));
             remove_existing(&path).map_err(|e| ImageError::io("replace with whiteout", e))?;
@@ -125,14 +219,14 @@ pub fn unpack_layer(blob: &Path, dest: &Path, layer: &str) -> Result<Unpacked, I
                 let src_rel = relative_path(&link)
                     .map_err(|why| bad(format!("hard link {}: {why}", rel.display())))?
                     .ok_or_else(|| bad(format!("hard link {} has no target", rel.display())))?;
-                let src = resolve_inside(&dest_canon, &src_rel).map_err(|e| {
+                let src = resolve_inside(dest_canon, &src_rel).map_err(|e| {
                     bad(format!(
                         "hard link {} -> {}: {e}",
                         rel.display(),
                         src_rel.display()
                     ))
                 })?;
-                let parent = prepare_parent(&dest_canon, &rel)
+                let parent = prepare_parent(dest_canon, &rel)
                     .map_err(|e| bad(format!("{}: {e}", rel.display())))?;
                 let dst = parent.join(rel.file_name().unwrap_or_default());
                 remove_existing(&dst).map_err(|e| ImageError::io("replace with hard link", e))?;
@@ -145,7 +239,7 @@ pub fn unpack_layer(blob: &Path, dest: &Path, layer: &str) -> Result<Unpacked, I
                 })?;
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let parent = prepare_parent(&dest_canon, &rel)
+                let parent = prepare_parent(dest_canon, &rel)
                     .map_err(|e| bad(format!("{}: {e}", rel.display())))?;
                 let dst = parent.join(rel.file_name().unwrap_or_default());
                 let h = entry.header();
@@ -181,7 +275,7 @@ pub fn unpack_layer(blob: &Path, dest: &Path, layer: &str) -> Result<Unpacked, I
             | EntryType::GNULongLink => {}
             _ => {
                 let written = entry
-                    .unpack_in(&dest_canon)
+                    .unpack_in(dest_canon)
                     .map_err(|e| bad(format!("{}: {e}", rel.display())))?;
                 if !written {
                     return Err(bad(format!(
@@ -192,13 +286,7 @@ pub fn unpack_layer(blob: &Path, dest: &Path, layer: &str) -> Result<Unpacked, I
             }
         }
     }
-    // Hash the end-of-archive blocks and any padding too: the DiffID covers the whole stream.
-    let mut reader = archive.into_inner();
-    io::copy(&mut reader, &mut io::sink()).map_err(|e| bad(format!("corrupt stream tail: {e}")))?;
-    Ok(Unpacked {
-        diff_id: format!("sha256:{}", hex::encode(reader.hasher.finalize())),
-        entries,
-    })
+    Ok(entries)
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -353,14 +441,118 @@ mod tests {
         b.into_inner().expect("finish")
     }
 
+    const NO_LIMITS: UnpackLimits = UnpackLimits {
+        max_unpacked_bytes: u64::MAX,
+        max_entries: u64::MAX,
+    };
+
     fn unpack_bytes(bytes: &[u8]) -> (tempfile::TempDir, Result<Unpacked, ImageError>) {
+        unpack_with(bytes, NO_LIMITS)
+    }
+
+    fn unpack_with(
+        bytes: &[u8],
+        limits: UnpackLimits,
+    ) -> (tempfile::TempDir, Result<Unpacked, ImageError>) {
         let dir = tempfile::tempdir().expect("tmp");
         let blob = dir.path().join("blob");
         std::fs::write(&blob, bytes).expect("write");
         let dest = dir.path().join("fs");
         std::fs::create_dir(&dest).expect("mkdir");
-        let r = unpack_layer(&blob, &dest, "sha256:test");
+        let r = unpack_layer(&blob, &dest, "sha256:test", limits);
         (dir, r)
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(bytes).expect("gz");
+        gz.finish().expect("gz")
+    }
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_unpacked_cap() {
+        // 4 MiB of zeros in one file: a few KiB gzipped.
+        let tar = build(&[("zeros", EntryType::Regular, &vec![0u8; 4 << 20], None)]);
+        let bomb = gzip(&tar);
+        assert!(bomb.len() < 16 << 10, "{} bytes", bomb.len());
+        let limits = UnpackLimits {
+            max_unpacked_bytes: 1 << 20,
+            ..NO_LIMITS
+        };
+        let (dir, r) = unpack_with(&bomb, limits);
+        match r {
+            Err(ImageError::TooLarge {
+                cap: Cap::LayerUnpackedBytes,
+                limit,
+                ref what,
+            }) => {
+                assert_eq!(limit, 1 << 20);
+                assert!(what.contains("sha256:test"), "{what}");
+            }
+            other => panic!("expected the unpacked-bytes cap, got {other:?}"),
+        }
+        let written = std::fs::metadata(dir.path().join("fs/zeros")).map_or(0, |m| m.len());
+        assert!(written <= 1 << 20, "{written} bytes written past the cap");
+    }
+
+    #[test]
+    fn the_unpacked_cap_counts_the_whole_tar_stream() {
+        // Headers, padding and the end-of-archive blocks count, not just file data.
+        let tar = build(&[("f", EntryType::Regular, b"x", None)]);
+        let exact = UnpackLimits {
+            max_unpacked_bytes: tar.len() as u64,
+            ..NO_LIMITS
+        };
+        let (_dir, r) = unpack_with(&gzip(&tar), exact);
+        r.expect("a stream exactly at the cap");
+        let short = UnpackLimits {
+            max_unpacked_bytes: tar.len() as u64 - 1,
+            ..NO_LIMITS
+        };
+        let (_dir, r) = unpack_with(&tar, short);
+        assert!(
+            matches!(
+                r,
+                Err(ImageError::TooLarge {
+                    cap: Cap::LayerUnpackedBytes,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn too_many_entries_stop_the_layer() {
+        let names: Vec<String> = (0..20).map(|i| format!("f{i}")).collect();
+        let entries: Vec<_> = names
+            .iter()
+            .map(|n| (n.as_str(), EntryType::Regular, &b""[..], None))
+            .collect();
+        let tar = build(&entries);
+        let limits = UnpackLimits {
+            max_entries: 10,
+            ..NO_LIMITS
+        };
+        let (dir, r) = unpack_with(&tar, limits);
+        assert!(
+            matches!(
+                r,
+                Err(ImageError::TooLarge {
+                    cap: Cap::LayerEntries,
+                    limit: 10,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        assert!(!dir.path().join("fs/f10").exists());
+        let limits = UnpackLimits {
+            max_entries: 20,
+            ..NO_LIMITS
+        };
+        let (_dir, r) = unpack_with(&tar, limits);
+        assert_eq!(r.expect("20 entries").entries, 20);
     }
 
     #[test]
