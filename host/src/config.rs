@@ -61,6 +61,8 @@ pub struct Config {
     pub streaming: StreamingConfig,
     /// Container defaults the CRI leaves to the runtime.
     pub containers: crate::containers::config::ContainersConfig,
+    /// Confinement of the host processes that serve a pod (QEMU, the vhost-user back-ends).
+    pub confinement: crate::confine::ConfinementConfig,
 }
 
 /// Where the streaming server listens.
@@ -106,6 +108,10 @@ pub struct SandboxConfig {
     /// The kernel the built-in VMM boots (relative paths are under `guest_dir`); when
     /// absent, `<guest_dir>/vmlinux-moat` if it exists, else the kernel QEMU boots.
     pub builtin_kernel: Option<PathBuf>,
+    /// Bytes of a VM's serial console kept on disk: the first half of the output and a
+    /// rotating tail of the newest (`moat_devices::console_log`); the rest is dropped and
+    /// counted in a marker line.
+    pub console_log_max_bytes: u64,
 }
 
 /// The on-demand kernel modules in the guest dir, and their name in the `layers` share.
@@ -126,6 +132,7 @@ impl Default for SandboxConfig {
             stop_timeout_secs: 10,
             kernel_args: Vec::new(),
             builtin_kernel: None,
+            console_log_max_bytes: moat_devices::console_log::DEFAULT_MAX_BYTES,
         }
     }
 }
@@ -187,6 +194,7 @@ impl Default for Config {
             qemu: Default::default(),
             streaming: StreamingConfig::default(),
             containers: Default::default(),
+            confinement: Default::default(),
         }
     }
 }
@@ -528,6 +536,15 @@ mod tests {
         assert_eq!(s.builtin_kernel(), PathBuf::from("/opt/k"));
         let c = Config::parse("[sandbox]\nbuiltin_kernel = \"/opt/k\"").expect("parse");
         assert_eq!(c.sandbox.builtin_kernel, Some(PathBuf::from("/opt/k")));
+    }
+
+    #[test]
+    fn console_log_cap_defaults_to_2_mib_and_can_be_set() {
+        let c = Config::parse("[sandbox]\nboot_timeout_secs = 5").expect("parse");
+        assert_eq!(c.sandbox.console_log_max_bytes, 2 << 20);
+        let c = Config::parse("[sandbox]\nconsole_log_max_bytes = 65536").expect("parse");
+        assert_eq!(c.sandbox.console_log_max_bytes, 65536);
+        assert!(Config::parse("[sandbox]\nconsole_log_max_bytes = -1").is_err());
     }
 
     #[test]

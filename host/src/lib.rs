@@ -5,11 +5,13 @@
 //! - `network`: pod networking (CNI).
 //! - `store`: the embedded transactional state database.
 //! - `devices`: the virtio device models (crate `moat-devices`), served over vhost-user.
+//! - `confine`: `moatd jail`, the confinement of the processes that serve a pod.
 //! - `check`: `moatd check`, what this host offers moatd.
 //! - `config`, `logging`, `daemon`: set-up.
 
 pub mod check;
 pub mod config;
+pub mod confine;
 pub mod containers;
 pub mod cri;
 pub mod daemon;

@@ -58,6 +58,15 @@ enum Sub {
         #[arg(long)]
         read_only: bool,
     },
+    /// Run a program confined (moatd starts QEMU and the back-ends this way).
+    Jail {
+        /// The confinement (JSON, written by moatd).
+        #[arg(long)]
+        spec: String,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        argv: Vec<std::ffi::OsString>,
+    },
     /// Run one VM with Moat's built-in VMM (moatd starts this per sandbox).
     Vmm {
         /// The VM's configuration (JSON, written by moatd).
@@ -107,7 +116,31 @@ fn check(config: &Config) -> ExitCode {
     }
 }
 
+fn jail(spec: &str, argv: &[std::ffi::OsString]) -> ExitCode {
+    match serde_json::from_str::<moat_host::confine::JailSpec>(spec) {
+        Ok(spec) => moat_host::confine::launch::run(&spec, argv),
+        Err(e) => {
+            eprintln!("moatd jail: bad --spec: {e}");
+            ExitCode::from(moat_host::confine::launch::EXIT_NOT_CONFINED)
+        }
+    }
+}
+
+/// A back-end never executes a program once started: the exec that started it was the
+/// last one (before any thread, so every thread inherits the filter).
+fn forbid_exec(what: &str) -> Result<(), ExitCode> {
+    let applied = moat_host::confine::seccomp::no_exec_filter()
+        .and_then(|f| moat_host::confine::seccomp::apply(&f));
+    applied.map_err(|e| {
+        eprintln!("moatd {what}: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 fn fs_backend(socket: PathBuf, shared_dir: PathBuf, read_only: bool) -> ExitCode {
+    if let Err(code) = forbid_exec("fs-backend") {
+        return code;
+    }
     moat_host::logging::init(&moat_host::config::LogConfig::default());
     let cfg = moat_host::devices::fs::FsBackendConfig {
         socket,
@@ -124,6 +157,9 @@ fn fs_backend(socket: PathBuf, shared_dir: PathBuf, read_only: bool) -> ExitCode
 }
 
 fn vsock_backend(socket: PathBuf, uds_path: PathBuf, guest_cid: u64) -> ExitCode {
+    if let Err(code) = forbid_exec("vsock-backend") {
+        return code;
+    }
     let log = moat_host::config::LogConfig::default();
     moat_host::logging::init(&log);
     let cfg = moat_host::devices::vsock::VsockBackendConfig {
@@ -158,6 +194,7 @@ fn main() -> ExitCode {
             return fs_backend(socket, shared_dir, read_only);
         }
         Some(Sub::Vmm { config }) => return vmm(config),
+        Some(Sub::Jail { spec, argv }) => return jail(&spec, &argv),
         Some(Sub::Check { .. }) | None => {}
     }
     let config_arg = match &args.command {

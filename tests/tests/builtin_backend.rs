@@ -277,6 +277,8 @@ async fn moatd_vmm_runs_confined_in_the_run_dir_as_the_backend_starts_it() {
         console_log: run_dir.join("console.log"),
         vmm_log: run_dir.join("vmm.log"),
         net: None,
+        jail: None,
+        console_log_max_bytes: 1 << 20,
     };
     let vmm = Builtin::with_binary(moat_tests::moatd::moatd_bin())
         .boot(&spec)

@@ -152,10 +152,14 @@ async fn a_pod_boots_a_vm_then_stops_and_goes_without_a_trace() {
     } else {
         (
             4,
-            "one VMM, one vsock backend, two virtio-fs backends (layers, volumes)",
+            "one VMM, one vsock backend, two virtio-fs backends (layers, volumes), each \
+             with its jail's waiting parent",
         )
     };
-    assert_eq!(processes_with(&id[..12]).len(), processes, "{what}");
+    let all = processes_with(&id[..12]);
+    let jails = all.iter().filter(|c| c.contains(" jail --spec ")).count();
+    assert_eq!(all.len() - jails, processes, "{what}: {all:?}");
+    assert_eq!(jails, if on_builtin() { 0 } else { 4 }, "{what}: {all:?}");
 
     let st = m
         .runtime()

@@ -73,10 +73,13 @@ fn add_legacy_devices(
     config: &VmmConfig,
     control: &Arc<VmControl>,
 ) -> Result<FirstByte, VmmError> {
-    let log = ConsoleLog::open(&config.console_log).map_err(|source| VmmError::ConsoleLog {
-        path: config.console_log.clone(),
-        source,
-    })?;
+    let log =
+        ConsoleLog::open(&config.console_log, config.console_log_caps()).map_err(|source| {
+            VmmError::ConsoleLog {
+                path: config.console_log.clone(),
+                source,
+            }
+        })?;
     let first = log.first_byte();
     let irq = EventFd::new(EFD_NONBLOCK).map_err(|source| VmmError::EventFd {
         what: "the serial interrupt",

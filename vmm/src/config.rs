@@ -2,7 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
+use moat_devices::console_log::CapConfig;
 use serde::{Deserialize, Serialize};
+
+/// The console log's default cap, head and tail together (2 MiB).
+pub const DEFAULT_CONSOLE_LOG_MAX_BYTES: u64 = moat_devices::console_log::DEFAULT_MAX_BYTES;
 
 /// One VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,8 +25,14 @@ pub struct VmmConfig {
     pub initramfs: Option<PathBuf>,
     /// The kernel command line, without the virtio-mmio device words the VMM adds.
     pub cmdline: String,
-    /// Where the guest's serial console output goes (appended).
+    /// Where the guest's serial console output goes: emptied at start, then capped to a
+    /// head and a rotating tail in `<console_log>.1` and `.2` (`console_log_caps`;
+    /// `moat_devices::console_log`).
     pub console_log: PathBuf,
+    /// Bytes of console output kept on disk: the first half of the output and a rotating
+    /// tail of the newest (`DEFAULT_CONSOLE_LOG_MAX_BYTES` when absent).
+    #[serde(default = "default_console_log_max_bytes")]
+    pub console_log_max_bytes: u64,
     /// The control socket (status, pause, resume, shutdown).
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
@@ -91,6 +101,10 @@ fn yes() -> bool {
     true
 }
 
+fn default_console_log_max_bytes() -> u64 {
+    DEFAULT_CONSOLE_LOG_MAX_BYTES
+}
+
 /// Why a config was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -116,6 +130,11 @@ pub enum ConfigError {
 }
 
 impl VmmConfig {
+    /// What the console log keeps: `console_log_max_bytes`, half head and half tail.
+    pub fn console_log_caps(&self) -> CapConfig {
+        CapConfig::split(self.console_log_max_bytes)
+    }
+
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<VmmConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -189,6 +208,7 @@ mod tests {
             initramfs: None,
             cmdline: "console=ttyS0".into(),
             console_log: "/tmp/console.log".into(),
+            console_log_max_bytes: 4096,
             api_socket: None,
             vsock: None,
             fs: vec![],
@@ -229,6 +249,23 @@ mod tests {
         });
         assert!(c.validate().is_err());
         assert!(serde_json::from_str::<VmmConfig>(r#"{"id":"x","bogus":1}"#).is_err());
+    }
+
+    #[test]
+    fn console_log_cap_defaults_when_absent() {
+        let mut json = serde_json::to_value(minimal()).expect("json");
+        json.as_object_mut()
+            .expect("object")
+            .remove("console_log_max_bytes");
+        let c: VmmConfig = serde_json::from_value(json).expect("a config without the cap");
+        assert_eq!(c.console_log_max_bytes, DEFAULT_CONSOLE_LOG_MAX_BYTES);
+        assert_eq!(
+            minimal().console_log_caps(),
+            CapConfig {
+                head_bytes: 2048,
+                tail_bytes: 2048
+            }
+        );
     }
 
     #[test]

@@ -520,6 +520,7 @@ fn jailed_vm_config(dir: &Path) -> VmmConfig {
         initramfs: None,
         cmdline: "console=ttyS0 smoke=vsock".into(),
         console_log: dir.join("logs/console.log"),
+        console_log_max_bytes: moat_vmm::config::DEFAULT_CONSOLE_LOG_MAX_BYTES,
         api_socket: Some(dir.join("sock/api.sock")),
         vsock: Some(VsockConfig {
             guest_cid: 3,

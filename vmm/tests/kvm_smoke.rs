@@ -45,6 +45,7 @@ fn config(dir: &Path, kernel: &Path, cmdline: &str, vcpus: u8) -> VmmConfig {
         initramfs: None,
         cmdline: cmdline.into(),
         console_log: dir.join("console.log"),
+        console_log_max_bytes: moat_vmm::config::DEFAULT_CONSOLE_LOG_MAX_BYTES,
         api_socket: None,
         vsock: None,
         fs: vec![],

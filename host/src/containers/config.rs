@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Container defaults.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ContainersConfig {
     /// The seccomp profile of a container whose request names none. The CRI says
@@ -16,6 +16,20 @@ pub struct ContainersConfig {
     /// masks nothing (kubelet sends the defaults itself, and empty lists only for
     /// `procMount: Unmasked`, which this option then overrides).
     pub mask_paths_when_unset: bool,
+    /// The most a container's log file holds, in bytes (CRI-O's `log_size_max`): past it
+    /// the file is emptied and goes on, so a container flooding its output costs at most
+    /// this much disk between two of kubelet's rotations. 0: no cap.
+    pub log_size_max: u64,
+}
+
+impl Default for ContainersConfig {
+    fn default() -> Self {
+        Self {
+            seccomp_when_unset: UnsetSeccomp::default(),
+            mask_paths_when_unset: false,
+            log_size_max: 256 << 20,
+        }
+    }
 }
 
 /// The profile of a container that names none.

@@ -90,36 +90,67 @@ fn record(out: &mut Vec<u8>, ts: &str, stream: Stream, tag: char, text: &[u8]) {
     out.push(b'\n');
 }
 
-/// An append-only log file that can be reopened (after kubelet rotated it).
+/// An append-only log file that can be reopened (after kubelet rotated it), optionally
+/// capped in size like CRI-O's `log_size_max`: a write that would take the file past the
+/// cap empties it first, and a single batch larger than the cap keeps only its newest
+/// whole records. So a container that floods its output costs at most the cap on disk
+/// between two of kubelet's rotations.
 pub struct LogFile {
     path: PathBuf,
     file: File,
+    max: Option<u64>,
+    len: u64,
 }
 
 impl LogFile {
-    /// Opens (creating) the file and its directory.
+    /// Opens (creating) the file and its directory, uncapped.
     pub fn open(path: &Path) -> std::io::Result<Self> {
+        Self::open_capped(path, None)
+    }
+
+    /// Opens (creating) the file and its directory, holding it at `max` bytes at most.
+    pub fn open_capped(path: &Path, max: Option<u64>) -> std::io::Result<Self> {
         if let Some(p) = path.parent() {
             std::fs::create_dir_all(p)?;
         }
         let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let len = file.metadata()?.len();
         Ok(Self {
             path: path.to_owned(),
             file,
+            max,
+            len,
         })
     }
 
-    /// Appends bytes.
-    pub fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    /// Appends records (whole lines).
+    pub fn write(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.file.write_all(bytes)
+        if let Some(max) = self.max {
+            if bytes.len() as u64 > max {
+                // The newest whole records that fit.
+                let from = bytes.len() - max as usize;
+                let start = bytes[from..]
+                    .iter()
+                    .position(|b| *b == b'\n')
+                    .map_or(bytes.len(), |nl| from + nl + 1);
+                bytes = &bytes[start..];
+            }
+            if self.len + bytes.len() as u64 > max {
+                self.file.set_len(0)?;
+                self.len = 0;
+            }
+        }
+        self.file.write_all(bytes)?;
+        self.len += bytes.len() as u64;
+        Ok(())
     }
 
     /// Opens the path again: a rotated file keeps what it had, new records go to a new file.
     pub fn reopen(&mut self) -> std::io::Result<()> {
-        *self = Self::open(&self.path)?;
+        *self = Self::open_capped(&self.path, self.max)?;
         Ok(())
     }
 }

@@ -15,7 +15,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::error::ContainerError;
-use super::logs::{Formatter, LogFile, Stream};
+use super::log_writer::LogMsg;
+use super::logs::Stream;
 use super::record::{ContainerRecord, ContainerStore, MountRecord};
 use super::spec::{self, ContainerInput, ImageDefaults};
 use super::state::{ContainerEvent, ContainerState, apply};
@@ -454,6 +455,7 @@ impl ContainerManager {
         let path = r.log_path.clone();
         let id = r.id.clone();
         let this = self.clone();
+        let max_log = Some(self.inner.config.log_size_max).filter(|m| *m > 0);
         let (attach_tx, _) = tokio::sync::broadcast::channel(ATTACH_BUFFER);
         self.inner
             .attached
@@ -461,14 +463,14 @@ impl ContainerManager {
             .unwrap_or_else(|p| p.into_inner())
             .insert(r.id.clone(), attach_tx.clone());
         tokio::spawn(async move {
-            let mut file = if path.is_empty() {
-                None
-            } else {
-                LogFile::open(Path::new(&path))
-                    .map_err(|e| warn!(container = %id, error = %e, "cannot open the log file"))
-                    .ok()
+            let path = (!path.is_empty()).then(|| std::path::PathBuf::from(&path));
+            let log = match super::log_writer::spawn(&id, path, max_log) {
+                Ok(tx) => Some(tx),
+                Err(e) => {
+                    warn!(container = %id, error = %e, "cannot start the log writer");
+                    None
+                }
             };
-            let mut fmt = Formatter::default();
             loop {
                 tokio::select! {
                     chunk = output.next() => match chunk {
@@ -479,22 +481,29 @@ impl ContainerManager {
                                 }
                             }
                             let stream = if c.stderr { Stream::Stderr } else { Stream::Stdout };
-                            let bytes = fmt.push(stream, &c.data, c.time);
-                            if let Some(f) = file.as_mut() {
-                                let _ = f.write(&bytes);
+                            if let Some(tx) = &log {
+                                let msg = LogMsg::Output { stream, data: c.data, time: c.time };
+                                let _ = tx.send(msg).await;
                             }
                         }
                         Some(Err(_)) | None => break,
                     },
-                    Some(done) = rx.recv() => {
-                        let r = file.as_mut().map(|f| f.reopen()).unwrap_or(Ok(()));
-                        let _ = done.send(r);
+                    Some(done) = rx.recv() => match &log {
+                        Some(tx) => {
+                            if let Err(e) = tx.send(LogMsg::Reopen(done)).await
+                                && let LogMsg::Reopen(done) = e.0
+                            {
+                                let _ = done.send(Err(std::io::Error::other("the log writer ended")));
+                            }
+                        }
+                        None => {
+                            let _ = done.send(Ok(()));
+                        }
                     }
                 }
             }
-            if let Some(f) = file.as_mut() {
-                let _ = f.write(&fmt.finish(now_nanos()));
-            }
+            // Dropping the sender ends the log: the writer adds the unfinished lines.
+            drop(log);
             this.inner
                 .reopen
                 .lock()

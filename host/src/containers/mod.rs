@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod error;
+pub mod log_writer;
 pub mod logs;
 pub mod manager;
 pub mod record;

@@ -85,6 +85,7 @@ impl Builtin {
             initramfs: Some(spec.initramfs.clone()),
             cmdline: Self::cmdline(spec),
             console_log: spec.console_log.clone(),
+            console_log_max_bytes: spec.console_log_max_bytes,
             api_socket: Some(spec.run_dir.join(API_SOCKET)),
             vsock: Some(VsockConfig {
                 guest_cid: spec.guest_cid,
@@ -205,6 +206,8 @@ mod tests {
             console_log: dir.join("console.log"),
             vmm_log: dir.join("vmm.log"),
             net: None,
+            jail: None,
+            console_log_max_bytes: 1 << 20,
         }
     }
 

@@ -3,6 +3,7 @@
 //! interchangeable behind it.
 
 pub mod builtin;
+pub mod console;
 pub mod process;
 pub mod qemu;
 pub mod select;
@@ -56,6 +57,11 @@ pub struct VmSpec {
     pub vmm_log: PathBuf,
     /// The pod's network device, if it has a network.
     pub net: Option<NetDevice>,
+    /// Confine the VMM as this pod's (`confine`): QEMU only; the built-in VMM confines
+    /// itself.
+    pub jail: Option<crate::confine::PodJail>,
+    /// The most the console log keeps on disk (half its head, half a rotating tail).
+    pub console_log_max_bytes: u64,
 }
 
 /// One virtio-fs device: a host directory the guest mounts by tag.
@@ -116,6 +122,9 @@ pub enum HypervisorError {
     /// Process control failed.
     #[error("VMM process: {0}")]
     Process(#[from] std::io::Error),
+    /// The VMM's confinement could not be planned.
+    #[error("cannot confine the VMM: {0}; see docs/security.md (confinement.enabled)")]
+    Confine(std::io::Error),
 }
 
 /// How to accelerate the guest.

@@ -2,6 +2,8 @@
 //! hardware virtualization and TCG otherwise. Devices: the vsock backend over vhost-user,
 //! the console on the 8250 serial port into a log file.
 
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{Accel, HostCaps, Hypervisor, HypervisorError, VmProcess, VmSpec};
@@ -50,8 +52,14 @@ impl Qemu {
         self.config.accel.unwrap_or_else(|| self.caps.best_accel())
     }
 
-    /// The full argument list for one VM.
+    /// The full argument list for one VM, its console written to `spec.console_log`.
     pub fn args(&self, spec: &VmSpec) -> Vec<String> {
+        self.args_for(spec, None)
+    }
+
+    /// The full argument list for one VM; with `console_fd`, the console goes to that
+    /// (inherited) descriptor instead of a file QEMU opens.
+    fn args_for(&self, spec: &VmSpec, console_fd: Option<i32>) -> Vec<String> {
         let accel = self.accel();
         let mem = format!("{}M", spec.memory_mib);
         let mut cmdline = vec![
@@ -70,6 +78,7 @@ impl Qemu {
             }
         }
         cmdline.extend(spec.kernel_args.iter().cloned());
+        let console_fdset = console_fd.map(|fd| format!("fd={fd},set={CONSOLE_FDSET}"));
         let mut a: Vec<String> = vec![
             "-name".into(),
             format!("moat-{}", spec.id),
@@ -103,7 +112,12 @@ impl Qemu {
             "-global".into(),
             "virtio-mmio.force-legacy=false".into(),
             "-serial".into(),
-            format!("file:{}", spec.console_log.display()),
+            match console_fd {
+                // QEMU opens `/dev/fdset/N` as a dup of the descriptor `-add-fd` put there;
+                // `append` because it would truncate the file otherwise, and a pipe cannot be.
+                Some(_) => "chardev:console".into(),
+                None => format!("file:{}", spec.console_log.display()),
+            },
             "-chardev".into(),
             format!(
                 "socket,id=vsock0,path={}",
@@ -131,6 +145,14 @@ impl Qemu {
             a.push("-device".into());
             a.push(format!("virtio-net-device,netdev=net0,mac={}", net.mac));
         }
+        if let Some(fdset) = console_fdset {
+            a.push("-add-fd".into());
+            a.push(fdset);
+            a.push("-chardev".into());
+            a.push(format!(
+                "file,id=console,path=/dev/fdset/{CONSOLE_FDSET},append=on"
+            ));
+        }
         a.extend([
             "-kernel".into(),
             spec.kernel.display().to_string(),
@@ -153,16 +175,87 @@ impl Qemu {
                 });
             }
         }
-        let mut cmd = Command::new(&self.config.binary);
-        cmd.args(self.args(spec));
+        // The console goes through a pipe into a capped log moatd writes (`console`).
+        let (console_read, console_write) = super::console::console_pipe()?;
+        let mut cmd = match &spec.jail {
+            Some(jail) => self.confined(spec, jail)?,
+            None => {
+                let mut cmd = Command::new(&self.config.binary);
+                cmd.args(self.args_for(spec, Some(CONSOLE_FD)));
+                cmd
+            }
+        };
         if let Some(net) = &spec.net {
             super::process::pass_fd(&mut cmd, net.tap_fd, super::VMM_TAP_FD);
         }
-        VmProcess::spawn(cmd, &spec.vmm_log).map_err(|source| HypervisorError::Spawn {
+        super::process::pass_fd(&mut cmd, console_write.as_raw_fd(), CONSOLE_FD);
+        let caps = moat_devices::console_log::CapConfig::split(spec.console_log_max_bytes);
+        super::console::spawn_console_pump(console_read, &spec.console_log, caps)?;
+        let vm = VmProcess::spawn(cmd, &spec.vmm_log).map_err(|source| HypervisorError::Spawn {
             binary: self.config.binary.clone(),
             source,
             fix: "install it (Debian: qemu-system-x86) or set qemu.binary in the config",
-        })
+        });
+        // QEMU has its copy now: the pump sees the end of the file when QEMU exits.
+        drop(console_write);
+        vm
+    }
+}
+
+/// The descriptor QEMU gets the console pipe's write end on (the tap is 3).
+const CONSOLE_FD: i32 = 4;
+/// The `-add-fd` set that holds it.
+const CONSOLE_FDSET: u32 = 1;
+
+/// QEMU's own seccomp filter, on top of the jail's: no obsolete syscalls, no privilege
+/// changes, no new processes or programs, no scheduler or affinity changes.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// `binary` if it is a path, else where `$PATH` finds it.
+fn resolve(binary: &str) -> Option<PathBuf> {
+    if binary.contains('/') {
+        return std::fs::canonicalize(binary).ok();
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(binary))
+        .find(|p| p.is_file())
+        .and_then(|p| std::fs::canonicalize(p).ok())
+}
+
+impl Qemu {
+    /// The command that runs QEMU confined as the pod's (see `confine::plan`): the images
+    /// by their canonical paths (those are what the jail binds), and QEMU's `-sandbox`.
+    fn confined(
+        &self,
+        spec: &VmSpec,
+        jail: &crate::confine::PodJail,
+    ) -> Result<Command, HypervisorError> {
+        let binary = resolve(&self.config.binary).ok_or_else(|| HypervisorError::Spawn {
+            binary: self.config.binary.clone(),
+            source: std::io::ErrorKind::NotFound.into(),
+            fix: "install it (Debian: qemu-system-x86) or set qemu.binary in the config",
+        })?;
+        let mut spec = spec.clone();
+        spec.kernel = std::fs::canonicalize(&spec.kernel)?;
+        spec.initramfs = std::fs::canonicalize(&spec.initramfs)?;
+        let mut socket_dirs: Vec<PathBuf> = std::iter::once(&spec.vsock_vhost_socket)
+            .chain(spec.fs_shares.iter().map(|s| &s.vhost_socket))
+            .filter_map(|s| s.parent().map(Path::to_path_buf))
+            .collect();
+        socket_dirs.sort();
+        socket_dirs.dedup();
+        let needs = crate::confine::plan::QemuNeeds {
+            binary: binary.clone(),
+            images: vec![spec.kernel.clone(), spec.initramfs.clone()],
+            socket_dirs,
+            kvm: self.accel() == Accel::Kvm,
+        };
+        let jail_spec = jail.qemu(&needs).map_err(HypervisorError::Confine)?;
+        let mut args = self.args_for(&spec, Some(CONSOLE_FD));
+        args.extend(["-sandbox".into(), SANDBOX.into()]);
+        crate::confine::wrap(&jail_spec, binary, args.into_iter().map(Into::into))
+            .map_err(HypervisorError::Confine)
     }
 }
 
@@ -182,7 +275,6 @@ impl Hypervisor for Qemu {
 mod tests {
     use super::*;
     use crate::hypervisor::FsShare;
-    use std::path::PathBuf;
 
     fn spec() -> VmSpec {
         VmSpec {
@@ -205,6 +297,8 @@ mod tests {
             console_log: PathBuf::from("/run/console.log"),
             vmm_log: PathBuf::from("/run/vmm.log"),
             net: None,
+            jail: None,
+            console_log_max_bytes: 1 << 20,
         }
     }
 

@@ -331,12 +331,21 @@ impl SandboxManager {
         }
     }
 
-    /// Marks the sandbox stopped when its VMM exits on its own.
+    /// Marks the sandbox stopped when its VMM or one of its device back-ends exits on its
+    /// own (a back-end killed by its seccomp filter, for instance: the VM cannot go on
+    /// without its devices, so it is torn down too).
     fn watch(&self, id: &str, vm: Arc<RunningVm>) {
         let this = self.clone();
         let id = id.to_owned();
         tokio::spawn(async move {
-            while !vm.vmm.wait_timeout(Duration::from_secs(3600)).await {}
+            let processes = std::iter::once(("VMM", &vm.vmm)).chain(vm.backends.iter());
+            let ends = processes.map(|(what, p)| {
+                Box::pin(async move {
+                    while !p.wait_timeout(Duration::from_secs(3600)).await {}
+                    what
+                })
+            });
+            let (what, _, _) = futures::future::select_all(ends).await;
             let _g = this.inner.locks.lock(&id).await;
             let still_ours = this
                 .live()
@@ -345,7 +354,13 @@ impl SandboxManager {
             if !still_ours {
                 return;
             }
-            warn!(sandbox = %id, "the VM exited on its own");
+            let jail = vm.paths.jail_reports();
+            warn!(
+                sandbox = %id,
+                process = what,
+                jail = %jail.join("; "),
+                "the VM's {what} exited on its own; the VM is torn down"
+            );
             this.live().remove(&id);
             vm::teardown(&vm).await;
             vm.paths.remove();
@@ -514,6 +529,8 @@ impl SandboxManager {
                 }),
                 // Debian's kernel (QEMU) has modules; the built-in VMM's has none.
                 modules: (handler_vmm.kind == VmmKind::Qemu).then_some(modules.as_path()),
+                confinement: self.inner.config.confinement.uid_range(),
+                console_log_max_bytes: cfg.console_log_max_bytes,
             },
         )
         .await;

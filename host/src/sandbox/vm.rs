@@ -31,21 +31,35 @@ impl VmPaths {
             dir: run_dir.join("vm").join(&id[..12.min(id.len())]),
         }
     }
+    /// The folder of the vsock sockets: the vsock back-end's vhost-user socket, the
+    /// hybrid-vsock socket and moatd's listeners for guest connections. Owned by the
+    /// pod's uid when the back-end is confined (see `confine::uid`).
+    pub fn vsock_dir(&self) -> PathBuf {
+        self.dir.join("vsock")
+    }
+    /// The folder of the virtio-fs back-ends' vhost-user sockets.
+    pub fn fs_dir(&self) -> PathBuf {
+        self.dir.join("fs")
+    }
+    /// Where the jails' (empty) root directories are made.
+    pub fn jail_dir(&self) -> PathBuf {
+        self.dir.join("jail")
+    }
     /// The vhost-user socket QEMU connects to.
     pub fn vhost_socket(&self) -> PathBuf {
-        self.dir.join("v.sock")
+        self.vsock_dir().join("v.sock")
     }
     /// The hybrid-vsock Unix socket.
     pub fn vsock(&self) -> PathBuf {
-        self.dir.join("vsock")
+        self.vsock_dir().join("vsock")
     }
     /// Where guest connections to host port `port` arrive.
     pub fn vsock_port(&self, port: u32) -> PathBuf {
-        self.dir.join(format!("vsock_{port}"))
+        self.vsock_dir().join(format!("vsock_{port}"))
     }
     /// The vhost-user socket of the `layers` virtio-fs backend.
     pub fn fs_socket(&self) -> PathBuf {
-        self.dir.join("fs.sock")
+        self.fs_dir().join("fs.sock")
     }
     /// The virtio-fs backend's output.
     pub fn fs_log(&self) -> PathBuf {
@@ -62,7 +76,7 @@ impl VmPaths {
     }
     /// The vhost-user socket of the `volumes` virtio-fs backend.
     pub fn volumes_socket(&self) -> PathBuf {
-        self.dir.join("fsv.sock")
+        self.fs_dir().join("fsv.sock")
     }
     /// Unmounts the volumes, then deletes the whole directory. Nothing is deleted while a
     /// host path is still mounted under it.
@@ -77,6 +91,29 @@ impl VmPaths {
                 warn!(dir = %self.dir.display(), error = %e, "VM dir kept: volumes still mounted")
             }
         }
+    }
+    /// What the jails of this VM's processes said about how they ended (their
+    /// `moatd jail:` lines: a seccomp kill, for one), from the processes' logs, which go
+    /// with the VM directory.
+    pub fn jail_reports(&self) -> Vec<String> {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for entry in dir.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "log") || path == self.console_log() {
+                continue;
+            }
+            // The jail's lines are its last words; a log's tail is enough.
+            let text = tail(&path, 16 * 1024);
+            out.extend(
+                text.lines()
+                    .filter(|l| l.starts_with("moatd jail:"))
+                    .map(str::to_owned),
+            );
+        }
+        out
     }
     /// The guest console.
     pub fn console_log(&self) -> PathBuf {
@@ -154,6 +191,11 @@ pub struct LaunchSpec<'a> {
     /// share as `modules/` (skipped when the directory is missing: a kernel with
     /// everything built in has none).
     pub modules: Option<&'a Path>,
+    /// Confine the VMM and its back-ends with uids from this range (`confine`); the
+    /// built-in VMM confines itself and ignores it.
+    pub confinement: Option<crate::confine::uid::UidRange>,
+    /// The most the console log keeps on disk.
+    pub console_log_max_bytes: u64,
 }
 
 /// The virtio-fs tag of the image layers share, and where the agent mounts it.
@@ -167,15 +209,34 @@ async fn spawn_backend(
     socket: &Path,
     what: &str,
     id: &str,
+    jail: Option<crate::confine::JailSpec>,
 ) -> Result<VmProcess, SandboxError> {
-    let exe = std::env::current_exe().map_err(|e| SandboxError::io("find the moatd binary", e))?;
-    let mut cmd = Command::new(exe);
-    cmd.args(args);
+    let exe = crate::confine::plan::moatd_binary()
+        .map_err(|e| SandboxError::io("find the moatd binary", e))?;
+    let cmd = match &jail {
+        Some(spec) => {
+            let args = args.iter().map(|a| a.to_os_string());
+            crate::confine::wrap(spec, exe, args)
+                .map_err(|e| SandboxError::io(format!("confine the {what}"), e))?
+        }
+        None => {
+            let mut cmd = Command::new(exe);
+            cmd.args(args);
+            cmd
+        }
+    };
     let p =
         VmProcess::spawn(cmd, log).map_err(|e| SandboxError::io(format!("start the {what}"), e))?;
-    if !wait_for(Duration::from_secs(10), || socket.exists()).await {
+    wait_for(Duration::from_secs(10), || socket.exists() || p.exited()).await;
+    if !socket.exists() {
         let _ = p.terminate(Duration::from_secs(1)).await;
         let out = std::fs::read_to_string(log).unwrap_or_default();
+        if p.exited() {
+            return Err(SandboxError::Agent {
+                id: id.into(),
+                detail: format!("the {what} ended at start-up: {}", out.trim()),
+            });
+        }
         return Err(SandboxError::Timeout {
             id: id.into(),
             what: format!("the {what} listening ({})", out.trim()),
@@ -193,16 +254,30 @@ pub async fn launch(
     spec: LaunchSpec<'_>,
 ) -> Result<(RunningVm, agent::Agent), SandboxError> {
     paths.remove();
-    for d in [paths.volumes(), paths.layers()] {
+    for d in [
+        paths.volumes(),
+        paths.layers(),
+        paths.vsock_dir(),
+        paths.fs_dir(),
+    ] {
         std::fs::create_dir_all(d).map_err(|e| SandboxError::io("create the VM run dir", e))?;
     }
-    if let Err(e) = super::volumes::mount_share_root(&paths.volumes()) {
-        paths.remove();
-        return Err(SandboxError::io(
-            "mount the volumes share's root",
-            std::io::Error::other(e.to_string()),
-        ));
+    for share in [paths.volumes(), paths.layers()] {
+        if let Err(e) = super::volumes::mount_share_root(&share) {
+            paths.remove();
+            return Err(SandboxError::io(
+                "mount a share's root",
+                std::io::Error::other(e.to_string()),
+            ));
+        }
     }
+    let jail = match pod_jail(hypervisor, &paths, &spec) {
+        Ok(j) => j,
+        Err(e) => {
+            paths.remove();
+            return Err(SandboxError::io("confine the pod's processes", e));
+        }
+    };
     if let Some(m) = spec.modules.filter(|m| m.is_dir()) {
         let target = paths.layers().join(crate::config::MODULES_DIR);
         if let Err(e) = super::volumes::bind_read_only(m, &target) {
@@ -213,10 +288,13 @@ pub async fn launch(
             ));
         }
     }
-    let result = launch_inner(hypervisor, &paths, &spec).await;
+    let result = launch_inner(hypervisor, &paths, &spec, jail.as_ref()).await;
     if let Err(e) = &result {
         // The console is the first thing anyone needs: put its tail in moatd's log.
-        let console = std::fs::read_to_string(paths.console_log()).unwrap_or_default();
+        // (The newest lines: a guest that floods its console leaves its head behind.)
+        let console = moat_devices::console_log::read_tail(&paths.console_log(), 64 << 10)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         let tail: String = console
             .lines()
             .rev()
@@ -230,6 +308,33 @@ pub async fn launch(
         paths.remove();
     }
     result
+}
+
+/// The confinement of a VM whose devices run out of process, when the spec asks for it: a
+/// pod uid (owning the vsock socket folder, 0700) and the jails' folder.
+fn pod_jail(
+    hypervisor: &dyn Hypervisor,
+    paths: &VmPaths,
+    spec: &LaunchSpec<'_>,
+) -> std::io::Result<Option<crate::confine::PodJail>> {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(range) = spec
+        .confinement
+        .filter(|_| !hypervisor.devices_in_process())
+    else {
+        return Ok(None);
+    };
+    let vsock = paths.vsock_dir();
+    std::fs::set_permissions(&vsock, std::fs::Permissions::from_mode(0o700))?;
+    let vm_root = paths.dir.parent().unwrap_or(&paths.dir);
+    let uid = crate::confine::uid::allocate(vm_root, &vsock, spec.id, range)?;
+    std::fs::create_dir_all(paths.jail_dir())?;
+    info!(sandbox = %spec.id, uid, "pod processes confined as this uid");
+    Ok(Some(crate::confine::PodJail {
+        sandbox: spec.id.to_owned(),
+        uid,
+        dir: paths.jail_dir(),
+    }))
 }
 
 /// The virtio-fs shares of a VM: the read-only image layers (when asked for) and the
@@ -259,7 +364,9 @@ async fn spawn_backends(
     paths: &VmPaths,
     shares: &[FsShare],
     id: &str,
+    jail: Option<&crate::confine::PodJail>,
 ) -> Result<DeviceBackends, SandboxError> {
+    let plan_err = |e| SandboxError::io("plan the back-ends' confinement", e);
     let (vhost, vsock) = (paths.vhost_socket(), paths.vsock());
     let cid = GUEST_CID.to_string();
     let vsock_backend = spawn_backend(
@@ -276,13 +383,16 @@ async fn spawn_backends(
         &vhost,
         "vsock backend",
         id,
+        jail.map(|j| j.vsock_backend(&paths.vsock_dir()))
+            .transpose()
+            .map_err(plan_err)?,
     )
     .await?;
     let mut backends = DeviceBackends {
         vsock: Some(vsock_backend),
         fs: Vec::new(),
     };
-    for share in shares {
+    for (i, share) in shares.iter().enumerate() {
         let mut args: Vec<&std::ffi::OsStr> = vec![
             "fs-backend".as_ref(),
             "--socket".as_ref(),
@@ -294,7 +404,24 @@ async fn spawn_backends(
             args.push("--read-only".as_ref());
         }
         let log = paths.dir.join(format!("fs-{}.log", share.tag));
-        match spawn_backend(&args, &log, &share.vhost_socket, "virtio-fs backend", id).await {
+        let spawned = match jail
+            .map(|j| j.fs_backend(i, &share.shared_dir, share.read_only, &paths.fs_dir()))
+            .transpose()
+        {
+            Ok(spec) => {
+                let what = "virtio-fs backend";
+                spawn_backend(&args, &log, &share.vhost_socket, what, id, spec).await
+            }
+            Err(e) => Err(plan_err(e)),
+        };
+        // QEMU connects to the socket as the pod's uid.
+        let spawned = spawned.and_then(|p| match jail {
+            Some(j) => std::os::unix::fs::chown(&share.vhost_socket, Some(j.uid), Some(j.uid))
+                .map(|()| p)
+                .map_err(|e| SandboxError::io("hand the virtio-fs socket to the pod's uid", e)),
+            None => Ok(p),
+        });
+        match spawned {
             Ok(p) => backends.fs.push(p),
             Err(e) => {
                 backends.terminate(Duration::from_secs(1)).await;
@@ -309,15 +436,22 @@ async fn launch_inner(
     hypervisor: &dyn Hypervisor,
     paths: &VmPaths,
     spec: &LaunchSpec<'_>,
+    jail: Option<&crate::confine::PodJail>,
 ) -> Result<(RunningVm, agent::Agent), SandboxError> {
     let id = spec.id.to_owned();
-    let announce = tokio::net::UnixListener::bind(paths.vsock_port(agent::ANNOUNCE_PORT))
+    let announce_path = paths.vsock_port(agent::ANNOUNCE_PORT);
+    let announce = tokio::net::UnixListener::bind(&announce_path)
         .map_err(|e| SandboxError::io("listen for the agent's announce", e))?;
+    if let Some(j) = jail {
+        // The confined vsock back-end dials it as the pod's uid.
+        std::os::unix::fs::chown(&announce_path, Some(j.uid), Some(j.uid))
+            .map_err(|e| SandboxError::io("hand the announce socket to the pod's uid", e))?;
+    }
     let fs_shares = fs_shares(paths, spec.share_layers);
     let backends = if hypervisor.devices_in_process() {
         DeviceBackends::default()
     } else {
-        spawn_backends(paths, &fs_shares, &id).await?
+        spawn_backends(paths, &fs_shares, &id, jail).await?
     };
     let vm_spec = VmSpec {
         id: id.clone(),
@@ -334,6 +468,8 @@ async fn launch_inner(
         console_log: paths.console_log(),
         vmm_log: paths.vmm_log(),
         net: spec.net.clone(),
+        jail: jail.cloned(),
+        console_log_max_bytes: spec.console_log_max_bytes,
     };
     let vmm = match hypervisor.boot(&vm_spec) {
         Ok(v) => v,
@@ -404,6 +540,19 @@ async fn launch_inner(
     }
 }
 
+/// The last `max` bytes of the file at `path` (lossy UTF-8; empty when unreadable).
+fn tail(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 async fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;
     while std::time::Instant::now() < deadline {
@@ -445,7 +594,7 @@ mod tests {
         assert_eq!(p.dir, PathBuf::from("/run/moat/vm/ffffffffffff"));
         assert_eq!(
             p.vsock_port(1025),
-            PathBuf::from("/run/moat/vm/ffffffffffff/vsock_1025")
+            PathBuf::from("/run/moat/vm/ffffffffffff/vsock/vsock_1025")
         );
         assert!(p.vsock_port(1025).as_os_str().len() < 108);
     }
@@ -507,6 +656,8 @@ mod tests {
                 agent_timeout: Duration::from_secs(1),
                 net: None,
                 modules: None,
+                confinement: None,
+                console_log_max_bytes: 1 << 20,
             },
         )
         .await;

@@ -305,6 +305,19 @@ pub fn mount_share_root(dir: &Path) -> Result<(), VolumeError> {
     .map_err(|e| VolumeError::Io {
         what: format!("mount a tmpfs on {}", dir.display()),
         source: e.into(),
+    })?;
+    // Shared, so that what moatd mounts into it later also shows in the confined
+    // back-end's copy of it (its own mount namespace makes that copy a slave).
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .map_err(|e| VolumeError::Io {
+        what: format!("make {} a shared mount", dir.display()),
+        source: e.into(),
     })
 }
 

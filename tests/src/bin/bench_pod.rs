@@ -4,7 +4,9 @@
 //! vsock answer (the announce, then a host CONNECT answered OK). RunPodSandbox is timed
 //! over the CRI socket of a release moatd. Also: host memory per idle pod beyond guest RAM
 //! (RSS of the VMM and backend processes, less the guest RAM QEMU holds as shared memory)
-//! and the agent's RSS in the guest.
+//! and the agent's RSS in the guest. Each run also starts the same pod on a second moatd
+//! with `confinement.enabled = false`: the peer that gives what confinement (`moatd jail`
+//! around QEMU and the back-ends) costs in start-up time and host memory.
 //!
 //! Usage: bench-pod [--runs N]   (set MOATD_BIN to the release moatd; needs guest-image/out)
 
@@ -66,6 +68,8 @@ fn bare_boot(dir: &Path) -> Duration {
         console_log: w.join("console.log"),
         vmm_log: w.join("vmm.log"),
         net: None,
+        jail: None,
+        console_log_max_bytes: 1 << 20,
     };
     let started = Instant::now();
     let mut vm = Command::new("qemu-system-x86_64")
@@ -124,7 +128,9 @@ fn rss_of(needle: &str) -> (u64, u64, Vec<(String, u64)>) {
         total += rss;
         own += mine;
         let text = String::from_utf8_lossy(&cmd).into_owned();
-        let kind = if text.contains("vsock-backend") {
+        let kind = if text.split('\0').nth(1) == Some("jail") {
+            "jail parent"
+        } else if text.contains("vsock-backend") {
             "vsock backend"
         } else if text.contains("fs-backend") {
             "virtio-fs backend"
@@ -170,12 +176,124 @@ fn container(image: &str) -> cri::ContainerConfig {
     }
 }
 
+/// What one pod start measured.
+struct Sample {
+    run: Duration,
+    first_log: Duration,
+    execs: Vec<Duration>,
+    mem: (u64, u64, u64),
+    kinds: Vec<(String, u64)>,
+}
+
+/// Runs pod `i` with one container on `m`, measures it, and removes it.
+async fn one_pod(m: &Moatd, image: &str, logs: &Path, i: usize) -> Sample {
+    let mut rt = m.runtime().await;
+    let started = Instant::now();
+    let id = rt
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod(i, logs)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("run pod")
+        .into_inner()
+        .pod_sandbox_id;
+    let run = started.elapsed();
+    let cid = rt
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: id.clone(),
+            config: Some(container(image)),
+            sandbox_config: None,
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .container_id;
+    rt.start_container(cri::StartContainerRequest {
+        container_id: cid.clone(),
+    })
+    .await
+    .expect("start");
+    let log = logs.join(format!("pod{i}/c/0.log"));
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("stdout F ready")
+    {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let first_log = started.elapsed();
+    let mut execs = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = rt
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: cid.clone(),
+                cmd: vec!["true".into()],
+                timeout: 10,
+            })
+            .await
+            .expect("exec");
+        assert_eq!(r.into_inner().exit_code, 0);
+        execs.push(t.elapsed());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (total, own, kinds) = rss_of(&id[..12]);
+    let st = rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).expect("json");
+    let agent = info["agentRssKiB"].as_u64().unwrap_or(0);
+    rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
+        pod_sandbox_id: id.clone(),
+    })
+    .await
+    .expect("stop");
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+        .await
+        .expect("remove");
+    Sample {
+        run,
+        first_log,
+        execs,
+        mem: (total, own, agent),
+        kinds,
+    }
+}
+
+/// A moatd with the guest image, `extra` config, and the bench image pulled.
+async fn moatd(dir: &Path, extra: &str, image: &str) -> Moatd {
+    let m = Moatd::start(&format!(
+        "[sandbox]\nguest_dir = \"{}\"\n{extra}",
+        dir.display()
+    ))
+    .await;
+    m.images()
+        .await
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("pull");
+    m
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
 #[tokio::main]
 async fn main() {
     let runs = moat_tests::bench::runs_arg(5);
     let dir = guest_dir();
-    let m = Moatd::start(&format!("[sandbox]\nguest_dir = \"{}\"\n", dir.display())).await;
-    let mut rt = m.runtime().await;
     let reg = Registry::start().await;
     let img = Image::new(
         vec![Layer::new(
@@ -189,21 +307,13 @@ async fn main() {
     );
     reg.push_image("bench/busybox", "v1", &img).await;
     let image = format!("{}/bench/busybox:v1", reg.addr);
-    m.images()
-        .await
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+    // moatd as shipped (every pod process confined), and the same with confinement off:
+    // the peer that says what confinement costs.
+    let confined = moatd(&dir, "", &image).await;
+    let unconfined = moatd(&dir, "[confinement]\nenabled = false\n", &image).await;
     let logs = tempfile::tempdir().expect("logs");
-    let (mut first_log, mut execs) = (Vec::new(), Vec::new());
-    let (mut bare, mut run) = (Vec::new(), Vec::new());
-    let mut mem = Vec::new();
+    let mut bare = Vec::new();
+    let (mut samples, mut peers) = (Vec::new(), Vec::new());
     for i in 0..runs {
         let d = tokio::task::spawn_blocking({
             let dir = dir.clone();
@@ -212,97 +322,49 @@ async fn main() {
         .await
         .expect("bare boot");
         bare.push(d);
-        let started = Instant::now();
-        let id = rt
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(pod(i, logs.path())),
-                runtime_handler: String::new(),
-            })
-            .await
-            .expect("run pod")
-            .into_inner()
-            .pod_sandbox_id;
-        run.push(started.elapsed());
-        let cid = rt
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: id.clone(),
-                config: Some(container(&image)),
-                sandbox_config: None,
-            })
-            .await
-            .expect("create")
-            .into_inner()
-            .container_id;
-        rt.start_container(cri::StartContainerRequest {
-            container_id: cid.clone(),
-        })
-        .await
-        .expect("start");
-        let log = logs.path().join(format!("pod{i}/c/0.log"));
-        while !std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .contains("stdout F ready")
-        {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        first_log.push(started.elapsed());
-        for _ in 0..20 {
-            let t = Instant::now();
-            let r = rt
-                .exec_sync(cri::ExecSyncRequest {
-                    container_id: cid.clone(),
-                    cmd: vec!["true".into()],
-                    timeout: 10,
-                })
-                .await
-                .expect("exec");
-            assert_eq!(r.into_inner().exit_code, 0);
-            execs.push(t.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let (total, own, kinds) = rss_of(&id[..12]);
-        let st = rt
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.clone(),
-                verbose: true,
-            })
-            .await
-            .expect("status")
-            .into_inner();
-        let info: serde_json::Value = serde_json::from_str(&st.info["info"]).expect("json");
-        let agent = info["agentRssKiB"].as_u64().unwrap_or(0);
-        mem.push((total, own, agent));
+        let s = Box::pin(one_pod(&confined, &image, logs.path(), 2 * i)).await;
+        let u = Box::pin(one_pod(&unconfined, &image, logs.path(), 2 * i + 1)).await;
         if i == 0 {
-            let parts: Vec<String> = kinds
+            let parts: Vec<String> = s
+                .kinds
                 .iter()
-                .map(|(k, v)| format!("{k} {:.1} MiB", *v as f64 / 1024.0))
+                .map(|(k, v)| format!("{k} {:.1} MiB", mib(*v)))
                 .collect();
             println!(
-                "host memory beyond guest RAM by process: {}",
+                "host memory beyond guest RAM by process (confined): {}",
                 parts.join(", ")
             );
         }
         println!(
-            "run {i}: bare boot {:>6.3} s   RunPodSandbox {:>6.3} s   host RSS {:>6} KiB (private beyond guest RAM {:>6} KiB)   agent RSS {:>5} KiB",
+            "run {i}: bare boot {:>6.3} s   RunPodSandbox {:>6.3} s (unconfined {:>6.3} s)   host RSS {:>6} KiB (private beyond guest RAM {:>6} KiB; unconfined {:>6} KiB)   agent RSS {:>5} KiB",
             bare[i].as_secs_f64(),
-            run[i].as_secs_f64(),
-            total,
-            own,
-            agent
+            s.run.as_secs_f64(),
+            u.run.as_secs_f64(),
+            s.mem.0,
+            s.mem.1,
+            u.mem.1,
+            s.mem.2
         );
-        rt.stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.clone(),
-        })
-        .await
-        .expect("stop");
-        rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
-            .await
-            .expect("remove");
+        samples.push(s);
+        peers.push(u);
     }
-    let (b, r) = (median(&mut bare), median(&mut run));
-    let (fl, ex) = (median(&mut first_log), median(&mut execs));
-    mem.sort();
-    let (total, own, agent) = mem[mem.len() / 2];
+    let b = median(&mut bare);
+    let med = |v: &[Sample], f: fn(&Sample) -> Duration| {
+        let mut d: Vec<Duration> = v.iter().map(f).collect();
+        median(&mut d)
+    };
+    let mem = |v: &[Sample]| {
+        let mut m: Vec<(u64, u64, u64)> = v.iter().map(|s| s.mem).collect();
+        m.sort();
+        m[m.len() / 2]
+    };
+    let (r, ur) = (med(&samples, |s| s.run), med(&peers, |s| s.run));
+    let fl = med(&samples, |s| s.first_log);
+    let mut execs: Vec<Duration> = samples.iter().flat_map(|s| s.execs.clone()).collect();
+    let n_execs = execs.len();
+    let ex = median(&mut execs);
+    let (total, own, agent) = mem(&samples);
+    let (_, u_own, _) = mem(&peers);
     println!(
         "median over {runs} runs: bare boot to the agent's first vsock answer {:.3} s, RunPodSandbox {:.3} s",
         b.as_secs_f64(),
@@ -313,22 +375,30 @@ async fn main() {
         r.as_secs_f64() / b.as_secs_f64()
     );
     println!(
+        "confinement: RunPodSandbox {:.3} s confined vs {:.3} s unconfined (ratio {:.3}); private host memory beyond guest RAM {:.1} MiB vs {:.1} MiB (ratio {:.3}) (goal: 1.05 or less)",
+        r.as_secs_f64(),
+        ur.as_secs_f64(),
+        r.as_secs_f64() / ur.as_secs_f64(),
+        mib(own),
+        mib(u_own),
+        own as f64 / u_own.max(1) as f64
+    );
+    println!(
         "RunPodSandbox to a started container's first log line: {:.3} s ({:.2}x the bare boot)",
         fl.as_secs_f64(),
         fl.as_secs_f64() / b.as_secs_f64()
     );
     println!(
-        "ExecSync of `true`, median of {} round trips: {:.1} ms",
-        execs.len(),
+        "ExecSync of `true`, median of {n_execs} round trips: {:.1} ms",
         ex.as_secs_f64() * 1000.0
     );
     println!(
-        "host memory per pod with one idle container: {:.1} MiB RSS in all (guest RAM and shared page cache included), {:.1} MiB private beyond guest RAM (VMM + vsock + virtio-fs backends)",
-        total as f64 / 1024.0,
-        own as f64 / 1024.0
+        "host memory per pod with one idle container: {:.1} MiB RSS in all (guest RAM and shared page cache included), {:.1} MiB private beyond guest RAM (VMM + vsock + virtio-fs backends + their jails)",
+        mib(total),
+        mib(own)
     );
     println!(
         "agent RSS in the guest: {:.1} MiB (goal: under 8 MiB)",
-        agent as f64 / 1024.0
+        mib(agent)
     );
 }

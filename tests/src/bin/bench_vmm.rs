@@ -158,6 +158,7 @@ fn start(vmm: &Vmm, elf: &Path, mode: Mode) -> Result<Started, String> {
                 initramfs: None,
                 cmdline: mode.cmdline().into(),
                 console_log: fifo.clone(),
+                console_log_max_bytes: moat_vmm::config::DEFAULT_CONSOLE_LOG_MAX_BYTES,
                 api_socket: None,
                 vsock: (mode == Mode::Vsock).then(|| VsockConfig {
                     guest_cid: 3,

@@ -36,7 +36,9 @@ use std::io;
 use super::JailError;
 
 /// A capability (the numbers of `linux/capability.h`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[repr(u32)]
 pub enum Cap {
     /// CAP_CHOWN.
@@ -49,6 +51,8 @@ pub enum Cap {
     Fowner = 3,
     /// CAP_FSETID.
     Fsetid = 4,
+    /// CAP_KILL.
+    Kill = 5,
     /// CAP_SETGID.
     Setgid = 6,
     /// CAP_SETUID.
@@ -185,24 +189,8 @@ fn prctl(op: libc::c_int, arg: libc::c_ulong, arg2: libc::c_ulong) -> io::Result
 /// Keeps only `keep` (effective and permitted) on the calling thread: clears the ambient
 /// and inheritable sets and drops every other capability from the bounding set.
 pub fn drop_all_but(keep: &[Cap]) -> Result<(), JailError> {
+    drop_bounding_but(keep)?;
     let keep = mask(keep);
-    prctl(
-        libc::PR_CAP_AMBIENT,
-        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-        0,
-    )
-    .map_err(caps_err("clearing the ambient capabilities"))?;
-    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes next.
-    let bounding = current()
-        .map_err(caps_err("reading the capabilities"))?
-        .bounding;
-    for cap in 0..64u32 {
-        if bounding & (1 << cap) != 0 && keep & (1 << cap) == 0 {
-            prctl(libc::PR_CAPBSET_DROP, cap.into(), 0).map_err(caps_err(format!(
-                "dropping capability {cap} from the bounding set"
-            )))?;
-        }
-    }
     let mut header = Header {
         version: VERSION_3,
         pid: 0,
@@ -220,6 +208,32 @@ pub fn drop_all_but(keep: &[Cap]) -> Result<(), JailError> {
         return Err(caps_err("setting the capabilities (capset)")(
             io::Error::last_os_error(),
         ));
+    }
+    Ok(())
+}
+
+/// Clears the ambient set and drops every capability but `keep` from the bounding set of
+/// the calling thread (what it may ever gain again, by exec included), leaving its
+/// effective and permitted sets as they are (a thread that then changes uid away from 0
+/// loses those too). Needs CAP_SETPCAP.
+pub fn drop_bounding_but(keep: &[Cap]) -> Result<(), JailError> {
+    let keep = mask(keep);
+    prctl(
+        libc::PR_CAP_AMBIENT,
+        libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+        0,
+    )
+    .map_err(caps_err("clearing the ambient capabilities"))?;
+    // The bounding set first: dropping from it needs CAP_SETPCAP, which goes next.
+    let bounding = current()
+        .map_err(caps_err("reading the capabilities"))?
+        .bounding;
+    for cap in 0..64u32 {
+        if bounding & (1 << cap) != 0 && keep & (1 << cap) == 0 {
+            prctl(libc::PR_CAPBSET_DROP, cap.into(), 0).map_err(caps_err(format!(
+                "dropping capability {cap} from the bounding set"
+            )))?;
+        }
     }
     Ok(())
 }

@@ -179,6 +179,7 @@ mod tests {
             initramfs: None,
             cmdline: String::new(),
             console_log: "/run/vm/console.log".into(),
+            console_log_max_bytes: crate::config::DEFAULT_CONSOLE_LOG_MAX_BYTES,
             api_socket: None,
             vsock: None,
             fs: vec![],

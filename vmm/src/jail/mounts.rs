@@ -66,7 +66,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> JailError {
 }
 
 /// `path` with no `.`, `..` or repeated separators, if it is absolute and has none of `..`.
-fn normal_absolute(path: &Path) -> Option<PathBuf> {
+pub fn normal_absolute(path: &Path) -> Option<PathBuf> {
     if !path.is_absolute() {
         return None;
     }

@@ -183,7 +183,8 @@ fn base(a: &mut Allowlist) {
     // eventfds (interrupts, queue notifications, stop events), sockets, virtio-net's tap
     // (one frame per read or write), virtio-fs's reply sink (writev). F_GETFD: Rust's std,
     // built with debug assertions, checks each descriptor it closes.
-    a.any(&[SYS_read, SYS_write, SYS_writev, SYS_close]);
+    // ftruncate: the capped console log empties its older tail segment to reuse it.
+    a.any(&[SYS_read, SYS_write, SYS_writev, SYS_close, SYS_ftruncate]);
     a.when_arg_in(SYS_fcntl, 1, &[F_GETFD as u64]);
     // The end of the run: the peak RSS from /proc/self/status; the sockets' removal checks
     // what is there first.

@@ -323,6 +323,7 @@ fn vm_config(share: &Path, root: &Path) -> VmmConfig {
         initramfs: None,
         cmdline: String::new(),
         console_log: "/unused".into(),
+        console_log_max_bytes: moat_vmm::config::DEFAULT_CONSOLE_LOG_MAX_BYTES,
         api_socket: None,
         vsock: None,
         fs: vec![FsConfig {

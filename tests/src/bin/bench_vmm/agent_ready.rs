@@ -83,6 +83,8 @@ fn spec(w: &Path, image: &Image) -> VmSpec {
         console_log: w.join("console.log"),
         vmm_log: w.join("vmm.log"),
         net: None,
+        jail: None,
+        console_log_max_bytes: 1 << 20,
     }
 }
 

@@ -1,12 +1,13 @@
-//! COM1: vm-superio's 16550A model on the port bus, its output appended to the console log,
-//! its interrupt raised through an eventfd (a KVM irqfd on IRQ 4).
+//! COM1: vm-superio's 16550A model on the port bus, its output written to the console log
+//! (capped: a head and a rotating tail, `moat_devices::console_log`), its interrupt raised
+//! through an eventfd (a KVM irqfd on IRQ 4).
 
-use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use moat_devices::console_log::{CapConfig, CappedLog};
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
@@ -30,11 +31,13 @@ impl Trigger for IrqEventFd {
     }
 }
 
-/// The console log: guest output appended to a file, a line at a time (vm-superio flushes
-/// after every byte, which would cost a write per byte; lines are written whole instead, and
-/// whatever is left when the device goes away).
+/// The console log: guest output written to a capped log (the first bytes and a rotating
+/// tail of the newest; see `moat_devices::console_log` for the files), a line at a time
+/// (vm-superio flushes after every byte, which would cost a write per byte; lines are
+/// written whole instead, and whatever is left when the device goes away). Once open it
+/// needs only write(2) and ftruncate(2) on the descriptors it holds.
 pub struct ConsoleLog {
-    file: File,
+    log: CappedLog,
     pending: Vec<u8>,
     first_byte: FirstByte,
 }
@@ -43,11 +46,11 @@ pub struct ConsoleLog {
 const LINE_LIMIT: usize = 1024;
 
 impl ConsoleLog {
-    /// Opens (creating, appending to) `path`.
-    pub fn open(path: &Path) -> io::Result<ConsoleLog> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+    /// Creates (or empties) the log at `path` and its tail segments, keeping what `caps`
+    /// says.
+    pub fn open(path: &Path, caps: CapConfig) -> io::Result<ConsoleLog> {
         Ok(ConsoleLog {
-            file,
+            log: CappedLog::create(path, caps)?,
             pending: Vec::with_capacity(LINE_LIMIT),
             first_byte: FirstByte::default(),
         })
@@ -58,12 +61,15 @@ impl ConsoleLog {
         self.first_byte.clone()
     }
 
+    /// Writes out what is pending; what could not be written is dropped all the same, so
+    /// the buffer stays bounded.
     fn write_pending(&mut self) -> io::Result<()> {
-        if !self.pending.is_empty() {
-            self.file.write_all(&self.pending)?;
-            self.pending.clear();
+        if self.pending.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let written = self.log.write_all(&self.pending);
+        self.pending.clear();
+        written
     }
 }
 
@@ -124,7 +130,8 @@ impl BusDevice for SerialDevice {
         if let (Some(&value), Ok(offset)) = (data.first(), u8::try_from(offset))
             && let Err(e) = self.serial.write(offset, value)
         {
-            tracing::warn!(error = ?e, "serial console write");
+            // The guest writes a byte at a time: a failing log must not flood the VMM's.
+            moat_devices::warn_limited!(error = ?e, "serial console write");
         }
     }
 }
@@ -138,11 +145,11 @@ mod tests {
     const LSR: u64 = 5;
 
     #[test]
-    fn bytes_land_in_the_log_a_line_at_a_time() {
+    fn console_bytes_land_in_the_log_a_line_at_a_time() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("console.log");
         std::fs::write(&path, b"earlier\n").expect("seed");
-        let log = ConsoleLog::open(&path).expect("open");
+        let log = ConsoleLog::open(&path, CapConfig::default()).expect("open");
         let first = log.first_byte();
         let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         let mut dev = SerialDevice::new(log, irq.try_clone().expect("clone"));
@@ -156,20 +163,65 @@ mod tests {
         }
         assert!(first.get().is_some(), "first byte time recorded");
         let text = std::fs::read_to_string(&path).expect("read");
-        assert_eq!(text, "earlier\n", "partial line not written yet");
+        assert_eq!(
+            text, "",
+            "an earlier log is emptied; partial line not written yet"
+        );
         dev.write(THR, b"\n");
         dev.write(THR, b"x");
         let text = std::fs::read_to_string(&path).expect("read");
-        assert_eq!(text, "earlier\nhi\n");
+        assert_eq!(text, "hi\n");
         drop(dev);
         let text = std::fs::read_to_string(&path).expect("read");
-        assert_eq!(text, "earlier\nhi\nx", "the rest written at the end");
+        assert_eq!(text, "hi\nx", "the rest written at the end");
+    }
+
+    #[test]
+    fn console_flood_from_the_guest_stays_capped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("console.log");
+        let caps = CapConfig {
+            head_bytes: 300,
+            tail_bytes: 2000,
+        };
+        let log = ConsoleLog::open(&path, caps).expect("open");
+        let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+        let mut dev = SerialDevice::new(log, irq);
+        // 256 KiB a byte at a time, lines of 50 and, past 100 KiB, no newlines at all.
+        let byte = |i: usize| match i {
+            _ if i < 100 << 10 && i % 50 == 49 => b'\n',
+            _ => b'a' + (i % 26) as u8,
+        };
+        let total = 256 << 10;
+        for i in 0..total {
+            dev.write(THR, &[byte(i)]);
+        }
+        drop(dev);
+        let [a, b] = moat_devices::console_log::segment_paths(&path).expect("segments");
+        let disk: u64 = [&path, &a, &b]
+            .iter()
+            .map(|p| std::fs::metadata(p).expect("file").len())
+            .sum();
+        assert!(
+            disk <= 300 + 2000 + moat_devices::console_log::MARKER_MAX,
+            "{disk}"
+        );
+        let all = moat_devices::console_log::read_tail(&path, u64::MAX).expect("read");
+        let expected_head: Vec<u8> = (0..300).map(byte).collect();
+        assert_eq!(all[..300], expected_head[..], "the head kept");
+        let text = String::from_utf8_lossy(&all[300..]);
+        assert!(
+            text.starts_with("[moat: ") && text.contains(" bytes of console output dropped; "),
+            "{text:?}"
+        );
+        let newest: Vec<u8> = (total - 1000..total).map(byte).collect();
+        assert!(all.ends_with(&newest), "the newest output kept");
     }
 
     #[test]
     fn thr_empty_interrupt_goes_through_the_eventfd() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let log = ConsoleLog::open(&dir.path().join("c.log")).expect("open");
+        let log = ConsoleLog::open(&dir.path().join("c.log"), CapConfig::default()).expect("open");
         let irq = EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
         let mut dev = SerialDevice::new(log, irq.try_clone().expect("clone"));
         dev.write(IER, &[0x02]);

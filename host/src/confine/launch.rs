@@ -1,0 +1,239 @@
+//! `moatd jail`: confines one process and runs it (see the module docs of `confine`).
+//!
+//! Runs single-threaded (it is its own fresh process, started by moatd): the fork below is
+//! safe to continue from with any code.
+//!
+//! Steps, each a hard failure (exit 126 and a line naming the step):
+//! 1. `unshare(CLONE_NEWPID)`, then fork: the child is PID 1 of the new namespace.
+//! 2. The child: parent-death signal SIGKILL; new mount, network, IPC, UTS and cgroup
+//!    namespaces; the root (`root::enter`); capabilities (bounding set first); the uid,
+//!    gid and groups; no_new_privs; the seccomp filters; exec.
+//! 3. The parent: keeps CAP_KILL only, installs its own filter, forwards SIGTERM, SIGINT
+//!    and SIGHUP to the child, and exits as the child did; a child killed by SIGSYS is
+//!    reported as a seccomp violation.
+
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::process::ExitCode;
+
+use moat_vmm::jail::{Cap, caps};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
+
+use super::{ConfineError, JailSpec, root, seccomp};
+
+/// Exit status of a launch that could not confine its process.
+pub const EXIT_NOT_CONFINED: u8 = 126;
+
+/// Signals the parent forwards to the confined process.
+const FORWARDED: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP];
+
+/// Confines `argv` as `spec` says and waits for it; returns its exit status.
+pub fn run(spec: &JailSpec, argv: &[OsString]) -> ExitCode {
+    let who = format!(
+        "moatd jail: {} of sandbox {}",
+        spec.kind.name(),
+        spec.sandbox
+    );
+    match start(spec, argv) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{who}: not confined, not started: {e}");
+            ExitCode::from(EXIT_NOT_CONFINED)
+        }
+    }
+}
+
+fn start(spec: &JailSpec, argv: &[OsString]) -> Result<ExitCode, ConfineError> {
+    let argv: Vec<CString> = argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| ConfineError::Spec("an argument holds a NUL byte".into()))?;
+    if argv.is_empty() {
+        return Err(ConfineError::Spec("no program to run".into()));
+    }
+    root::check(spec)?;
+    // Built before the fork, so a bad filter fails here, with nothing started.
+    let filters = [seccomp::enosys_filter()?, seccomp::filter(spec.kind)?];
+    let reaper_filter = seccomp::reaper_filter()?;
+    // The forwarded signals are blocked from here on, so none is lost before the signalfd
+    // exists; the child unblocks them before its exec.
+    let mut mask = SigSet::empty();
+    for s in FORWARDED {
+        mask.add(s);
+    }
+    mask.thread_block()
+        .map_err(ConfineError::step("blocking the forwarded signals"))?;
+    unshare(CloneFlags::CLONE_NEWPID).map_err(ConfineError::step("unshare(CLONE_NEWPID)"))?;
+    // SAFETY: this process is single-threaded (see the module docs).
+    match unsafe { fork() }.map_err(ConfineError::step("fork"))? {
+        ForkResult::Child => {
+            let e = child(spec, &argv, &filters, &mask);
+            eprintln!(
+                "moatd jail: {} of sandbox {}: not confined, not started: {e}",
+                spec.kind.name(),
+                spec.sandbox
+            );
+            // SAFETY: _exit ends this child without running the parent's exit handlers.
+            unsafe { libc::_exit(EXIT_NOT_CONFINED.into()) }
+        }
+        ForkResult::Parent { child } => parent(spec, child, &mask, &reaper_filter),
+    }
+}
+
+/// The confined child; returns only on failure.
+fn child(
+    spec: &JailSpec,
+    argv: &[CString],
+    filters: &[seccompiler::BpfProgram],
+    mask: &SigSet,
+) -> ConfineError {
+    match confine_self(spec, filters, mask) {
+        Err(e) => e,
+        Ok(()) => {
+            let e = nix::unistd::execv(&argv[0], argv).err();
+            ConfineError::step(format!("exec {:?}", argv[0]))(
+                e.unwrap_or(nix::errno::Errno::EINVAL),
+            )
+        }
+    }
+}
+
+fn death_signal() -> Result<(), ConfineError> {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
+        return Err(ConfineError::step("setting the parent-death signal")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+fn confine_self(
+    spec: &JailSpec,
+    filters: &[seccompiler::BpfProgram],
+    mask: &SigSet,
+) -> Result<(), ConfineError> {
+    death_signal()?;
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWNET
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWCGROUP,
+    )
+    .map_err(ConfineError::step(
+        "unshare (mount, network, IPC, UTS, cgroup)",
+    ))?;
+    nix::unistd::sethostname("moat-jail").map_err(ConfineError::step("sethostname"))?;
+    root::enter(spec)?;
+    match spec.user {
+        Some((uid, gid)) => {
+            // The bounding set first (that needs CAP_SETPCAP), then the ids: leaving uid 0
+            // clears the effective and permitted sets (no keep-caps).
+            caps::drop_bounding_but(&[])?;
+            let groups: Vec<Gid> = spec.groups.iter().map(|&g| Gid::from_raw(g)).collect();
+            nix::unistd::setgroups(&groups).map_err(ConfineError::step("setgroups"))?;
+            let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+            nix::unistd::setresgid(gid, gid, gid).map_err(ConfineError::step("setresgid"))?;
+            nix::unistd::setresuid(uid, uid, uid).map_err(ConfineError::step("setresuid"))?;
+            let left = caps::current().map_err(ConfineError::step("reading the capabilities"))?;
+            if left.permitted != 0 || left.effective != 0 {
+                return Err(ConfineError::Spec(format!(
+                    "capabilities left after leaving uid 0: {left:?}"
+                )));
+            }
+        }
+        None => {
+            nix::unistd::setgroups(&[]).map_err(ConfineError::step("setgroups"))?;
+            caps::drop_all_but(&spec.caps)?;
+        }
+    }
+    // A change of credentials clears the parent-death signal: set it again.
+    death_signal()?;
+    caps::set_no_new_privs()?;
+    for f in filters {
+        seccomp::apply(f)?;
+    }
+    mask.thread_unblock()
+        .map_err(ConfineError::step("unblocking signals"))?;
+    Ok(())
+}
+
+/// The waiting parent: forwards signals and exits as the child does.
+fn parent(
+    spec: &JailSpec,
+    child: Pid,
+    mask: &SigSet,
+    filter: &seccompiler::BpfProgram,
+) -> Result<ExitCode, ConfineError> {
+    let signals = SignalFd::with_flags(mask, SfdFlags::SFD_CLOEXEC)
+        .map_err(ConfineError::step("signalfd"))?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+        return Err(ConfineError::step("pidfd_open of the confined process")(e));
+    }
+    // SAFETY: a freshly opened descriptor nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    caps::drop_all_but(&[Cap::Kill])?;
+    caps::set_no_new_privs()?;
+    seccomp::apply(filter)?;
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signals.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds, no timeout.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            continue;
+        }
+        if fds[1].revents & libc::POLLIN != 0
+            && let Ok(Some(info)) = signals.read_signal()
+            && let Ok(sig) = Signal::try_from(info.ssi_signo as i32)
+        {
+            let _ = nix::sys::signal::kill(child, sig);
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            break;
+        }
+    }
+    Ok(match waitpid(child, Some(WaitPidFlag::__WALL)) {
+        Ok(WaitStatus::Exited(_, code)) => ExitCode::from(code as u8),
+        Ok(WaitStatus::Signaled(_, sig, _)) => {
+            if sig == Signal::SIGSYS {
+                eprintln!(
+                    "moatd jail: {} of sandbox {} (pid {child}) was killed by its seccomp filter: \
+                     it made a syscall outside the {} allowlist (the kernel's audit log names it)",
+                    spec.kind.name(),
+                    spec.sandbox,
+                    spec.kind.name()
+                );
+            } else {
+                eprintln!(
+                    "moatd jail: {} of sandbox {} (pid {child}) was killed by {sig}",
+                    spec.kind.name(),
+                    spec.sandbox
+                );
+            }
+            ExitCode::from(128u8.wrapping_add(sig as u8))
+        }
+        _ => ExitCode::FAILURE,
+    })
+}
