@@ -9,7 +9,8 @@
 //!    namespaces; the root (`root::enter`); capabilities (bounding set first); the uid,
 //!    gid and groups; no_new_privs; the seccomp filters; exec.
 //! 3. The parent: keeps CAP_KILL only, installs its own filter, forwards SIGTERM, SIGINT
-//!    and SIGHUP to the child, and exits as the child did; a child killed by SIGSYS is
+//!    and SIGHUP to the child (to QEMU as they are, to a back-end as SIGKILL: see
+//!    `forwarded`), and exits as the child did; a child killed by SIGSYS is
 //!    reported as a seccomp violation.
 
 use std::ffi::{CString, OsString};
@@ -24,7 +25,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
 
-use super::{ConfineError, JailSpec, root, seccomp};
+use super::{ConfineError, JailSpec, Kind, root, seccomp};
 
 /// Exit status of a launch that could not confine its process.
 pub const EXIT_NOT_CONFINED: u8 = 126;
@@ -165,6 +166,17 @@ fn confine_self(
     Ok(())
 }
 
+/// What the parent sends the child for `sig`. The child is PID 1 of its namespace, and
+/// the kernel drops a signal sent to such a process from outside unless it has a handler:
+/// QEMU handles SIGTERM (it shuts the VM down), the back-ends handle nothing and have
+/// nothing to save, so they get SIGKILL, which always goes through.
+fn forwarded(kind: Kind, sig: Signal) -> Signal {
+    match kind {
+        Kind::Qemu => sig,
+        Kind::VsockBackend | Kind::FsBackend => Signal::SIGKILL,
+    }
+}
+
 /// The waiting parent: forwards signals and exits as the child does.
 fn parent(
     spec: &JailSpec,
@@ -208,7 +220,7 @@ fn parent(
             && let Ok(Some(info)) = signals.read_signal()
             && let Ok(sig) = Signal::try_from(info.ssi_signo as i32)
         {
-            let _ = nix::sys::signal::kill(child, sig);
+            let _ = nix::sys::signal::kill(child, forwarded(spec.kind, sig));
         }
         if fds[0].revents & libc::POLLIN != 0 {
             break;
@@ -236,4 +248,17 @@ fn parent(
         }
         _ => ExitCode::FAILURE,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_ends_are_killed_and_qemu_asked() {
+        assert_eq!(forwarded(Kind::Qemu, Signal::SIGTERM), Signal::SIGTERM);
+        for k in [Kind::VsockBackend, Kind::FsBackend] {
+            assert_eq!(forwarded(k, Signal::SIGTERM), Signal::SIGKILL);
+        }
+    }
 }

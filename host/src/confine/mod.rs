@@ -23,7 +23,8 @@
 //!   a line saying which step, and the pod does not start.
 //!
 //! The waiting parent stays outside the namespaces (it is how moatd tracks, signals and
-//! adopts the process after a restart): it forwards SIGTERM, SIGINT and SIGHUP, keeps
+//! adopts the process after a restart): it forwards SIGTERM, SIGINT and SIGHUP (as
+//! SIGKILL to the back-ends, which, as PID 1 with no handler, would never get them), keeps
 //! only CAP_KILL, and runs under a seccomp filter of its own; if it is killed, the
 //! confined process gets SIGKILL (parent-death signal).
 
