@@ -19,9 +19,29 @@ pub const AGENT_PORT: u32 = 1024;
 /// The host port the agent announces itself on.
 pub const ANNOUNCE_PORT: u32 = 1025;
 
+/// Connects to the Unix socket at `uds` without following a symlink there: the folder
+/// holding it belongs to the pod's (confined, untrusted) vsock back-end, which could
+/// otherwise point moatd at any socket of the host. The socket is opened O_PATH with
+/// O_NOFOLLOW, checked to be a socket, and connected to through its descriptor.
+async fn connect_no_follow(uds: &Path) -> std::io::Result<UnixStream> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(uds)?;
+    if !file.metadata()?.file_type().is_socket() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a socket", uds.display()),
+        ));
+    }
+    UnixStream::connect(format!("/proc/self/fd/{}", file.as_raw_fd())).await
+}
+
 /// Opens one hybrid-vsock stream to `port` in the guest.
 pub async fn hybrid_connect(uds: &Path, port: u32) -> std::io::Result<UnixStream> {
-    let mut s = UnixStream::connect(uds).await?;
+    let mut s = connect_no_follow(uds).await?;
     s.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
     // Read the answer byte by byte so nothing after the line is swallowed by a buffer.
     let mut line = Vec::with_capacity(16);
@@ -99,6 +119,25 @@ pub async fn wait_announce(listener: &tokio::net::UnixListener) -> std::io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_symlink_planted_for_the_socket_is_not_followed() {
+        let d = tempfile::tempdir().expect("tmp");
+        let host = d.path().join("host-service.sock");
+        let _l = tokio::net::UnixListener::bind(&host).expect("bind");
+        connect_no_follow(&host)
+            .await
+            .expect("a real socket connects");
+        let planted = d.path().join("vsock");
+        std::os::unix::fs::symlink(&host, &planted).expect("symlink");
+        let e = connect_no_follow(&planted)
+            .await
+            .expect_err("a symlink is refused");
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        let file = d.path().join("file");
+        std::fs::write(&file, b"x").expect("write");
+        assert!(connect_no_follow(&file).await.is_err());
+    }
 
     #[tokio::test]
     async fn connect_handshake_and_refusal() {
