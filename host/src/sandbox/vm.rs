@@ -416,7 +416,7 @@ async fn spawn_backends(
         };
         // QEMU connects to the socket as the pod's uid.
         let spawned = spawned.and_then(|p| match jail {
-            Some(j) => std::os::unix::fs::chown(&share.vhost_socket, Some(j.uid), Some(j.uid))
+            Some(j) => std::os::unix::fs::lchown(&share.vhost_socket, Some(j.uid), Some(j.uid))
                 .map(|()| p)
                 .map_err(|e| SandboxError::io("hand the virtio-fs socket to the pod's uid", e)),
             None => Ok(p),
@@ -444,7 +444,7 @@ async fn launch_inner(
         .map_err(|e| SandboxError::io("listen for the agent's announce", e))?;
     if let Some(j) = jail {
         // The confined vsock back-end dials it as the pod's uid.
-        std::os::unix::fs::chown(&announce_path, Some(j.uid), Some(j.uid))
+        std::os::unix::fs::lchown(&announce_path, Some(j.uid), Some(j.uid))
             .map_err(|e| SandboxError::io("hand the announce socket to the pod's uid", e))?;
     }
     let fs_shares = fs_shares(paths, spec.share_layers);
