@@ -231,10 +231,12 @@ async fn a_pod_on_a_bridge_network_is_reached_by_its_ip_on_the_builtin_vmm() {
         .status();
 }
 
-/// The VMM exactly as the backend starts it (`moatd vmm --config <run_dir>/vmm.json`,
-/// confined in `<run_dir>/jail` with seccomp, control socket and hybrid-vsock socket in the
-/// run dir, a read-only and a writable share), with the smoke payload as the guest: unlike
-/// a Linux guest, it runs under any /dev/kvm, so this runs here too.
+/// The VMM exactly as the backend starts it for a confined pod (`moatd jail` running
+/// `moatd vmm --config <run_dir>/vmm.json`: PID 1 of its own namespaces in a minimal root,
+/// root with the virtio-fs capabilities only, the jail's seccomp filter and then its own;
+/// control socket and hybrid-vsock socket under the run dir, a read-only and a writable
+/// share), with the smoke payload as the guest: unlike a Linux guest, it runs under any
+/// /dev/kvm, so this runs here too. SIGTERM to the jail ends the VM cleanly.
 #[tokio::test(flavor = "multi_thread")]
 async fn moatd_vmm_runs_confined_in_the_run_dir_as_the_backend_starts_it() {
     use moat_host::hypervisor::builtin::{API_SOCKET, Builtin, JAIL_DIR};
@@ -250,7 +252,11 @@ async fn moatd_vmm_runs_confined_in_the_run_dir_as_the_backend_starts_it() {
     let tmp = tempfile::tempdir().expect("tmp");
     let run_dir = tmp.path().join("vm");
     let shares = tmp.path().join("shares");
-    for d in [&run_dir, &shares.join("layers"), &shares.join("volumes")] {
+    for d in [
+        &run_dir.join("vsock"),
+        &shares.join("layers"),
+        &shares.join("volumes"),
+    ] {
         std::fs::create_dir_all(d).expect("mkdir");
     }
     let kernel = moat_vmm::test_utils::payload::build_elf(tmp.path()).expect("smoke payload");
@@ -270,16 +276,24 @@ async fn moatd_vmm_runs_confined_in_the_run_dir_as_the_backend_starts_it() {
         initramfs,
         kernel_args: vec!["smoke=vsock".into()],
         run_dir: run_dir.clone(),
-        vsock_uds: run_dir.join("vsock"),
+        // As moatd lays a VM's directory out (`VmPaths`): the sockets in folders of their
+        // own.
+        vsock_uds: run_dir.join("vsock/vsock"),
         vsock_vhost_socket: run_dir.join("v.sock"),
         guest_cid: 3,
         fs_shares: vec![share("layers", true), share("volumes", false)],
         console_log: run_dir.join("console.log"),
         vmm_log: run_dir.join("vmm.log"),
         net: None,
-        jail: None,
+        jail: Some(moat_host::confine::PodJail {
+            sandbox: "confined".into(),
+            uid: 2_100_000_001,
+            dir: run_dir.join(JAIL_DIR),
+            output_max_bytes: 64 << 10,
+        }),
         console_log_max_bytes: 1 << 20,
     };
+    std::fs::create_dir_all(run_dir.join(JAIL_DIR)).expect("jail dir");
     let vmm = Builtin::with_binary(moat_tests::moatd::moatd_bin())
         .boot(&spec)
         .expect("start moatd vmm");
@@ -303,17 +317,54 @@ async fn moatd_vmm_runs_confined_in_the_run_dir_as_the_backend_starts_it() {
     reader.read_line(&mut ok).expect("CONNECT reply");
     assert!(ok.starts_with("OK "), "{ok:?}\n{}", log());
 
-    // The guest now waits for data: look at the running VMM meanwhile.
-    let proc_dir = PathBuf::from(format!("/proc/{}", vmm.pid()));
+    // The guest now waits for data: look at the running VMM meanwhile, the jail's child.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", vmm.pid()))
+        .expect("the jail's children");
+    let child: u32 = children.trim().parse().expect("one child: the VMM");
+    let proc_dir = PathBuf::from(format!("/proc/{child}"));
     let status = std::fs::read_to_string(proc_dir.join("status")).expect("status");
     assert!(status.contains("Seccomp:\t2"), "not filtered:\n{status}");
     assert!(status.contains("NoNewPrivs:\t1"), "{status}");
-    let ns = |p: &Path| std::fs::read_link(p.join("ns/mnt")).expect("mnt ns");
-    assert_ne!(
-        ns(&proc_dir),
-        ns(Path::new("/proc/self")),
-        "its own mount namespace"
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let caps = moat_vmm::jail::caps::for_shares([true, false]);
+    assert_eq!(
+        u64::from_str_radix(&field("CapEff:"), 16).expect("CapEff"),
+        moat_vmm::jail::caps::mask(&caps),
+        "only the virtio-fs capabilities:\n{status}"
     );
+    assert_eq!(
+        u64::from_str_radix(&field("CapBnd:"), 16).expect("CapBnd"),
+        moat_vmm::jail::caps::mask(&caps),
+        "{status}"
+    );
+    assert!(
+        field("NSpid:").split_whitespace().nth(1) == Some("1"),
+        "PID 1 of its own PID namespace:\n{status}"
+    );
+    for ns in ["mnt", "net", "pid", "ipc", "uts", "cgroup"] {
+        let of = |p: &Path| std::fs::read_link(p.join("ns").join(ns)).expect("ns");
+        assert_ne!(
+            of(&proc_dir),
+            of(Path::new("/proc/self")),
+            "its own {ns} namespace"
+        );
+    }
+    // Its root holds only what it needs: not the host's /etc, nor the run dir's other
+    // files.
+    let root = proc_dir.join("root");
+    assert!(!root.join("etc/passwd").exists());
+    assert!(
+        !root
+            .join(spec.vmm_log.strip_prefix("/").expect("abs"))
+            .exists()
+    );
+    assert!(root.join("dev/kvm").exists());
     let api = UnixStream::connect(run_dir.join(API_SOCKET)).expect("control socket");
     (&api)
         .write_all(b"{\"op\":\"status\"}\n")
@@ -341,11 +392,33 @@ async fn moatd_vmm_runs_confined_in_the_run_dir_as_the_backend_starts_it() {
     );
     let console = std::fs::read_to_string(&spec.console_log).expect("console log");
     assert!(console.contains("moat-smoke: vsock got: ping"), "{console}");
-    let jail = run_dir.join(JAIL_DIR);
+    let jail = run_dir.join(JAIL_DIR).join("vmm");
     assert_eq!(
         std::fs::read_dir(&jail).expect("jail dir").count(),
         0,
         "the jail root is left empty on the host"
     );
     assert!(!spec.vsock_uds.exists(), "the hybrid socket is removed");
+
+    // SIGTERM to the jail (what moatd sends to stop a VM) ends the VM cleanly, through
+    // the VMM's own handling. The smoke guest waits for a vsock connection meanwhile.
+    let vmm = Builtin::with_binary(moat_tests::moatd::moatd_bin())
+        .boot(&spec)
+        .expect("start moatd vmm again");
+    let listening = wait_until(Duration::from_secs(30), || {
+        spec.vsock_uds.exists() || vmm.exited()
+    })
+    .await;
+    assert!(
+        listening && !vmm.exited(),
+        "{}",
+        std::fs::read_to_string(&spec.vmm_log).unwrap_or_default()
+    );
+    vmm.signal(libc::SIGTERM).expect("SIGTERM");
+    assert!(
+        vmm.wait_timeout(Duration::from_secs(30)).await,
+        "SIGTERM did not end it"
+    );
+    let log = std::fs::read_to_string(&spec.vmm_log).unwrap_or_default();
+    assert!(log.contains("Signalled"), "a clean end on SIGTERM:\n{log}");
 }

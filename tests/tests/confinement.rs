@@ -202,7 +202,58 @@ fn vsock_like_spec(root: &Path) -> JailSpec {
         user: Some((2_100_099_999, 2_100_099_999)),
         groups: vec![],
         caps: vec![],
+        output: None,
     }
+}
+
+/// A confined process that writes without end (`yes`, as a guest could make a back-end
+/// warn forever) fills its output log only up to the cap: the jail's parent keeps the head
+/// and a rotating tail, and what the process said last is in the tail.
+#[test]
+fn a_confined_process_output_is_capped() {
+    let d = tempfile::tempdir().expect("tmp");
+    let root = d.path().join("root");
+    std::fs::create_dir(&root).expect("mkdir");
+    let log = d.path().join("out.log");
+    let max = 64 << 10;
+    let mut spec = vsock_like_spec(&root);
+    spec.output = Some(moat_host::confine::OutputLog {
+        path: log.clone(),
+        max_bytes: max,
+    });
+    let spec = serde_json::to_string(&spec).expect("json");
+    let mut jail = std::process::Command::new(moat_tests::moatd::moatd_bin())
+        .args(["jail", "--spec", &spec, "--", "/usr/bin/yes", "moat"])
+        .spawn()
+        .expect("run moatd jail");
+    // Long enough for many rotations (`yes` writes hundreds of MiB a second).
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: kill on the pid of a child of ours.
+    assert_eq!(unsafe { libc::kill(jail.id() as i32, libc::SIGTERM) }, 0);
+    let status = jail.wait().expect("wait");
+    assert_eq!(status.code(), Some(128 + libc::SIGKILL), "{status:?}");
+    let [older, newer] = moat_devices::console_log::segment_paths(&log).expect("segments");
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let total = size(&log) + size(&older) + size(&newer);
+    assert!(
+        total <= max + moat_devices::console_log::MARKER_MAX,
+        "{total} bytes on disk for a {max}-byte cap"
+    );
+    let head = std::fs::read_to_string(&log).expect("head");
+    assert!(
+        head.starts_with("moat\nmoat\n"),
+        "{:?}",
+        &head[..40.min(head.len())]
+    );
+    assert!(
+        head.contains("bytes of console output dropped"),
+        "a marker line"
+    );
+    let tail = moat_devices::console_log::read_tail(&log, 4096).expect("tail");
+    assert!(
+        String::from_utf8_lossy(&tail).contains("moat\nmoat\n"),
+        "the newest output is kept"
+    );
 }
 
 #[test]

@@ -95,6 +95,11 @@ pub struct JailConfig {
     /// Install the seccomp filter.
     #[serde(default = "yes")]
     pub seccomp: bool,
+    /// Make its own mount namespace and root on `root`. False when the VMM already runs
+    /// confined in a minimal root of its own (`moatd jail`): it then only drops
+    /// capabilities, sets no_new_privs and installs the filter.
+    #[serde(default = "yes")]
+    pub mount_namespace: bool,
 }
 
 fn yes() -> bool {

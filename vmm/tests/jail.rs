@@ -69,6 +69,30 @@ fn run_child(test: &str, case: &str, dir: &Path, limit: Duration) -> Output {
     child.wait_with_output().expect("child output")
 }
 
+/// Goes on in a single-threaded copy of this process: the test harness runs the case on
+/// a thread of its own, and the VMM refuses to confine itself while other threads run (they
+/// would stay outside the jail). Forks; the copy, holding only this thread, returns; this
+/// process waits for it and exits as it did. (glibc keeps malloc usable in a child forked
+/// from a threaded process; the other thread, the harness's main, only waits.)
+pub fn in_single_threaded_copy() {
+    // SAFETY: fork has no preconditions; the child goes on with this thread only.
+    match unsafe { libc::fork() } {
+        0 => {}
+        pid if pid > 0 => {
+            let mut status = 0;
+            // SAFETY: waitpid on our own child, with a valid status pointer.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+            std::process::exit(code);
+        }
+        _ => panic!("fork: {}", std::io::Error::last_os_error()),
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -239,6 +263,7 @@ fn enter_child(dir: &Path) {
     let jail_config = JailConfig {
         root: l.root.clone(),
         seccomp: false,
+        mount_namespace: true,
     };
     let ro = |path: &PathBuf| Keep {
         path: path.clone(),
@@ -531,6 +556,7 @@ fn jailed_vm_config(dir: &Path) -> VmmConfig {
         jail: Some(JailConfig {
             root: dir.join("root"),
             seccomp: std::env::var("MOAT_JAIL_SECCOMP").map_or(true, |v| v != "0"),
+            mount_namespace: true,
         }),
     }
 }
@@ -539,6 +565,7 @@ fn jailed_vm_config(dir: &Path) -> VmmConfig {
 fn a_confined_vm_runs_and_answers_over_vsock() {
     const TEST: &str = "a_confined_vm_runs_and_answers_over_vsock";
     if child_case().is_some() {
+        in_single_threaded_copy();
         let dir = PathBuf::from(std::env::var_os(DIR).expect("MOAT_JAIL_DIR"));
         let exit = moat_vmm::run(&jailed_vm_config(&dir)).expect("the confined VM ran");
         println!("exit: {exit:?}");

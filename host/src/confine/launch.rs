@@ -8,7 +8,8 @@
 //! 2. The child: parent-death signal SIGKILL; new mount, network, IPC, UTS and cgroup
 //!    namespaces; the root (`root::enter`); capabilities (bounding set first); the uid,
 //!    gid and groups; no_new_privs; the seccomp filters; exec.
-//! 3. The parent: keeps CAP_KILL only, installs its own filter, forwards SIGTERM, SIGINT
+//! 3. The parent: keeps CAP_KILL only, installs its own filter, copies the child's output
+//!    into its capped log (when the spec names one), forwards SIGTERM, SIGINT
 //!    and SIGHUP to the child (to QEMU as they are, to a back-end as SIGKILL: see
 //!    `forwarded`), and exits as the child did; a child killed by SIGSYS is
 //!    reported as a seccomp violation.
@@ -24,6 +25,10 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Pid, Uid, fork};
+
+use std::io::Write;
+
+use moat_devices::console_log::{CapConfig, CappedLog};
 
 use super::{ConfineError, JailSpec, Kind, root, seccomp};
 
@@ -59,6 +64,8 @@ fn start(spec: &JailSpec, argv: &[OsString]) -> Result<ExitCode, ConfineError> {
         return Err(ConfineError::Spec("no program to run".into()));
     }
     root::check(spec)?;
+    // The output log first: a launch that fails from here on says why in it.
+    let output = spec.output.as_ref().map(Output::open).transpose()?;
     // Built before the fork, so a bad filter fails here, with nothing started.
     let filters = [seccomp::enosys_filter()?, seccomp::filter(spec.kind)?];
     let reaper_filter = seccomp::reaper_filter()?;
@@ -74,7 +81,12 @@ fn start(spec: &JailSpec, argv: &[OsString]) -> Result<ExitCode, ConfineError> {
     // SAFETY: this process is single-threaded (see the module docs).
     match unsafe { fork() }.map_err(ConfineError::step("fork"))? {
         ForkResult::Child => {
-            let e = child(spec, &argv, &filters, &mask);
+            let e = match &output {
+                Some(o) => o.redirect_child(),
+                None => Ok(()),
+            }
+            .and_then(|()| Err(child(spec, &argv, &filters, &mask)))
+            .unwrap_or_else(|e| e);
             eprintln!(
                 "moatd jail: {} of sandbox {}: not confined, not started: {e}",
                 spec.kind.name(),
@@ -83,7 +95,10 @@ fn start(spec: &JailSpec, argv: &[OsString]) -> Result<ExitCode, ConfineError> {
             // SAFETY: _exit ends this child without running the parent's exit handlers.
             unsafe { libc::_exit(EXIT_NOT_CONFINED.into()) }
         }
-        ForkResult::Parent { child } => parent(spec, child, &mask, &reaper_filter),
+        ForkResult::Parent { child } => {
+            let output = output.map(Output::into_reader);
+            parent(spec, child, &mask, &reaper_filter, output)
+        }
     }
 }
 
@@ -166,13 +181,101 @@ fn confine_self(
     Ok(())
 }
 
+/// The confined process's output: a pipe whose write end becomes its stdout and stderr,
+/// and the capped log the parent copies the read end into.
+struct Output {
+    log: CappedLog,
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+/// The parent's side of `Output`.
+struct OutputReader {
+    log: CappedLog,
+    read: Option<OwnedFd>,
+    /// A failed write was reported (once; the output is still drained).
+    failed: bool,
+}
+
+/// What the parent reads from the pipe at a time.
+const OUTPUT_BUF: usize = 64 << 10;
+
+impl Output {
+    fn open(o: &super::OutputLog) -> Result<Output, ConfineError> {
+        let log = CappedLog::create(&o.path, CapConfig::split(o.max_bytes)).map_err(
+            ConfineError::step(format!("creating the output log {}", o.path.display())),
+        )?;
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(ConfineError::step("the output pipe"))?;
+        Ok(Output { log, read, write })
+    }
+
+    /// In the child: the pipe becomes stdout and stderr.
+    fn redirect_child(&self) -> Result<(), ConfineError> {
+        for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+            // SAFETY: dup2 of an open descriptor onto a standard one; the new descriptor
+            // is not close-on-exec.
+            if unsafe { libc::dup2(self.write.as_raw_fd(), fd) } < 0 {
+                return Err(ConfineError::step("redirecting the output to the pipe")(
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// In the parent: keeps the read end (non-blocking) and the log; closes the write end,
+    /// so the pipe ends when the confined processes are gone.
+    fn into_reader(self) -> OutputReader {
+        let Output { log, read, write } = self;
+        drop(write);
+        let _ = nix::fcntl::fcntl(
+            &read,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+        OutputReader {
+            log,
+            read: Some(read),
+            failed: false,
+        }
+    }
+}
+
+impl OutputReader {
+    /// Copies what the pipe holds now into the log; at the end of the pipe (every writer
+    /// gone) or on a read error, stops reading it.
+    fn drain(&mut self, buf: &mut [u8]) {
+        while let Some(fd) = &self.read {
+            match nix::unistd::read(fd, buf) {
+                Ok(0) => self.read = None,
+                Ok(n) => {
+                    if let Err(e) = self.log.write_all(&buf[..n])
+                        && !self.failed
+                    {
+                        self.failed = true;
+                        eprintln!("moatd jail: writing the output log: {e}; output dropped");
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(_) => self.read = None,
+            }
+        }
+    }
+
+    fn raw_fd(&self) -> i32 {
+        self.read.as_ref().map_or(-1, AsRawFd::as_raw_fd)
+    }
+}
+
 /// What the parent sends the child for `sig`. The child is PID 1 of its namespace, and
 /// the kernel drops a signal sent to such a process from outside unless it has a handler:
 /// QEMU handles SIGTERM (it shuts the VM down), the back-ends handle nothing and have
 /// nothing to save, so they get SIGKILL, which always goes through.
 fn forwarded(kind: Kind, sig: Signal) -> Signal {
     match kind {
-        Kind::Qemu => sig,
+        // The VMM keeps SIGTERM blocked for its watcher thread: blocked, it is queued.
+        Kind::Qemu | Kind::Vmm => sig,
         Kind::VsockBackend | Kind::FsBackend => Signal::SIGKILL,
     }
 }
@@ -183,6 +286,7 @@ fn parent(
     child: Pid,
     mask: &SigSet,
     filter: &seccompiler::BpfProgram,
+    mut output: Option<OutputReader>,
 ) -> Result<ExitCode, ConfineError> {
     let signals = SignalFd::with_flags(mask, SfdFlags::SFD_CLOEXEC)
         .map_err(ConfineError::step("signalfd"))?;
@@ -198,6 +302,7 @@ fn parent(
     caps::drop_all_but(&[Cap::Kill])?;
     caps::set_no_new_privs()?;
     seccomp::apply(filter)?;
+    let mut buf = vec![0u8; if output.is_some() { OUTPUT_BUF } else { 0 }];
     loop {
         let mut fds = [
             libc::pollfd {
@@ -210,11 +315,22 @@ fn parent(
                 events: libc::POLLIN,
                 revents: 0,
             },
+            // A negative fd is skipped by poll: no output pipe, or its end was seen.
+            libc::pollfd {
+                fd: output.as_ref().map_or(-1, OutputReader::raw_fd),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
-        // SAFETY: two valid pollfds, no timeout.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        // SAFETY: three valid pollfds, no timeout.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
         if n < 0 {
             continue;
+        }
+        if fds[2].revents != 0
+            && let Some(o) = output.as_mut()
+        {
+            o.drain(&mut buf);
         }
         if fds[1].revents & libc::POLLIN != 0
             && let Ok(Some(info)) = signals.read_signal()
@@ -226,6 +342,12 @@ fn parent(
             break;
         }
     }
+    // The child is gone, and with it, as PID 1, everything else in its namespace: what is
+    // left in the pipe is its last output.
+    if let Some(o) = output.as_mut() {
+        o.drain(&mut buf);
+    }
+    drop(output);
     Ok(match waitpid(child, Some(WaitPidFlag::__WALL)) {
         Ok(WaitStatus::Exited(_, code)) => ExitCode::from(code as u8),
         Ok(WaitStatus::Signaled(_, sig, _)) => {
@@ -257,6 +379,7 @@ mod tests {
     #[test]
     fn back_ends_are_killed_and_qemu_asked() {
         assert_eq!(forwarded(Kind::Qemu, Signal::SIGTERM), Signal::SIGTERM);
+        assert_eq!(forwarded(Kind::Vmm, Signal::SIGTERM), Signal::SIGTERM);
         for k in [Kind::VsockBackend, Kind::FsBackend] {
             assert_eq!(forwarded(k, Signal::SIGTERM), Signal::SIGKILL);
         }

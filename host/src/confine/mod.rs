@@ -1,7 +1,12 @@
-//! Confinement of the host processes that serve a pod: QEMU and the vhost-user vsock and
-//! virtio-fs back-ends. The guest can send any of them any bytes, so each runs as if it
+//! Confinement of the host processes that serve a pod: QEMU, the vhost-user vsock and
+//! virtio-fs back-ends, and the built-in VMM. The guest can send any of them any bytes, so each runs as if it
 //! were already the guest's: in the spirit of Firecracker's jailer and virtiofsd's
 //! sandbox, one mechanism for every kind.
+//!
+//! The built-in VMM (`moatd vmm`), whose devices run in its own process, is confined the
+//! same way, as root with the virtio-fs capabilities (like the virtio-fs back-end), and
+//! then confines itself further once its VM is built (`moat_vmm::jail`: capabilities
+//! again, and its own, narrower seccomp filter).
 //!
 //! moatd starts such a process as `moatd jail --spec <json> -- <program> <args>` (`wrap`).
 //! The jail (`launch`):
@@ -19,6 +24,7 @@
 //! - sets no_new_privs and installs the seccomp allowlist of that kind (`seccomp`); a
 //!   forbidden syscall kills the process, and the jail's waiting parent says so in the
 //!   process's log;
+//! - copies the process's output into a capped log (`OutputLog`), from its waiting parent;
 //! - fails hard: a step that cannot be applied ends the launch with exit status 126 and
 //!   a line saying which step, and the pod does not start.
 //!
@@ -44,13 +50,16 @@ pub use plan::PodJail;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConfinementConfig {
-    /// Confine QEMU and the vhost-user back-ends (namespaces, minimal root, pod uid,
-    /// capabilities, seccomp). Off only to measure what confinement costs.
+    /// Confine QEMU, the vhost-user back-ends and the built-in VMM (namespaces, minimal
+    /// root, pod uid, capabilities, seccomp). Off only to measure what confinement costs.
     pub enabled: bool,
     /// The first uid (and gid) given to pods' unprivileged processes.
     pub uid_base: u32,
     /// How many pod uids there are (at most this many confined pods at once).
     pub uid_count: u32,
+    /// The most each confined process's own output (its log: `vmm.log`, `vsock.log`,
+    /// `fs-<tag>.log`) keeps on disk: the first half, then a rotating tail.
+    pub output_log_max_bytes: u64,
 }
 
 impl Default for ConfinementConfig {
@@ -59,6 +68,7 @@ impl Default for ConfinementConfig {
             enabled: true,
             uid_base: 2_100_000_000,
             uid_count: 65_536,
+            output_log_max_bytes: 1 << 20,
         }
     }
 }
@@ -83,6 +93,8 @@ pub enum Kind {
     VsockBackend,
     /// `moatd fs-backend`.
     FsBackend,
+    /// `moatd vmm`, the built-in VMM, with its devices in process.
+    Vmm,
 }
 
 impl Kind {
@@ -92,6 +104,7 @@ impl Kind {
             Kind::Qemu => "qemu",
             Kind::VsockBackend => "vsock-backend",
             Kind::FsBackend => "fs-backend",
+            Kind::Vmm => "vmm",
         }
     }
 }
@@ -164,6 +177,22 @@ pub struct JailSpec {
     pub groups: Vec<u32>,
     /// Capabilities kept (root only; a process given `user` keeps none).
     pub caps: Vec<moat_vmm::jail::Cap>,
+    /// Where the process's output goes, capped; `None` leaves it on the jail's own
+    /// stdout and stderr.
+    #[serde(default)]
+    pub output: Option<OutputLog>,
+}
+
+/// A confined process's output (stdout and stderr), which the guest can make it write
+/// without end (a warning per bad packet, per bad request): the jail's parent copies it
+/// through a pipe into a capped log (`moat_devices::console_log`: the head, then a
+/// rotating tail), outside the jail, so the process itself never holds the file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OutputLog {
+    /// The log file (its tail segments are `<path>.1` and `<path>.2`).
+    pub path: PathBuf,
+    /// The most the log keeps on disk.
+    pub max_bytes: u64,
 }
 
 /// Why a process could not be confined.
@@ -199,15 +228,25 @@ impl ConfineError {
     }
 }
 
-/// The command that runs `program` with `args` confined as `spec` says: `moatd jail`.
+/// The command that runs `program` with `args` confined as `spec` says: `moatd jail`,
+/// this moatd's.
 pub fn wrap(
     spec: &JailSpec,
     program: impl Into<OsString>,
     args: impl IntoIterator<Item = OsString>,
 ) -> std::io::Result<Command> {
-    let exe = std::env::current_exe()?;
+    wrap_as(&std::env::current_exe()?, spec, program, args)
+}
+
+/// `wrap`, with the `moatd` binary given (tests that are not moatd themselves).
+pub fn wrap_as(
+    moatd: &std::path::Path,
+    spec: &JailSpec,
+    program: impl Into<OsString>,
+    args: impl IntoIterator<Item = OsString>,
+) -> std::io::Result<Command> {
     let json = serde_json::to_string(spec).map_err(std::io::Error::other)?;
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(moatd);
     cmd.arg("jail").arg("--spec").arg(json).arg("--");
     cmd.arg(program.into());
     cmd.args(args);
@@ -229,6 +268,10 @@ mod tests {
             user: None,
             groups: vec![],
             caps: vec![moat_vmm::jail::Cap::DacOverride],
+            output: Some(OutputLog {
+                path: "/run/moat/vm/abc/fs-layers.log".into(),
+                max_bytes: 4096,
+            }),
         };
         let cmd = wrap(&spec, "/bin/true", ["x".into()]).expect("wrap");
         let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();

@@ -5,13 +5,14 @@
 //! | QEMU | the pod's uid, no capability (the group of /dev/kvm with KVM) | kernel and initramfs (ro); the vsock and virtio-fs socket folders (ro: it only connects); /sys/devices/system (ro: CPU and NUMA topology); /dev/null, zero, urandom (and kvm) |
 //! | vsock back-end | the pod's uid, no capability | moatd's binary (ro); the pod's vsock socket folder |
 //! | virtio-fs back-end | root, with `caps::for_shares` only | moatd's binary (ro); its share (ro for the layers); the virtio-fs socket folder |
+//! | built-in VMM | root, with `caps::for_shares` only | moatd's binary (ro); kernel and initramfs (ro); its console log files; the vsock and control socket folders; its shares (ro for the layers); /dev/kvm |
 //!
 //! Every process also gets a read-only procfs of its own PID namespace (`root`).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{Bind, JailSpec, Kind};
+use super::{Bind, JailSpec, Kind, OutputLog};
 
 /// The device nodes every jailed process may open.
 const DEVICES: [&str; 4] = ["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"];
@@ -28,6 +29,23 @@ pub struct PodJail {
     pub uid: u32,
     /// Where the jails' empty root directories are made (`<vm dir>/jail`).
     pub dir: PathBuf,
+    /// The most each process's output log keeps (`OutputLog`).
+    pub output_max_bytes: u64,
+}
+
+/// What the built-in VMM needs of the host for one VM, every path canonical.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmNeeds {
+    /// The moatd binary it runs as (`moatd vmm`).
+    pub program: PathBuf,
+    /// Kernel, initramfs and its config file.
+    pub images: Vec<PathBuf>,
+    /// The files it writes (the console log and its tail segments), created beforehand.
+    pub files: Vec<PathBuf>,
+    /// The folders it makes sockets in (hybrid vsock, control socket).
+    pub socket_dirs: Vec<PathBuf>,
+    /// The virtio-fs shares: (directory, read-only).
+    pub shares: Vec<(PathBuf, bool)>,
 }
 
 /// What QEMU needs of the host for one VM.
@@ -89,7 +107,7 @@ impl PodJail {
         Ok(root)
     }
 
-    fn spec(&self, kind: Kind, root: PathBuf, own: Vec<Bind>) -> JailSpec {
+    fn spec(&self, kind: Kind, root: PathBuf, own: Vec<Bind>, log: &Path) -> JailSpec {
         let (mut binds, symlinks) = system();
         binds.extend(devices());
         binds.extend(own);
@@ -102,11 +120,39 @@ impl PodJail {
             user: Some((self.uid, self.uid)),
             groups: Vec::new(),
             caps: Vec::new(),
+            output: Some(self.output(log)),
         }
     }
 
+    /// `path` as a confined process's output log, capped as the config says.
+    fn output(&self, path: &Path) -> OutputLog {
+        OutputLog {
+            path: path.to_owned(),
+            max_bytes: self.output_max_bytes,
+        }
+    }
+
+    /// The built-in VMM's jail: root, with only the capabilities its shares need (its
+    /// virtio-fs devices create files as the guest's users, as the back-end does), and
+    /// /dev/kvm.
+    pub fn vmm(&self, needs: &VmmNeeds, log: &Path) -> std::io::Result<JailSpec> {
+        let mut own: Vec<Bind> = needs.images.iter().map(Bind::read_only).collect();
+        own.extend(needs.files.iter().map(Bind::writable));
+        own.extend(needs.socket_dirs.iter().map(Bind::writable));
+        own.extend(needs.shares.iter().map(|(dir, read_only)| Bind {
+            read_only: *read_only,
+            ..Bind::writable(dir)
+        }));
+        own.push(Bind::device("/dev/kvm"));
+        own.extend(program_file(&needs.program));
+        let mut spec = self.spec(Kind::Vmm, self.root("vmm")?, own, log);
+        spec.user = None;
+        spec.caps = moat_vmm::jail::caps::for_shares(needs.shares.iter().map(|(_, ro)| *ro));
+        Ok(spec)
+    }
+
     /// QEMU's jail.
-    pub fn qemu(&self, needs: &QemuNeeds) -> std::io::Result<JailSpec> {
+    pub fn qemu(&self, needs: &QemuNeeds, log: &Path) -> std::io::Result<JailSpec> {
         let mut own: Vec<Bind> = needs.images.iter().map(Bind::read_only).collect();
         own.extend(needs.socket_dirs.iter().map(Bind::read_only));
         own.push(Bind::read_only("/sys/devices/system"));
@@ -116,7 +162,7 @@ impl PodJail {
             let prefix = needs.binary.parent().and_then(Path::parent);
             own.extend(prefix.map(Bind::program));
         }
-        let mut spec = self.spec(Kind::Qemu, self.root("qemu")?, own);
+        let mut spec = self.spec(Kind::Qemu, self.root("qemu")?, own, log);
         if needs.kvm {
             let kvm = Path::new("/dev/kvm");
             spec.groups.push(std::fs::metadata(kvm)?.gid());
@@ -127,11 +173,11 @@ impl PodJail {
 
     /// The vsock back-end's jail: it listens in (and removes its sockets from) the pod's
     /// vsock folder and dials moatd's listeners there.
-    pub fn vsock_backend(&self, socket_dir: &Path) -> std::io::Result<JailSpec> {
+    pub fn vsock_backend(&self, socket_dir: &Path, log: &Path) -> std::io::Result<JailSpec> {
         let moatd = moatd_binary()?;
         let mut own = vec![Bind::writable(socket_dir)];
         own.extend(program_file(&moatd));
-        Ok(self.spec(Kind::VsockBackend, self.root("vsock")?, own))
+        Ok(self.spec(Kind::VsockBackend, self.root("vsock")?, own, log))
     }
 
     /// A virtio-fs back-end's jail (`index` tells a pod's shares apart): root, with only
@@ -142,6 +188,7 @@ impl PodJail {
         share: &Path,
         read_only: bool,
         socket_dir: &Path,
+        log: &Path,
     ) -> std::io::Result<JailSpec> {
         let moatd = moatd_binary()?;
         let share = Bind {
@@ -150,7 +197,8 @@ impl PodJail {
         };
         let mut own = vec![share, Bind::writable(socket_dir)];
         own.extend(program_file(&moatd));
-        let mut spec = self.spec(Kind::FsBackend, self.root(&format!("fs-{index}"))?, own);
+        let root = self.root(&format!("fs-{index}"))?;
+        let mut spec = self.spec(Kind::FsBackend, root, own, log);
         spec.user = None;
         spec.caps = moat_vmm::jail::caps::for_shares([read_only]);
         Ok(spec)
@@ -167,6 +215,7 @@ mod tests {
             sandbox: "s".into(),
             uid: 2_100_000_007,
             dir: d.join("jail"),
+            output_max_bytes: 1 << 20,
         }
     }
 
@@ -180,7 +229,7 @@ mod tests {
             socket_dirs: vec!["/vm/vsock".into(), "/vm/fs".into()],
             kvm: false,
         };
-        let s = j.qemu(&needs).expect("spec");
+        let s = j.qemu(&needs, Path::new("/vm/vmm.log")).expect("spec");
         assert_eq!(s.user, Some((j.uid, j.uid)));
         assert!(s.caps.is_empty());
         assert!(s.root.starts_with(d.path().join("jail")) && s.root.is_dir());
@@ -205,21 +254,75 @@ mod tests {
         let d = tempfile::tempdir().expect("tmp");
         let j = jail(d.path());
         let s = j
-            .fs_backend(1, Path::new("/vm/volumes"), false, Path::new("/vm/fs"))
+            .fs_backend(
+                1,
+                Path::new("/vm/volumes"),
+                false,
+                Path::new("/vm/fs"),
+                Path::new("/vm/fs-volumes.log"),
+            )
             .expect("spec");
         assert_eq!(s.user, None);
         assert!(s.caps.contains(&Cap::Chown));
         assert!(!s.caps.contains(&Cap::Mknod) && !s.caps.contains(&Cap::Setfcap));
         assert!(s.binds.contains(&Bind::writable("/vm/volumes")));
         let ro = j
-            .fs_backend(0, Path::new("/vm/layers"), true, Path::new("/vm/fs"))
+            .fs_backend(
+                0,
+                Path::new("/vm/layers"),
+                true,
+                Path::new("/vm/fs"),
+                Path::new("/vm/fs-layers.log"),
+            )
             .expect("spec");
         assert!(ro.binds.contains(&Bind::read_only("/vm/layers")));
         assert!(!ro.caps.contains(&Cap::Chown));
         assert_ne!(ro.root, s.root);
 
-        let v = j.vsock_backend(Path::new("/vm/vsock")).expect("spec");
+        let v = j
+            .vsock_backend(Path::new("/vm/vsock"), Path::new("/vm/vsock.log"))
+            .expect("spec");
         assert_eq!(v.user, Some((j.uid, j.uid)));
         assert!(v.binds.contains(&Bind::writable("/vm/vsock")));
+        assert_eq!(
+            v.output,
+            Some(OutputLog {
+                path: "/vm/vsock.log".into(),
+                max_bytes: 1 << 20
+            })
+        );
+    }
+
+    #[test]
+    fn the_vmm_keeps_root_with_its_files_shares_and_kvm() {
+        let d = tempfile::tempdir().expect("tmp");
+        let j = jail(d.path());
+        let needs = VmmNeeds {
+            program: "/opt/moat/moatd".into(),
+            images: vec!["/k".into(), "/i".into()],
+            files: vec!["/vm/console.log".into()],
+            socket_dirs: vec!["/vm/vsock".into(), "/vm/api".into()],
+            shares: vec![("/vm/layers".into(), true), ("/vm/volumes".into(), false)],
+        };
+        let s = j.vmm(&needs, Path::new("/vm/vmm.log")).expect("spec");
+        assert_eq!((s.kind, s.user), (Kind::Vmm, None));
+        assert!(s.caps.contains(&Cap::Chown) && s.caps.contains(&Cap::DacOverride));
+        assert!(!s.caps.contains(&Cap::Mknod) && !s.caps.contains(&Cap::Setfcap));
+        for b in [
+            Bind::read_only("/k"),
+            Bind::writable("/vm/console.log"),
+            Bind::writable("/vm/api"),
+            Bind::read_only("/vm/layers"),
+            Bind::writable("/vm/volumes"),
+            Bind::device("/dev/kvm"),
+            Bind::program("/opt/moat/moatd"),
+        ] {
+            assert!(s.binds.contains(&b), "{b:?} in {s:?}");
+        }
+        assert!(
+            s.binds.iter().all(|b| !b.exec || b.read_only),
+            "nothing both writable and executable: {s:?}"
+        );
+        assert!(s.root.ends_with("jail/vmm") && s.root.is_dir());
     }
 }

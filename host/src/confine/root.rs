@@ -11,13 +11,13 @@
 //! shared mounts on the host) shows in the jail, and nothing mounted in the jail reaches
 //! the host.
 //!
-//! Flags: every bind is nosuid; nodev and noexec unless the bind asks; read-only where
-//! asked. The tmpfs is made read-only once everything is in place, and so is the procfs
-//! (no sysctl writes, even for the root-run virtio-fs back-end).
+//! Flags: every bind, and every mount it brings along, is nosuid; nodev and noexec unless
+//! the bind asks; read-only where asked. The tmpfs is made read-only once everything is
+//! in place, and so is the procfs (no sysctl writes, even for the root-run back-ends).
 
 use std::path::{Path, PathBuf};
 
-use moat_vmm::jail::mounts::normal_absolute;
+use moat_vmm::jail::mounts::{attr, normal_absolute, restrict_tree};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
@@ -95,19 +95,25 @@ fn bind(root: &Path, b: &Bind) -> Result<(), ConfineError> {
         None::<&str>,
     )
     .map_err(ConfineError::step(format!("binding {}", b.path.display())))?;
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID;
+    restrict_tree(&target, bind_attrs(b)).map_err(ConfineError::step(format!(
+        "restricting the bind of {} and its submounts",
+        b.path.display()
+    )))
+}
+
+/// The mount flags of a bind, set on it and every mount it brought along.
+fn bind_attrs(b: &Bind) -> u64 {
+    let mut flags = attr::NOSUID;
     if !b.dev {
-        flags |= MsFlags::MS_NODEV;
+        flags |= attr::NODEV;
     }
     if !b.exec {
-        flags |= MsFlags::MS_NOEXEC;
+        flags |= attr::NOEXEC;
     }
     if b.read_only {
-        flags |= MsFlags::MS_RDONLY;
+        flags |= attr::RDONLY;
     }
-    mount(None::<&str>, &target, None::<&str>, flags, None::<&str>).map_err(ConfineError::step(
-        format!("restricting the bind of {} ({flags:?})", b.path.display()),
-    ))
+    flags
 }
 
 /// Builds the root `spec` describes and moves into it (see the module docs).
@@ -191,6 +197,7 @@ mod tests {
             user: None,
             groups: vec![],
             caps: vec![],
+            output: None,
         }
     }
 
@@ -220,5 +227,20 @@ mod tests {
         }
         assert!(check(&spec(Path::new("/"), vec![])).is_err());
         assert!(check(&spec(&d.path().join("missing"), vec![])).is_err());
+    }
+
+    #[test]
+    fn every_bind_is_nosuid_and_only_asked_for_devices_and_programs_work() {
+        let all = attr::NOSUID | attr::NODEV | attr::NOEXEC;
+        assert_eq!(bind_attrs(&Bind::writable("/x")), all);
+        assert_eq!(bind_attrs(&Bind::read_only("/x")), all | attr::RDONLY);
+        assert_eq!(
+            bind_attrs(&Bind::program("/usr")),
+            attr::NOSUID | attr::NODEV | attr::RDONLY
+        );
+        assert_eq!(
+            bind_attrs(&Bind::device("/dev/kvm")),
+            attr::NOSUID | attr::NOEXEC
+        );
     }
 }

@@ -284,8 +284,43 @@ fn qemu(r: &mut Rules) {
     );
 }
 
-/// The jail's own waiting parent: waits on a pidfd and a signalfd, forwards signals,
-/// reaps the child and reports how it ended.
+/// The built-in VMM (`moatd vmm`) from its exec until it installs its own, narrower
+/// filter (`moat_vmm::jail::seccomp`) once the VM is built: a back-end's sockets and the
+/// virtio-fs passthrough (its devices run in process), KVM's ioctls and the tap's, vCPU
+/// kicks (tgkill), the termination watcher (rt_sigtimedwait), and dropping its
+/// capabilities again (prctl, capset).
+fn vmm(r: &mut Rules) {
+    use libc::*;
+    backend(r);
+    passthrough(r);
+    any(
+        r,
+        &[
+            SYS_ioctl,
+            SYS_tgkill,
+            SYS_tkill,
+            SYS_rt_sigtimedwait,
+            SYS_sched_setaffinity,
+        ],
+    );
+    arg_in(
+        r,
+        SYS_prctl,
+        0,
+        &[
+            PR_SET_NAME as u64,
+            PR_GET_NAME as u64,
+            PR_SET_NO_NEW_PRIVS as u64,
+            PR_CAPBSET_READ as u64,
+            PR_CAPBSET_DROP as u64,
+            PR_CAP_AMBIENT as u64,
+        ],
+    );
+}
+
+/// The jail's own waiting parent: waits on a pidfd, a signalfd and the child's output
+/// pipe, forwards signals, copies the output into its capped log (write, ftruncate on the
+/// files it opened before its filter), reaps the child and reports how it ended.
 fn reaper(r: &mut Rules) {
     use libc::*;
     any(
@@ -296,6 +331,7 @@ fn reaper(r: &mut Rules) {
             SYS_read,
             SYS_write,
             SYS_writev,
+            SYS_ftruncate,
             SYS_close,
             SYS_fcntl,
             SYS_kill,
@@ -328,6 +364,7 @@ fn rules_for(kind: Kind) -> Rules {
             backend(&mut r);
             passthrough(&mut r);
         }
+        Kind::Vmm => vmm(&mut r),
     }
     r
 }
@@ -413,7 +450,7 @@ mod tests {
 
     #[test]
     fn every_filter_compiles() {
-        for k in [Kind::Qemu, Kind::VsockBackend, Kind::FsBackend] {
+        for k in [Kind::Qemu, Kind::VsockBackend, Kind::FsBackend, Kind::Vmm] {
             filter(k).expect("allowlist");
         }
         reaper_filter().expect("reaper");
@@ -424,7 +461,7 @@ mod tests {
     #[test]
     fn escapes_are_in_no_list() {
         use libc::*;
-        for k in [Kind::Qemu, Kind::VsockBackend, Kind::FsBackend] {
+        for k in [Kind::Qemu, Kind::VsockBackend, Kind::FsBackend, Kind::Vmm] {
             for nr in [
                 SYS_mount,
                 SYS_umount2,
@@ -454,7 +491,20 @@ mod tests {
             }
         }
         assert!(!allows(Kind::VsockBackend, SYS_mknodat));
+        assert!(!allows(Kind::Vmm, SYS_memfd_create));
         assert!(!allows(Kind::VsockBackend, SYS_setxattr));
         assert!(allows(Kind::FsBackend, SYS_setxattr));
+    }
+
+    #[test]
+    fn the_vmm_jail_allows_all_the_vmm_filter_allows_later() {
+        // Filters stack: the VMM's own filter (once its VM is built) narrows the jail's;
+        // a syscall only the VMM's own list has would kill it all the same.
+        let vmm = moat_vmm::jail::seccomp::Groups::all();
+        for nr in 0..512 {
+            if moat_vmm::jail::seccomp::allows(vmm, nr) {
+                assert!(allows(Kind::Vmm, nr), "the VMM's own filter allows {nr}");
+            }
+        }
     }
 }

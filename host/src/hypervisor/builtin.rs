@@ -32,11 +32,13 @@ pub const BASE_CMDLINE: &[&str] = &[
 /// The name of the VMM config file in the sandbox's run directory.
 pub const CONFIG_FILE: &str = "vmm.json";
 
-/// The VMM's control socket (status, pause, resume, shutdown), in the run directory.
-pub const API_SOCKET: &str = "api.sock";
+/// The VMM's control socket (status, pause, resume, shutdown), under the run directory,
+/// in a folder of its own (a confined VMM gets that folder, not the run directory).
+pub const API_SOCKET: &str = "api/api.sock";
 
-/// The empty directory the VMM makes its root once the VM is built (its own mount
-/// namespace holding only the run directory and the shares; see `moat_vmm::jail`).
+/// The empty directory an unconfined VMM makes its root once the VM is built (its own
+/// mount namespace holding only its sockets' folders and the shares; see
+/// `moat_vmm::jail`). A confined VMM's jail is `confine::PodJail`'s.
 pub const JAIL_DIR: &str = "jail";
 
 /// Boots VMs with `moatd vmm`.
@@ -109,6 +111,7 @@ impl Builtin {
             jail: Some(JailConfig {
                 root: spec.run_dir.join(JAIL_DIR),
                 seccomp: true,
+                mount_namespace: true,
             }),
         };
         config.validate().map_err(|e| invalid(e.to_string()))?;
@@ -120,7 +123,10 @@ impl Builtin {
         spec.run_dir.join(CONFIG_FILE)
     }
 
-    /// Writes the config file and starts the VMM process.
+    /// Writes the config file and starts the VMM process: confined by `moatd jail` when
+    /// the spec has a jail (it then keeps to its jail's root and confines itself no
+    /// further than capabilities and its seccomp filter), otherwise in a mount namespace of
+    /// its own that it makes itself.
     pub fn start(&self, spec: &VmSpec) -> Result<VmProcess, HypervisorError> {
         for (what, p) in [("kernel", &spec.kernel), ("initramfs", &spec.initramfs)] {
             if !p.is_file() {
@@ -130,18 +136,33 @@ impl Builtin {
                 });
             }
         }
-        let config = Self::vmm_config(spec)?;
-        if let Some(jail) = &config.jail {
-            std::fs::create_dir_all(&jail.root)?;
+        let mut config = Self::vmm_config(spec)?;
+        if let Some(dir) = config.api_socket.as_deref().and_then(Path::parent) {
+            std::fs::create_dir_all(dir)?;
         }
         let path = Self::config_path(spec);
-        write_config(&path, &config)?;
         let binary = match &self.binary {
             Some(b) => b.clone(),
             None => std::env::current_exe()?,
         };
-        let mut cmd = Command::new(&binary);
-        cmd.arg("vmm").arg("--config").arg(&path);
+        let mut cmd = match &spec.jail {
+            Some(jail) => {
+                let jail_spec = confined(&mut config, spec, jail, &path, &binary)?;
+                write_config(&path, &config)?;
+                let args = ["vmm".into(), "--config".into(), path.clone().into()];
+                crate::confine::wrap_as(&binary, &jail_spec, &binary, args)
+                    .map_err(HypervisorError::Confine)?
+            }
+            None => {
+                if let Some(jail) = &config.jail {
+                    std::fs::create_dir_all(&jail.root)?;
+                }
+                write_config(&path, &config)?;
+                let mut cmd = Command::new(&binary);
+                cmd.arg("vmm").arg("--config").arg(&path);
+                cmd
+            }
+        };
         if let Some(net) = &spec.net {
             super::process::pass_fd(&mut cmd, net.tap_fd, super::VMM_TAP_FD);
         }
@@ -151,6 +172,80 @@ impl Builtin {
             fix: "the built-in VMM runs as `moatd vmm`: reinstall moatd",
         })
     }
+}
+
+/// `path` with its folder's symlinks resolved (the jail binds canonical paths).
+fn canonical_in_dir(path: &Path) -> std::io::Result<PathBuf> {
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => Ok(std::fs::canonicalize(dir)?.join(name)),
+        _ => Err(std::io::Error::other(format!(
+            "{}: not a file in a folder",
+            path.display()
+        ))),
+    }
+}
+
+/// Turns `config` into the config of a VMM run by `moatd jail` (canonical paths, which
+/// is what the jail binds; no mount namespace of its own) and returns its jail: what
+/// `VmmNeeds` lists, the config file `config_path` included.
+fn confined(
+    config: &mut VmmConfig,
+    spec: &VmSpec,
+    jail: &crate::confine::PodJail,
+    config_path: &Path,
+    moatd: &Path,
+) -> Result<crate::confine::JailSpec, HypervisorError> {
+    config.kernel = std::fs::canonicalize(&config.kernel)?;
+    config.initramfs = config
+        .initramfs
+        .as_deref()
+        .map(std::fs::canonicalize)
+        .transpose()?;
+    // The console log and its tail segments exist before the jail binds them.
+    let [older, newer] = moat_devices::console_log::segment_paths(&config.console_log)?;
+    let mut files = Vec::new();
+    for f in [&config.console_log, &older, &newer] {
+        std::fs::File::create(f)?;
+        files.push(std::fs::canonicalize(f)?);
+    }
+    config.console_log = files[0].clone();
+    let mut socket_dirs = Vec::new();
+    if let Some(v) = config.vsock.as_mut() {
+        v.uds_path = canonical_in_dir(&v.uds_path)?;
+        socket_dirs.extend(v.uds_path.parent().map(Path::to_path_buf));
+    }
+    if let Some(api) = config.api_socket.as_mut() {
+        *api = canonical_in_dir(api)?;
+        socket_dirs.extend(api.parent().map(Path::to_path_buf));
+    }
+    socket_dirs.sort();
+    socket_dirs.dedup();
+    let mut shares = Vec::new();
+    for fs in &mut config.fs {
+        fs.shared_dir = std::fs::canonicalize(&fs.shared_dir)?;
+        shares.push((fs.shared_dir.clone(), fs.read_only));
+    }
+    // The config file is written by the caller once this returns: it must exist to be
+    // bound.
+    std::fs::File::create(config_path)?;
+    let mut images = vec![config.kernel.clone(), std::fs::canonicalize(config_path)?];
+    images.extend(config.initramfs.clone());
+    let needs = crate::confine::plan::VmmNeeds {
+        program: std::fs::canonicalize(moatd)?,
+        images,
+        files,
+        socket_dirs,
+        shares,
+    };
+    let jail_spec = jail
+        .vmm(&needs, &spec.vmm_log)
+        .map_err(HypervisorError::Confine)?;
+    config.jail = Some(JailConfig {
+        root: jail_spec.root.clone(),
+        seccomp: true,
+        mount_namespace: false,
+    });
+    Ok(jail_spec)
 }
 
 fn write_config(path: &Path, config: &VmmConfig) -> Result<(), HypervisorError> {
@@ -258,7 +353,7 @@ mod tests {
             c.cmdline
         );
         assert_eq!(Builtin::config_path(&s), dir.join("vmm.json"));
-        assert_eq!(c.api_socket, Some(dir.join("api.sock")));
+        assert_eq!(c.api_socket, Some(dir.join("api/api.sock")));
         let jail = c.jail.expect("always confined");
         assert_eq!(jail.root, dir.join("jail"));
         assert!(jail.seccomp, "the seccomp allowlist is on");

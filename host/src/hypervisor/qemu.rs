@@ -251,7 +251,9 @@ impl Qemu {
             socket_dirs,
             kvm: self.accel() == Accel::Kvm,
         };
-        let jail_spec = jail.qemu(&needs).map_err(HypervisorError::Confine)?;
+        let jail_spec = jail
+            .qemu(&needs, &spec.vmm_log)
+            .map_err(HypervisorError::Confine)?;
         let mut args = self.args_for(&spec, Some(CONSOLE_FD));
         args.extend(["-sandbox".into(), SANDBOX.into()]);
         crate::confine::wrap(&jail_spec, binary, args.into_iter().map(Into::into))

@@ -529,7 +529,7 @@ impl SandboxManager {
                 }),
                 // Debian's kernel (QEMU) has modules; the built-in VMM's has none.
                 modules: (handler_vmm.kind == VmmKind::Qemu).then_some(modules.as_path()),
-                confinement: self.inner.config.confinement.uid_range(),
+                confinement: Some(self.inner.config.confinement.clone()).filter(|c| c.enabled),
                 console_log_max_bytes: cfg.console_log_max_bytes,
             },
         )

@@ -191,9 +191,8 @@ pub struct LaunchSpec<'a> {
     /// share as `modules/` (skipped when the directory is missing: a kernel with
     /// everything built in has none).
     pub modules: Option<&'a Path>,
-    /// Confine the VMM and its back-ends with uids from this range (`confine`); the
-    /// built-in VMM confines itself and ignores it.
-    pub confinement: Option<crate::confine::uid::UidRange>,
+    /// Confine the VMM and its back-ends (`confine`), when the config says so.
+    pub confinement: Option<crate::confine::ConfinementConfig>,
     /// The most the console log keeps on disk.
     pub console_log_max_bytes: u64,
 }
@@ -271,7 +270,7 @@ pub async fn launch(
             ));
         }
     }
-    let jail = match pod_jail(hypervisor, &paths, &spec) {
+    let jail = match pod_jail(&paths, &spec) {
         Ok(j) => j,
         Err(e) => {
             paths.remove();
@@ -310,17 +309,17 @@ pub async fn launch(
     result
 }
 
-/// The confinement of a VM whose devices run out of process, when the spec asks for it: a
-/// pod uid (owning the vsock socket folder, 0700) and the jails' folder.
+/// The confinement of a VM, when the spec asks for it: a pod uid (owning the vsock socket
+/// folder, 0700) and the jails' folder.
 fn pod_jail(
-    hypervisor: &dyn Hypervisor,
     paths: &VmPaths,
     spec: &LaunchSpec<'_>,
 ) -> std::io::Result<Option<crate::confine::PodJail>> {
     use std::os::unix::fs::PermissionsExt;
-    let Some(range) = spec
+    let Some((range, output_max_bytes)) = spec
         .confinement
-        .filter(|_| !hypervisor.devices_in_process())
+        .as_ref()
+        .and_then(|c| Some((c.uid_range()?, c.output_log_max_bytes)))
     else {
         return Ok(None);
     };
@@ -334,6 +333,7 @@ fn pod_jail(
         sandbox: spec.id.to_owned(),
         uid,
         dir: paths.jail_dir(),
+        output_max_bytes,
     }))
 }
 
@@ -383,7 +383,7 @@ async fn spawn_backends(
         &vhost,
         "vsock backend",
         id,
-        jail.map(|j| j.vsock_backend(&paths.vsock_dir()))
+        jail.map(|j| j.vsock_backend(&paths.vsock_dir(), &paths.backend_log()))
             .transpose()
             .map_err(plan_err)?,
     )
@@ -405,7 +405,10 @@ async fn spawn_backends(
         }
         let log = paths.dir.join(format!("fs-{}.log", share.tag));
         let spawned = match jail
-            .map(|j| j.fs_backend(i, &share.shared_dir, share.read_only, &paths.fs_dir()))
+            .map(|j| {
+                let dir = &share.shared_dir;
+                j.fs_backend(i, dir, share.read_only, &paths.fs_dir(), &log)
+            })
             .transpose()
         {
             Ok(spec) => {

@@ -21,6 +21,7 @@ use std::path::{Component, Path, PathBuf};
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
+use moat_vmm::jail::mounts::{attr as mount_attr, mount_setattr};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use rustix::fs::{CWD, Mode, OFlags, ResolveFlags, mkdirat, openat, openat2};
 use rustix::mount::{MoveMountFlags, OpenTreeFlags, move_mount, open_tree};
@@ -226,10 +227,18 @@ fn bind_volume(m: &HostMount, target: &OwnedFd) -> Result<(), VolumeError> {
         Propagation::Private => libc::MS_PRIVATE,
         Propagation::HostToContainer | Propagation::Bidirectional => libc::MS_SLAVE,
     };
-    setattr(&tree, true, 0, propagation)
-        .map_err(step("set the propagation of the volume bind of"))?;
+    // nosuid and nodev all the way down: only jailed host processes (the virtio-fs
+    // back-end, which never executes) reach the bind, and the guest opens device nodes
+    // with its own drivers, never through the share.
+    mount_setattr(
+        tree.as_fd(),
+        true,
+        mount_attr::NOSUID | mount_attr::NODEV,
+        propagation,
+    )
+    .map_err(step("set the propagation and flags of the volume bind of"))?;
     if m.read_only {
-        setattr(&tree, m.recursive_read_only, MOUNT_ATTR_RDONLY, 0)
+        mount_setattr(tree.as_fd(), m.recursive_read_only, mount_attr::RDONLY, 0)
             .map_err(step("make read-only the volume bind of"))?;
     }
     move_mount(
@@ -240,51 +249,6 @@ fn bind_volume(m: &HostMount, target: &OwnedFd) -> Result<(), VolumeError> {
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )
     .map_err(|e| step("attach the volume bind of")(e.into()))
-}
-
-/// `MOUNT_ATTR_RDONLY` of linux/mount.h.
-const MOUNT_ATTR_RDONLY: u64 = 1;
-
-/// mount_setattr(2) on the mount (tree) `fd` is: `attr_set` flags and a propagation type
-/// (0 leaves it), on every mount of the tree when `recursive`. (Neither nix nor rustix
-/// wraps this call.)
-fn setattr(
-    fd: &OwnedFd,
-    recursive: bool,
-    attr_set: u64,
-    propagation: libc::c_ulong,
-) -> std::io::Result<()> {
-    /// `struct mount_attr` of linux/mount.h.
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    let attr = MountAttr {
-        attr_set,
-        attr_clr: 0,
-        propagation,
-        userns_fd: 0,
-    };
-    let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
-    // SAFETY: the fd is open, "" is NUL-terminated, and attr is a mount_attr of the size
-    // given; all outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            flags as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// The size of the volumes share's own tmpfs: it holds only the mount points of the
@@ -548,6 +512,19 @@ mod tests {
         assert!(std::fs::write(share.path().join("c1/1/top"), b"x").is_err());
         assert!(std::fs::write(share.path().join("c1/1/sub/g"), b"x").is_err());
         assert!(got[1].read_only && got[1].recursive_read_only);
+        // Every mount of each bind, the submount too, is nosuid and nodev.
+        let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        for at in ["c1/0", "c1/0/sub", "c1/1", "c1/1/sub"] {
+            let target = share.path().join(at);
+            let line = info
+                .lines()
+                .find(|l| l.split(' ').nth(4) == target.to_str())
+                .unwrap_or_else(|| panic!("{at} in mountinfo"));
+            let opts = line.split(' ').nth(5).unwrap_or_default();
+            for o in ["nosuid", "nodev"] {
+                assert!(opts.split(',').any(|x| x == o), "{o} on {at}: {opts}");
+            }
+        }
         release(share.path(), "c1").expect("release");
         assert_eq!(std::fs::read(sub.join("f")).expect("on the host"), b"x");
         umount2(&sub, MntFlags::MNT_DETACH).expect("umount");

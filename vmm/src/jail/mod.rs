@@ -71,6 +71,13 @@ pub enum JailError {
     /// The seccomp filter could not be built or installed.
     #[error("jail: seccomp filter: {0}")]
     Seccomp(String),
+    /// Threads already ran when the VMM confined itself: they would stay outside the jail
+    /// with every capability.
+    #[error(
+        "jail: {0} threads already run; they would stay outside the jail with their \
+         capabilities (the VMM must confine itself before starting any thread)"
+    )]
+    Threads(usize),
     /// The SIGSYS handler could not be installed.
     #[error("jail: installing the SIGSYS handler: {0}")]
     Signal(std::io::Error),
@@ -122,22 +129,26 @@ impl Confinement {
 /// Step 1 (see the module docs): enters the jail `jail` describes with what `config`'s VM
 /// needs. Call on the thread that builds the VM, before the VMM starts any thread.
 pub fn confine(jail: &JailConfig, config: &VmmConfig) -> Result<(), JailError> {
-    let threads = std::fs::read_dir("/proc/self/task").map_or(0, Iterator::count);
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map_err(|source| JailError::Caps {
+            what: "counting the VMM's threads (/proc/self/task)".into(),
+            source,
+        })?
+        .count();
     if threads > 1 {
-        tracing::warn!(
-            vm = %config.id,
-            threads,
-            "jail: other threads already run; they stay outside the jail's mount namespace \
-             and keep their capabilities (confine before starting any)"
-        );
+        return Err(JailError::Threads(threads));
     }
     let plan = Confinement::for_vm(config);
-    let binds = mounts::enter(jail, &plan.keep)?;
+    let binds = if jail.mount_namespace {
+        mounts::enter(jail, &plan.keep)?
+    } else {
+        Vec::new()
+    };
     caps::drop_all_but(&plan.caps)?;
     caps::set_no_new_privs()?;
     tracing::info!(
         vm = %config.id,
-        root = %jail.root.display(),
+        root = %if jail.mount_namespace { jail.root.display().to_string() } else { "its jail's".into() },
         binds = ?binds
             .iter()
             .map(|k| format!("{}{}", k.path.display(), if k.read_only { " (ro)" } else { "" }))
@@ -186,6 +197,24 @@ mod tests {
             net: None,
             jail: None,
         }
+    }
+
+    #[test]
+    fn confining_with_other_threads_running_is_refused_before_anything_changes() {
+        // The harness runs this test on a thread of its own, beside its main thread.
+        let jail = JailConfig {
+            root: "/nonexistent".into(),
+            seccomp: true,
+            mount_namespace: true,
+        };
+        let parked = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_secs(1)));
+        let err = confine(&jail, &config()).expect_err("other threads run");
+        assert!(matches!(err, JailError::Threads(n) if n >= 2), "{err}");
+        assert!(
+            err.to_string().contains("before starting any thread"),
+            "{err}"
+        );
+        parked.join().expect("join");
     }
 
     #[test]

@@ -17,11 +17,13 @@
 //! CreateContainer); a kept directory under a *shared* host mount receives those mounts in
 //! the jail too, and nothing mounted in the jail reaches the host.
 //!
-//! Every bind is nosuid, nodev and noexec; read-only where asked. The tmpfs root itself is
+//! Every bind, and every mount it brings along, is nosuid, nodev and noexec; read-only
+//! where asked. The tmpfs root itself is
 //! made read-only once everything is in place. The jail root may lie inside a kept
 //! directory (the jail then shows its own read-only skeleton there), not the other way
 //! round.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -156,8 +158,75 @@ fn make_mount_point(source: &Path, target: &Path) -> Result<(), JailError> {
     }
 }
 
+/// `MOUNT_ATTR_*` flags of linux/mount.h, for `mount_setattr`.
+pub mod attr {
+    /// MOUNT_ATTR_RDONLY.
+    pub const RDONLY: u64 = 0x1;
+    /// MOUNT_ATTR_NOSUID.
+    pub const NOSUID: u64 = 0x2;
+    /// MOUNT_ATTR_NODEV.
+    pub const NODEV: u64 = 0x4;
+    /// MOUNT_ATTR_NOEXEC.
+    pub const NOEXEC: u64 = 0x8;
+}
+
+/// mount_setattr(2) on the mount (or detached tree) `fd` is: sets the `attr_set` flags
+/// (`attr`) and a propagation type (0 leaves it), on every mount below it too when
+/// `recursive`. Unlike a bind remount, which changes one mount, this reaches the mounts a
+/// recursive bind brought along. (Neither nix nor rustix wraps this call.)
+pub fn mount_setattr(
+    fd: BorrowedFd<'_>,
+    recursive: bool,
+    attr_set: u64,
+    propagation: libc::c_ulong,
+) -> std::io::Result<()> {
+    /// `struct mount_attr` of linux/mount.h.
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation,
+        userns_fd: 0,
+    };
+    let flags = libc::AT_EMPTY_PATH | if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: the fd is open, "" is NUL-terminated, and attr is a mount_attr of the size
+    // given; all outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets `attr_set` on the mount at `target` and on every mount below it (`mount_setattr`,
+/// recursive), `target` opened without following a symlink.
+pub fn restrict_tree(target: &Path, attr_set: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(target)?;
+    mount_setattr(f.as_fd(), true, attr_set, 0)
+}
+
 /// Binds `source` at `target` (recursively: a kept directory's own mounts come along),
-/// then makes the bind nosuid, nodev, noexec and, if asked, read-only.
+/// then makes the bind and every mount it brought nosuid, nodev, noexec and, if asked,
+/// read-only.
 fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), JailError> {
     make_mount_point(source, target)?;
     mount(
@@ -168,16 +237,12 @@ fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), JailError> 
         None::<&str>,
     )
     .map_err(mount_err(format!("binding {}", source.display())))?;
-    let mut flags = MsFlags::MS_BIND
-        | MsFlags::MS_REMOUNT
-        | MsFlags::MS_NOSUID
-        | MsFlags::MS_NODEV
-        | MsFlags::MS_NOEXEC;
+    let mut flags = attr::NOSUID | attr::NODEV | attr::NOEXEC;
     if read_only {
-        flags |= MsFlags::MS_RDONLY;
+        flags |= attr::RDONLY;
     }
-    mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(mount_err(format!(
-        "restricting the bind of {} (nosuid, nodev, noexec{})",
+    restrict_tree(target, flags).map_err(io_err(format!(
+        "restricting the bind of {} and its submounts (nosuid, nodev, noexec{})",
         source.display(),
         if read_only { ", read-only" } else { "" }
     )))

@@ -335,6 +335,7 @@ fn vm_config(share: &Path, root: &Path) -> VmmConfig {
         jail: Some(JailConfig {
             root: root.to_owned(),
             seccomp: true,
+            mount_namespace: true,
         }),
     }
 }
@@ -344,6 +345,7 @@ fn vm_config(share: &Path, root: &Path) -> VmmConfig {
 /// the guest works on the share (`Guest::exercise`). Prints the report; exits 0 when every
 /// request succeeded.
 pub fn confined_child(dir: &Path) -> ! {
+    super::in_single_threaded_copy();
     let config = vm_config(&dir.join("share"), &dir.join("root"));
     let share = &config.fs[0];
     let dev = Fs::new(&share.tag, &share.shared_dir, false).expect("fs device");

@@ -94,6 +94,7 @@ pub fn vmm(dir: &Path) -> ! {
     let jail = JailConfig {
         root,
         seccomp: false,
+        mount_namespace: true,
     };
     mounts::enter(&jail, &[Keep::writable(share(dir))]).expect("enter the jail");
     println!("confined");
