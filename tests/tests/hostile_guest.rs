@@ -238,3 +238,91 @@ async fn a_flood_of_output_and_console_stays_capped_and_the_cri_answers() {
         "the marker is there"
     );
 }
+
+/// The guest's device cgroup, as under runc: a container without privileges (CAP_MKNOD is
+/// among its default capabilities) can make any device node but open only runc's default
+/// devices (/dev/null, zero, full, random, urandom, tty, ptmx, the ptys); the console,
+/// /dev/mem and a disk it made stay shut (EPERM). A privileged container opens what it
+/// makes.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_default_devices_open_in_a_container_unless_it_is_privileged() {
+    let started = std::time::Instant::now();
+    let p = pod_with_image("devices").await;
+    let plain = Box::pin(p.create("plain", &["sleep", "100000"]))
+        .await
+        .unwrap_or_else(|e| panic!("create: {e:?}\n{}", p.m.log()));
+    p.start(&plain).await;
+    p.wait_state(&plain, cri::ContainerState::ContainerRunning)
+        .await;
+    for cmd in [
+        "mknod /tmp/con c 5 1 && cat /tmp/con",
+        "mknod /tmp/mem c 1 1 && head -c1 /tmp/mem",
+        "mknod /tmp/disk b 254 0 && head -c1 /tmp/disk",
+        "mknod /tmp/con2 c 5 1 && echo pwned > /tmp/con2",
+    ] {
+        let r = p.exec(&plain, &["sh", "-c", cmd]).await;
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            r.exit_code != 0 && stderr.contains("Operation not permitted"),
+            "{cmd}: {r:?}"
+        );
+    }
+    // mknod itself is allowed (runc's `c *:* m`, `b *:* m`): the nodes are there.
+    let r = p
+        .exec(
+            &plain,
+            &[
+                "sh",
+                "-c",
+                "test -c /tmp/con && test -c /tmp/mem && test -b /tmp/disk",
+            ],
+        )
+        .await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    // The default devices still work, and so do nodes of them the container makes.
+    let r = p
+        .exec(
+            &plain,
+            &[
+                "sh",
+                "-c",
+                "echo x > /dev/null && head -c 4 /dev/zero | wc -c && head -c 1 /dev/urandom > /dev/null \
+                 && mknod /tmp/null c 1 3 && echo x > /tmp/null && echo ok",
+            ],
+        )
+        .await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "4\nok\n", "{r:?}");
+
+    let root = Box::pin(p.create_with("root", &["sleep", "100000"], |c| {
+        c.linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default)
+            .privileged = true;
+    }))
+    .await
+    .unwrap_or_else(|e| panic!("create: {e:?}\n{}", p.m.log()));
+    p.start(&root).await;
+    p.wait_state(&root, cri::ContainerState::ContainerRunning)
+        .await;
+    let r = p
+        .exec(
+            &root,
+            &[
+                "sh",
+                "-c",
+                "mknod /tmp/con c 5 1 && echo moat-devices-test > /tmp/con \
+                 && mknod /tmp/mem c 1 1 && exec 3< /tmp/mem",
+            ],
+        )
+        .await;
+    assert_eq!(
+        r.exit_code, 0,
+        "a privileged container opens its nodes: {r:?}"
+    );
+    println!(
+        "device cgroup e2e: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}

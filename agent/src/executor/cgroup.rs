@@ -4,6 +4,7 @@ use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::LinuxResources;
 
+use super::devices;
 use super::error::{Error, Result};
 
 /// Where cgroup v2 is mounted in the guest.
@@ -145,7 +146,9 @@ fn oom_kills(dir: &Path) -> u64 {
 
 impl Cgroup {
     /// Creates (or reuses) `root/cgroups_path`, enabling the controllers it needs in each
-    /// ancestor, and writes the limits of `resources`.
+    /// ancestor, writes the limits of `resources` and attaches its device filter
+    /// (`devices::apply`: the spec's device rules, then runc's default devices), before any
+    /// process joins it.
     pub fn create(
         root: &Path,
         cgroups_path: &Path,
@@ -162,6 +165,7 @@ impl Cgroup {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let mut cur = root.to_path_buf();
+        let mut created = false;
         for c in rel.components() {
             let available = read(&cur.join("cgroup.controllers"))?;
             let enable: Vec<String> = CONTROLLERS
@@ -179,14 +183,20 @@ impl Cgroup {
                 }
             }
             cur.push(c);
-            match std::fs::create_dir(&cur) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            created = match std::fs::create_dir(&cur) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
                 Err(e) => return Err(err(&cur, e)),
-            }
+            };
         }
         for (file, value) in writes {
             write(&dir.join(&file), &value)?;
+        }
+        if let Err(e) = devices::apply(&dir, resources) {
+            if created {
+                let _ = std::fs::remove_dir(&dir);
+            }
+            return Err(e);
         }
         Ok(Cgroup {
             oom_kills_at_start: oom_kills(&dir),

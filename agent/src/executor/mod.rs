@@ -32,8 +32,10 @@
 //! - `process`: waiting by pidfd (`wait` on tokio, or `wait_blocking`), signals by pidfd,
 //!   and `reap_children` for PID 1's SIGCHLD loop (which must route the executor's
 //!   children's statuses to their waiters rather than reap them blindly).
-//! - `cgroup` (v2 limits, OOM kills), `seccomp` (compiling profiles, RuntimeDefault),
-//!   `user` (`resolve_user`), `overlay` (`mount_overlay`).
+//! - `cgroup` (v2 limits, OOM kills), `devices` (the device cgroup: the spec's rules, then
+//!   runc's default devices, enforced by a BPF program on the container's cgroup),
+//!   `seccomp` (compiling profiles, RuntimeDefault), `user` (`resolve_user`), `overlay`
+//!   (`mount_overlay`).
 //!
 //! Not supported (refused with `Error::Spec`): user and time namespaces, joining a mount
 //! namespace, idmapped mounts, SCMP_ACT_NOTIFY; ignored: hooks, AppArmor/SELinux labels,
@@ -42,6 +44,7 @@
 mod cgroup;
 mod child;
 mod container;
+mod devices;
 mod error;
 mod overlay;
 mod plan;

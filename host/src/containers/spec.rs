@@ -313,6 +313,16 @@ fn default_mounts() -> Vec<Value> {
     ]
 }
 
+/// The device cgroup rules (`linux.resources.devices`), as containerd's CRI plugin writes
+/// them: a privileged container may use every device; any other starts from "deny
+/// everything". moatd refuses CRI `devices` (the node's devices are not the guest's), so no
+/// allow rule follows; the guest's executor adds runc's default devices (/dev/null,
+/// /dev/zero, ptys...) after these rules and enforces the list with a BPF program on the
+/// container's cgroup.
+fn device_rules(i: &ContainerInput) -> Value {
+    json!([{"allow": i.privileged, "access": "rwm"}])
+}
+
 /// Builds the runtime spec for container `id` of sandbox `sandbox_id`.
 pub fn build(
     id: &str,
@@ -353,7 +363,7 @@ pub fn build(
         return Err(SpecError("group ids must not be negative".into()));
     }
     let caps = capabilities(i)?;
-    let mut resources = json!({});
+    let mut resources = json!({"devices": device_rules(i)});
     if let Some((quota, period)) = i.cpu {
         resources["cpu"] = json!({"quota": quota, "period": period});
     }
@@ -687,6 +697,55 @@ mod tests {
                 .expect("ns")
                 .iter()
                 .any(|n| n["type"] == "ipc")
+        );
+    }
+
+    #[test]
+    fn devices_are_denied_unless_privileged_like_containerd() {
+        let b = build("c", "s", &image(), &ContainerInput::default()).expect("build");
+        assert_eq!(
+            b.spec["linux"]["resources"]["devices"],
+            json!([{"allow": false, "access": "rwm"}]),
+            "a leading deny-all: only the runtime's default devices are allowed"
+        );
+        let spec: oci_spec::runtime::Spec =
+            serde_json::from_value(b.spec.clone()).expect("a valid OCI spec");
+        let rules = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.devices().clone())
+            .expect("devices");
+        assert_eq!(rules.len(), 1);
+        assert!(!rules[0].allow());
+        assert_eq!(rules[0].typ(), None, "no type: every device");
+        assert_eq!((rules[0].major(), rules[0].minor()), (None, None));
+        assert_eq!(rules[0].access().as_deref(), Some("rwm"));
+        // Limits go beside the rules, not instead of them.
+        let limited = build(
+            "c",
+            "s",
+            &image(),
+            &ContainerInput {
+                memory_limit: Some(1 << 20),
+                cpu: Some((1000, 100_000)),
+                ..Default::default()
+            },
+        )
+        .expect("build");
+        assert_eq!(
+            limited.spec["linux"]["resources"]["devices"],
+            json!([{"allow": false, "access": "rwm"}])
+        );
+        assert_eq!(
+            limited.spec["linux"]["resources"]["memory"]["limit"],
+            1 << 20
+        );
+        let p = privileged(ContainerInput::default());
+        assert_eq!(
+            p.spec["linux"]["resources"]["devices"],
+            json!([{"allow": true, "access": "rwm"}]),
+            "privileged: every device"
         );
     }
 
