@@ -132,6 +132,9 @@ fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
 
 /// Bind-mounts each host path under `share/<key>/` and returns the guest view.
 ///
+/// `share/<key>` is a small tmpfs of its own (`pin_key_dir`), so the guest can neither
+/// rename it nor fill the share through it.
+///
 /// The share is the guest's to write, so nothing here resolves a path inside it: the key
 /// directory and each mount point are made relative to directory fds opened beneath the
 /// share with no symlinks (openat2), and each bind is a detached copy of the host path's
@@ -147,10 +150,14 @@ pub fn prepare(
     if key.is_empty() || key.contains('/') || key == "." || key == ".." {
         return Err(VolumeError::Invalid(format!("bad volume key {key:?}")));
     }
+    if mounts.is_empty() {
+        return Ok(Vec::new());
+    }
     let result = (|| {
         let share_fd = open_dir(share).map_err(io(format!("open {}", share.display())))?;
         mkdirat(&share_fd, key, Mode::from_raw_mode(0o755))
             .map_err(|e| io(format!("create the volume dir {key}"))(e.into()))?;
+        pin_key_dir(&share_fd, key)?;
         let key_fd = open_beneath(&share_fd, key, OFlags::DIRECTORY | OFlags::RDONLY)
             .map_err(io(format!("open the volume dir {key}")))?;
         let mut out = Vec::new();
@@ -205,6 +212,29 @@ pub fn prepare(
         let _ = release(share, key);
     }
     result
+}
+
+/// The size of each container's key directory's own tmpfs: it holds only the mount
+/// points of that container's volumes (empty directories and files), but the guest can
+/// write there too.
+pub const KEY_DIR_SIZE: &str = "size=256k,nr_inodes=4096,mode=0755";
+
+/// Makes the key directory `key` (just made under the share) a mount point of its own, a
+/// small tmpfs: the kernel refuses to rename or remove a mount point (EBUSY), so the guest
+/// cannot move the container's binds away from the path `release` finds them at (renamed
+/// away at release time, they would stay mounted, and reachable, after the container is
+/// gone). nosuid, nodev and noexec on the host.
+fn pin_key_dir(share_fd: &OwnedFd, key: &str) -> Result<(), VolumeError> {
+    let fd = open_beneath(share_fd, key, OFlags::PATH | OFlags::DIRECTORY)
+        .map_err(io(format!("open the volume dir {key}")))?;
+    mount(
+        Some("tmpfs"),
+        format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(KEY_DIR_SIZE),
+    )
+    .map_err(|e| io(format!("mount the volume dir {key}"))(e.into()))
 }
 
 /// Binds `m.host_path` (with what is mounted below it) onto `target`: private, or a slave
@@ -442,7 +472,11 @@ mod tests {
             std::fs::read(share.path().join("c1/1")).expect("file bind"),
             b"file"
         );
-        assert_eq!(mounts_under(share.path()).len(), 2);
+        assert_eq!(
+            mounts_under(share.path()).len(),
+            3,
+            "the two binds and the key dir's own tmpfs"
+        );
         release(share.path(), "c1").expect("release");
         assert!(mounts_under(share.path()).is_empty());
         assert_eq!(
@@ -655,6 +689,31 @@ mod tests {
             "nothing truncated"
         );
         assert!(mounts_under(share.path()).is_empty());
+    }
+
+    #[test]
+    fn a_containers_key_dir_cannot_be_moved_away_from_release() {
+        let host = tempfile::tempdir().expect("host");
+        let share = tempfile::tempdir().expect("share");
+        let m = HostMount {
+            host_path: host.path().to_owned(),
+            container_path: "/d".into(),
+            ..Default::default()
+        };
+        prepare(share.path(), "c1", &[m]).expect("prepare");
+        // The guest renames the container's folder (through the share) just before the
+        // container is removed: the kernel refuses, the folder is a mount point.
+        let e = std::fs::rename(share.path().join("c1"), share.path().join("c1.x"))
+            .expect_err("a mount point");
+        assert_eq!(e.raw_os_error(), Some(libc::EBUSY), "{e}");
+        assert!(std::fs::remove_dir(share.path().join("c1")).is_err());
+        // It can write there, but only a little.
+        let big = std::fs::write(share.path().join("c1/fill"), vec![0u8; 1 << 20]);
+        assert!(big.is_err(), "the key dir is a small tmpfs");
+        release(share.path(), "c1").expect("release");
+        assert!(mounts_under(share.path()).is_empty());
+        assert!(!share.path().join("c1").exists());
+        assert!(host.path().exists());
     }
 
     #[test]
