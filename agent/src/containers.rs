@@ -156,7 +156,23 @@ fn read_all(fd: Option<OwnedFd>) -> std::thread::JoinHandle<Vec<u8>> {
     })
 }
 
+/// Creates `dir` (and its parents) owned by `uid`:`gid`: the upper directory of a container
+/// in the pod's user namespace, whose root inside (the mapped ids outside) then owns `/`.
+/// The lower layers need nothing: moatd shifts their owners on the host for such pods.
+fn owned_dir(dir: &std::path::Path, uid: u32, gid: u32) -> Result<(), Status> {
+    let io =
+        |what: &str, e: std::io::Error| Status::internal(format!("{what} {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io("mkdir", e))?;
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).map_err(|e| io("chown", e))
+}
+
 impl Containers {
+    /// Gives the pod a user namespace (SetupSandbox's `userns`, validated) and starts the
+    /// pod's init in it.
+    pub fn set_userns(&self, maps: crate::executor::userns::IdMappings) -> Result<(), Status> {
+        self.pod_pid.set_userns(maps)
+    }
+
     /// Containers whose layers and state live under these directories (tests).
     #[cfg(test)]
     pub(crate) fn with_dirs(layers: PathBuf, root: PathBuf) -> Self {
@@ -216,6 +232,14 @@ impl Containers {
         if let Some(path) = pid_ns {
             crate::pid_ns::join_pid_namespace(&mut spec, &path)?;
         }
+        // A container in the pod's user namespace: its root owns its writable layer.
+        let userns_root = crate::pid_ns::join_user_namespace(&mut spec, &self.pod_pid)?
+            .map(|m| {
+                m.root().ok_or_else(|| {
+                    Status::internal("the pod's user namespace does not map uid and gid 0")
+                })
+            })
+            .transpose()?;
         let mut lowers = Vec::new();
         for l in &r.layers {
             if !valid_id(l) {
@@ -245,6 +269,9 @@ impl Containers {
             let process_slot = process_slot.clone();
             let (dir, rootfs) = (dir.clone(), rootfs.clone());
             move || -> Result<Container, Status> {
+                if let Some((uid, gid)) = userns_root {
+                    owned_dir(&upper, uid, gid)?;
+                }
                 executor::mount_overlay(&lowers, &upper, &work, &rootfs).map_err(exec_err)?;
                 let made = (|| {
                     if !image_user.is_empty() {
@@ -861,6 +888,154 @@ pub(crate) mod tests {
             0,
             "container dirs removed"
         );
+    }
+
+    /// `spec_json(args)` asking for a user namespace with the mappings container 0.. to
+    /// `host`..., and its own PID, mount, IPC and UTS namespaces.
+    fn userns_spec_json(args: &[&str], host: u32) -> Vec<u8> {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&spec_json(args, false)).expect("json");
+        v["linux"]["namespaces"] = serde_json::json!([
+            {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "user"}
+        ]);
+        let m = serde_json::json!([{"containerID": 0, "hostID": host, "size": 65536}]);
+        v["linux"]["uidMappings"] = m.clone();
+        v["linux"]["gidMappings"] = m;
+        v["root"]["readonly"] = serde_json::json!(false);
+        serde_json::to_vec(&v).expect("json")
+    }
+
+    /// Makes everything under `p` owned by `id`:`id`, as moatd shifts a layer's owners.
+    fn shift(p: &std::path::Path, id: u32) {
+        let meta = std::fs::symlink_metadata(p).expect("stat");
+        std::os::unix::fs::lchown(p, Some(id), Some(id)).expect("chown");
+        if meta.is_dir() {
+            for e in std::fs::read_dir(p).expect("readdir") {
+                shift(&e.expect("entry").path(), id);
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn containers_of_a_pod_with_a_user_namespace_join_it_and_own_their_root() {
+        use std::os::unix::fs::MetadataExt;
+        let test = "containers_of_a_pod_with_a_user_namespace_join_it_and_own_their_root";
+        let Some(layers) = busybox_layer(test) else {
+            return;
+        };
+        for a in ["id", "stat", "touch", "readlink"] {
+            std::os::unix::fs::symlink("busybox", layers.path().join("aa/bin").join(a))
+                .expect("link");
+        }
+        shift(&layers.path().join("aa"), 100_000);
+        let root = tempfile::tempdir().expect("root");
+        let c = Containers::with_dirs(layers.path().into(), root.path().into());
+        let req = |id: &str, args: &[&str], host: u32, pid_mode: PidMode| CreateContainerRequest {
+            container_id: id.into(),
+            spec_json: userns_spec_json(args, host),
+            layers: vec!["aa".into()],
+            pid_mode: pid_mode as i32,
+            ..Default::default()
+        };
+        use moat_proto::agent::PidMode;
+        // No user namespace in the pod: a spec asking for one is refused.
+        let e = c
+            .create(req("a1", &["true"], 100_000, PidMode::PidContainer))
+            .await
+            .expect_err("no pod userns");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        c.set_userns(crate::executor::userns::tests::pod(100_000))
+            .expect("userns");
+        let e = c
+            .create(req("a2", &["true"], 200_000, PidMode::PidContainer))
+            .await
+            .expect_err("other mappings");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert_eq!(std::fs::read_dir(root.path()).expect("root").count(), 0);
+
+        let script = "cat /proc/self/uid_map; id -u; stat -c %u:%g /; touch /new && stat -c %u /new; \
+                      readlink /proc/self/ns/user";
+        c.create(req(
+            "b1",
+            &["sh", "-c", script],
+            100_000,
+            PidMode::PidContainer,
+        ))
+        .await
+        .expect("create");
+        let upper = root.path().join("b1/upper");
+        let meta = std::fs::metadata(&upper).expect("upper");
+        assert_eq!((meta.uid(), meta.gid()), (100_000, 100_000));
+        let reader = {
+            let mut out = c.output("b1").await.expect("output");
+            tokio::spawn(async move {
+                use tokio_stream::StreamExt as _;
+                let mut text = String::new();
+                while let Some(Ok(chunk)) = out.next().await {
+                    text.push_str(&String::from_utf8_lossy(&chunk.data));
+                }
+                text
+            })
+        };
+        c.start("b1").await.expect("start");
+        let w = c
+            .wait(WaitContainerRequest {
+                container_id: "b1".into(),
+                timeout_ms: 10_000,
+            })
+            .await
+            .expect("wait");
+        let out = reader.await.expect("reader");
+        assert!(w.exited && w.exit_code == 0, "{w:?} {out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0].split_whitespace().collect::<Vec<_>>(),
+            ["0", "100000", "65536"],
+            "{out}"
+        );
+        assert_eq!(&lines[1..4], ["0", "0:0", "0"], "{out}");
+        assert_eq!(
+            std::fs::metadata(upper.join("new")).expect("new").uid(),
+            100_000,
+            "written in the upper layer as the mapped root"
+        );
+        let pod_user = c
+            .pod_pid
+            .user_path()
+            .expect("path")
+            .expect("the pod's user namespace");
+        let pod_user = std::fs::read_link(pod_user).expect("readlink");
+        assert_eq!(std::path::Path::new(lines[4]), pod_user, "{out}");
+
+        // In the pod's PID namespace, and exec'd into: the same user namespace.
+        c.create(req("b2", &["sleep", "100"], 100_000, PidMode::PidPod))
+            .await
+            .expect("create");
+        c.start("b2").await.expect("start");
+        let r = c
+            .exec_sync(ExecSyncRequest {
+                container_id: "b2".into(),
+                cmd: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "readlink /proc/self/ns/user; id -u".into(),
+                ],
+                timeout_ms: 10_000,
+            })
+            .await
+            .expect("exec");
+        let out = String::from_utf8_lossy(&r.stdout).into_owned();
+        assert_eq!(
+            r.exit_code,
+            0,
+            "{out} {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(std::path::Path::new(lines[0]), pod_user, "{out}");
+        assert_eq!(lines[1], "0");
+        c.remove("b1").await.expect("remove");
+        c.remove("b2").await.expect("remove");
     }
 
     #[test]

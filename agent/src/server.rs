@@ -35,6 +35,27 @@ impl AgentService {
             containers: crate::containers::Containers::default(),
         }
     }
+
+    /// The pod's user namespace: the files the containers bind from the VM (/etc/hostname,
+    /// /etc/resolv.conf, /etc/hosts, read-only) owned by its root, as containerd does; the
+    /// VM's mqueue mounted on /dev/mqueue for containers to bind (the IPC namespace is the
+    /// VM's, whose mqueue a user namespace may not mount); and the pod init started in it.
+    fn setup_userns(&self, maps: crate::executor::userns::IdMappings) -> Result<(), Status> {
+        let (uid, gid) = maps
+            .root()
+            .ok_or_else(|| Status::invalid_argument("user namespace: container uid 0 unmapped"))?;
+        for f in ["/etc/hostname", "/etc/resolv.conf", "/etc/hosts"] {
+            match self.system.chown(Path::new(f), uid, gid) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && f == "/etc/hosts" => {}
+                Err(e) => return Err(internal(&format!("chown {f}"), e)),
+            }
+        }
+        if let Err(e) = self.system.mount_mqueue(Path::new("/dev/mqueue")) {
+            tracing::warn!(error = %e, "cannot mount mqueue on /dev/mqueue: containers in the user namespace get none");
+        }
+        self.containers.set_userns(maps)
+    }
 }
 
 fn valid_hostname(h: &str) -> bool {
@@ -85,6 +106,11 @@ impl Agent for AgentService {
                 r.hostname
             )));
         }
+        let userns = r
+            .userns
+            .as_ref()
+            .map(crate::pid_ns::mappings_from_proto)
+            .transpose()?;
         if r.time_unix_nanos > 0 {
             self.system
                 .set_clock(r.time_unix_nanos)
@@ -136,7 +162,10 @@ impl Agent for AgentService {
                 Status::new(code, format!("set sysctl {key}={value:?}: {e}"))
             })?;
         }
-        tracing::info!(hostname = %r.hostname, shares = r.shares.len(), sysctls = r.sysctls.len(), "sandbox set up");
+        if let Some(maps) = userns {
+            self.setup_userns(maps)?;
+        }
+        tracing::info!(hostname = %r.hostname, shares = r.shares.len(), sysctls = r.sysctls.len(), userns = r.userns.is_some(), "sandbox set up");
         Ok(Response::new(SetupSandboxResponse {}))
     }
 
@@ -387,6 +416,7 @@ mod tests {
                 ("kernel.shmmni".to_string(), "8192".to_string()),
             ]
             .into(),
+            userns: None,
         })
         .await
         .expect("setup");
@@ -421,6 +451,68 @@ mod tests {
             .await
             .expect_err("bad hostname");
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn setup_sandbox_with_a_user_namespace() {
+        let rec = Arc::new(Recorder::default());
+        let svc = AgentService {
+            started: Instant::now(),
+            system: rec.clone(),
+            containers: crate::containers::Containers::with_dirs(
+                "/nonexistent".into(),
+                "/nonexistent".into(),
+            ),
+        };
+        let mapping = |host_id, length| moat_proto::agent::IdMapping {
+            container_id: 0,
+            host_id,
+            length,
+        };
+        let req = |length| SetupSandboxRequest {
+            hostname: "web-0".into(),
+            userns: Some(moat_proto::agent::UserNamespace {
+                uids: vec![mapping(100_000, length)],
+                gids: vec![mapping(100_000, 65536)],
+            }),
+            ..Default::default()
+        };
+        let e = svc
+            .setup_sandbox(Request::new(req(0)))
+            .await
+            .expect_err("bad mappings");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert_eq!(e.message(), "user namespace: uid mapping 0 has length 0");
+        assert!(
+            rec.calls.lock().expect("calls").is_empty(),
+            "checked before anything is done"
+        );
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED setup_sandbox_with_a_user_namespace: the pod init needs root");
+            return;
+        }
+        svc.setup_sandbox(Request::new(req(65536)))
+            .await
+            .expect("setup");
+        let calls = rec.calls.lock().expect("calls").clone();
+        assert_eq!(
+            calls[calls.len() - 4..],
+            [
+                Call::Chown("/etc/hostname".into(), 100_000, 100_000),
+                Call::Chown("/etc/resolv.conf".into(), 100_000, 100_000),
+                Call::Chown("/etc/hosts".into(), 100_000, 100_000),
+                Call::MountMqueue("/dev/mqueue".into()),
+            ]
+        );
+        // The pod has it now: other mappings are refused, the same ones are fine.
+        svc.setup_sandbox(Request::new(req(65536)))
+            .await
+            .expect("again");
+        let e = svc
+            .containers
+            .set_userns(crate::executor::userns::tests::pod(200_000))
+            .expect_err("other");
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
     }
 
     #[tokio::test]

@@ -18,6 +18,11 @@ pub trait System: Send + Sync + 'static {
     /// Sets a sysctl: writes `value` to `/proc/sys/<path>` (`path` already checked by
     /// `sysctl_path`).
     fn set_sysctl(&self, path: &str, value: &str) -> std::io::Result<()>;
+    /// lchown(2).
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> std::io::Result<()>;
+    /// Mounts the VM's mqueue filesystem (the IPC namespace's message queues) on `target`,
+    /// unless one is there already.
+    fn mount_mqueue(&self, target: &Path) -> std::io::Result<()>;
 }
 
 pub use moat_proto::sysctl::sysctl_path;
@@ -70,6 +75,35 @@ impl System for Linux {
             .write_all(value.as_bytes())
     }
 
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+    }
+
+    fn mount_mqueue(&self, target: &Path) -> std::io::Result<()> {
+        use nix::mount::{MsFlags, mount};
+        use std::os::unix::ffi::OsStrExt;
+        const MQUEUE_MAGIC: libc::c_long = 0x1980_0202;
+        std::fs::create_dir_all(target)?;
+        let c =
+            std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+        // SAFETY: an all-zero statfs is a valid value to be overwritten.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: c is a valid C string; st a valid out-pointer.
+        if unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0
+            && st.f_type as libc::c_long == MQUEUE_MAGIC
+        {
+            return Ok(());
+        }
+        mount(
+            Some("mqueue"),
+            target,
+            Some("mqueue"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(Into::into)
+    }
+
     fn power_off(&self) {
         if self.guest {
             nix::unistd::sync();
@@ -103,6 +137,10 @@ pub enum Call {
     MountVirtiofs(String, String, bool),
     /// set_sysctl.
     Sysctl(String, String),
+    /// chown.
+    Chown(String, u32, u32),
+    /// mount_mqueue.
+    MountMqueue(String),
 }
 
 /// Records calls instead of making them.
@@ -150,6 +188,14 @@ impl System for Recorder {
     }
     fn set_sysctl(&self, path: &str, value: &str) -> std::io::Result<()> {
         self.push(Call::Sysctl(path.into(), value.into()));
+        Ok(())
+    }
+    fn chown(&self, path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+        self.push(Call::Chown(path.display().to_string(), uid, gid));
+        Ok(())
+    }
+    fn mount_mqueue(&self, target: &Path) -> std::io::Result<()> {
+        self.push(Call::MountMqueue(target.display().to_string()));
         Ok(())
     }
 }

@@ -57,6 +57,13 @@ enum Sub {
         /// Refuse every change to the share.
         #[arg(long)]
         read_only: bool,
+        /// Report owners shifted by these uid mappings (`inside:outside:length,...`: a
+        /// pod's user namespace; read-only shares only).
+        #[arg(long)]
+        uid_map: Option<String>,
+        /// The same for gids.
+        #[arg(long)]
+        gid_map: Option<String>,
     },
     /// Run a program confined (moatd starts QEMU and the back-ends this way).
     Jail {
@@ -137,15 +144,35 @@ fn forbid_exec(what: &str) -> Result<(), ExitCode> {
     })
 }
 
-fn fs_backend(socket: PathBuf, shared_dir: PathBuf, read_only: bool) -> ExitCode {
+fn fs_backend(
+    socket: PathBuf,
+    shared_dir: PathBuf,
+    read_only: bool,
+    uid_map: Option<String>,
+    gid_map: Option<String>,
+) -> ExitCode {
+    use moat_host::devices::fs::owners::{Owners, parse_ranges};
     if let Err(code) = forbid_exec("fs-backend") {
         return code;
     }
     moat_host::logging::init(&moat_host::config::LogConfig::default());
+    let parse = |m: Option<String>| m.as_deref().map(parse_ranges).transpose();
+    let owners = match (parse(uid_map), parse(gid_map)) {
+        (Ok(None), Ok(None)) => None,
+        (Ok(uids), Ok(gids)) => Some(Owners {
+            uids: uids.unwrap_or_default(),
+            gids: gids.unwrap_or_default(),
+        }),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("moatd fs-backend: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cfg = moat_host::devices::fs::FsBackendConfig {
         socket,
         shared_dir,
         read_only,
+        owners,
     };
     match moat_host::devices::fs::run(cfg) {
         Ok(()) => ExitCode::SUCCESS,
@@ -190,8 +217,10 @@ fn main() -> ExitCode {
             socket,
             shared_dir,
             read_only,
+            uid_map,
+            gid_map,
         }) => {
-            return fs_backend(socket, shared_dir, read_only);
+            return fs_backend(socket, shared_dir, read_only, uid_map, gid_map);
         }
         Some(Sub::Vmm { config }) => return vmm(config),
         Some(Sub::Jail { spec, argv }) => return jail(&spec, &argv),

@@ -313,6 +313,7 @@ fn guest_mounts_reads_and_cannot_write_the_share() {
         socket: socket.clone(),
         shared_dir: share.clone(),
         read_only: true,
+        owners: None,
     };
     let backend = thread::spawn(move || run(config));
     wait_for(&socket, Duration::from_secs(10));

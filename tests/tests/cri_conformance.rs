@@ -553,3 +553,125 @@ async fn supplemental_groups_merge_or_stay_strict_and_are_reported() {
             .is_some_and(|f| f.supplemental_groups_policy)
     );
 }
+
+/// Kubernetes' `hostUsers: false`: the pod's user namespace (NamespaceMode POD with
+/// kubelet's mappings, container 0..65535 on 65536..131071). Inside, container root is uid
+/// 0 with the mappings in /proc/self/uid_map and the image's files keep the image's owners
+/// (the `layers` back-end shifts them); files it creates on a volume belong on the host to
+/// the mapped ids. The handler advertises user namespaces and PodSandboxStatus reports the
+/// mappings; a container asking for other mappings is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_namespaced_pod_maps_its_ids_and_its_files_belong_to_the_mapped_ids() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let map = |host_id| cri::IdMapping {
+        host_id,
+        container_id: 0,
+        length: 65536,
+    };
+    let userns = cri::UserNamespace {
+        mode: cri::NamespaceMode::Pod as i32,
+        uids: vec![map(65536)],
+        gids: vec![map(65536)],
+    };
+    let ns_options = |u: cri::UserNamespace| cri::NamespaceOption {
+        userns_options: Some(u),
+        ..Default::default()
+    };
+    let pod_ns = ns_options(userns.clone());
+    let p = pod_with("userns", "", move |c| {
+        let linux = c.linux.get_or_insert_with(Default::default);
+        linux
+            .security_context
+            .get_or_insert_with(Default::default)
+            .namespace_options = Some(pod_ns);
+    })
+    .await;
+    let status = runtime_status(&p).await;
+    assert!(
+        status
+            .runtime_handlers
+            .iter()
+            .all(|h| h.features.as_ref().is_some_and(|f| f.user_namespaces)),
+        "{:?}",
+        status.runtime_handlers
+    );
+    let pod =
+        p.m.runtime()
+            .await
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: p.id.clone(),
+                verbose: false,
+            })
+            .await
+            .expect("pod status")
+            .into_inner();
+    let reported = pod
+        .status
+        .and_then(|s| s.linux)
+        .and_then(|l| l.namespaces)
+        .and_then(|n| n.options)
+        .and_then(|o| o.userns_options);
+    assert_eq!(reported.as_ref(), Some(&userns));
+
+    let vol = tempfile::tempdir().expect("volume");
+    std::fs::set_permissions(vol.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let host_path = vol.path().display().to_string();
+    let c_ns = ns_options(userns.clone());
+    let id = started(&p, "inside", &["sleep", "100000"], move |c| {
+        c.mounts = vec![cri::Mount {
+            container_path: "/data".into(),
+            host_path,
+            ..Default::default()
+        }];
+        security(|sc| sc.namespace_options = Some(c_ns))(c);
+    })
+    .await;
+    let r = p.exec(&id, &["cat", "/proc/self/uid_map"]).await;
+    let text = out(&r);
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(fields, ["0", "65536", "65536"], "{r:?}");
+    let r = p.exec(&id, &["id", "-u"]).await;
+    assert_eq!(out(&r), "0", "{r:?}");
+    // The image's files keep the image's owners inside the namespace.
+    let r = p
+        .exec(&id, &["stat", "-c", "%u:%g", "/bin/busybox", "/etc"])
+        .await;
+    assert_eq!(out(&r), "0:0\n0:0", "{r:?}");
+    // Container root owns its rootfs: it writes at / and changes an image file.
+    for cmd in [
+        "touch /made-here",
+        "echo extra:x:1234:1234::/:/bin/sh >> /etc/passwd",
+    ] {
+        let r = p.exec(&id, &["sh", "-c", cmd]).await;
+        assert_eq!(r.exit_code, 0, "{cmd}: {r:?}");
+    }
+    // What it creates on the volume belongs, on the host, to the mapped ids.
+    let r = p
+        .exec(&id, &["sh", "-c", "echo hi > /data/f && mkdir /data/d"])
+        .await;
+    assert_eq!(r.exit_code, 0, "{r:?}");
+    for name in ["f", "d"] {
+        let meta = std::fs::metadata(vol.path().join(name)).expect("on the host");
+        assert_eq!((meta.uid(), meta.gid()), (65536, 65536), "{name}");
+    }
+    // A container that names no user namespace gets its pod's.
+    let plain = started(&p, "plain", &["sleep", "100000"], |_| {}).await;
+    let r = p.exec(&plain, &["cat", "/proc/self/uid_map"]).await;
+    assert!(out(&r).starts_with('0'), "{r:?}");
+    assert!(out(&r).contains("65536"), "{r:?}");
+    // Other mappings than the pod's are refused.
+    let other = ns_options(cri::UserNamespace {
+        uids: vec![map(200_000)],
+        gids: vec![map(200_000)],
+        ..userns.clone()
+    });
+    let e = Box::pin(p.create_with(
+        "other",
+        &["true"],
+        security(|sc| sc.namespace_options = Some(other)),
+    ))
+    .await
+    .expect_err("other mappings");
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("not its pod's"), "{e:?}");
+}

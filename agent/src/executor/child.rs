@@ -11,7 +11,7 @@ use caps::CapSet;
 use nix::errno::Errno;
 
 use super::error::Error;
-use super::plan::{NsPlan, ProcessPlan, RootfsPlan};
+use super::plan::{Fallback, NsPlan, ProcessPlan, RootfsPlan};
 use super::sys::{CVec, FileKind, Syscall};
 
 /// The steps that can fail, as sent over the pipe.
@@ -51,12 +51,16 @@ pub(crate) enum StepKind {
     Exec,
     Stdio,
     Wait,
+    UserRoot,
+    PidNamespace,
+    Clone,
+    MountFallback,
 }
 
 impl StepKind {
     fn from_u32(v: u32) -> Option<Self> {
         use StepKind::*;
-        const ALL: [StepKind; 33] = [
+        const ALL: [StepKind; 37] = [
             Setns,
             Unshare,
             Propagation,
@@ -90,6 +94,10 @@ impl StepKind {
             Exec,
             Stdio,
             Wait,
+            UserRoot,
+            PidNamespace,
+            Clone,
+            MountFallback,
         ];
         ALL.into_iter().find(|k| *k as u32 == v)
     }
@@ -139,6 +147,103 @@ fn at(kind: StepKind, index: usize) -> impl FnOnce(Errno) -> Failure {
     move |e| Failure::new(kind, index, e)
 }
 
+/// Sets the rlimits and oom_score_adj of `p`.
+fn process_attrs<S: Syscall>(sys: &S, p: &ProcessPlan) -> Result<(), Failure> {
+    use StepKind as K;
+    for (i, &(resource, soft, hard, _)) in p.rlimits.iter().enumerate() {
+        sys.setrlimit(resource, soft, hard)
+            .map_err(at(K::Rlimit, i))?;
+    }
+    if let Some(adj) = &p.oom_score_adj {
+        sys.write_file(c"/proc/self/oom_score_adj", adj)
+            .map_err(at(K::OomScoreAdj, 0))?;
+    }
+    Ok(())
+}
+
+/// Enters a user namespace, first doing what needs the VM's root: the rlimits and
+/// oom_score_adj of `p` (a hard limit cannot be raised, nor the score lowered, with
+/// capabilities of a user namespace only), and joining the namespaces of `ns_fds` (which
+/// the VM's user namespace may own). Then setns(2) into `user_fd`, which gives every
+/// capability in it, and becomes its root: no supplementary groups, gid and uid 0 inside
+/// (the mapped ids outside). What the process unshares afterwards the user namespace owns.
+/// A failed join is `Setns` with the index of `ns_fds`, the user namespace's being
+/// `ns_fds.len()`.
+pub(crate) fn enter_user_namespace<S: Syscall>(
+    sys: &S,
+    p: &ProcessPlan,
+    ns_fds: &[(RawFd, libc::c_int)],
+    user_fd: RawFd,
+) -> Result<(), Failure> {
+    use StepKind as K;
+    process_attrs(sys, p)?;
+    for (i, &(fd, nstype)) in ns_fds.iter().enumerate() {
+        sys.setns(fd, nstype).map_err(at(K::Setns, i))?;
+    }
+    sys.setns(user_fd, libc::CLONE_NEWUSER)
+        .map_err(at(K::Setns, ns_fds.len()))?;
+    sys.setgroups(&[]).map_err(at(K::UserRoot, 0))?;
+    sys.setresgid(0).map_err(at(K::UserRoot, 1))?;
+    sys.setresuid(0).map_err(at(K::UserRoot, 2))?;
+    Ok(())
+}
+
+/// Makes a new PID namespace owned by the user namespace the caller is in (a thread of the
+/// agent cannot be in it, so the forking thread cannot make it) and forks the process that
+/// is its PID 1, with CLONE_PARENT: a sibling of the caller, the agent's own child.
+/// Returns its pid in the caller, 0 in it.
+pub(crate) fn fork_into_new_pid_namespace<S: Syscall>(sys: &S) -> Result<i32, Failure> {
+    use StepKind as K;
+    sys.unshare(libc::CLONE_NEWPID)
+        .map_err(at(K::PidNamespace, 0))?;
+    sys.clone_parent().map_err(at(K::Clone, 0))
+}
+
+/// The MS_* flags of `current` (a mount's, from `mount_flags`) that a user namespace cannot
+/// change on a mount it inherited: read-only, nosuid, nodev, noexec, and the atime mode
+/// (MS_STRICTATIME when neither noatime nor relatime).
+fn locked_flags(current: libc::c_ulong) -> libc::c_ulong {
+    let atime = libc::MS_NOATIME | libc::MS_RELATIME;
+    let mut f = current
+        & (libc::MS_RDONLY
+            | libc::MS_NOSUID
+            | libc::MS_NODEV
+            | libc::MS_NOEXEC
+            | libc::MS_NODIRATIME
+            | atime);
+    if f & atime == 0 {
+        f |= libc::MS_STRICTATIME;
+    }
+    f
+}
+
+/// A bind's remount with `flags`. In a user namespace a bind of a mount it inherited cannot
+/// clear the flags that mount locks (EPERM): then, as runc does, it is tried again with
+/// them, unless the options asked to clear one of them (`cleared`, e.g. "rw" on a
+/// read-only source) or chose another atime mode.
+fn remount_bind<S: Syscall>(
+    sys: &S,
+    target: &CStr,
+    flags: libc::c_ulong,
+    cleared: libc::c_ulong,
+) -> Result<(), Errno> {
+    match sys.mount(None, target, None, flags, None) {
+        Err(Errno::EPERM) => {
+            let locked = locked_flags(sys.mount_flags(target)?);
+            let atime = libc::MS_NOATIME | libc::MS_RELATIME | libc::MS_STRICTATIME;
+            let asked_atime = flags & atime;
+            if locked & cleared != 0
+                || (asked_atime != 0 && asked_atime != locked & atime)
+                || locked & !flags == 0
+            {
+                return Err(Errno::EPERM);
+            }
+            sys.mount(None, target, None, flags | locked, None)
+        }
+        r => r,
+    }
+}
+
 /// Enters the namespaces and builds the rootfs: everything up to and including the
 /// hostname, sysctls, masked and read-only paths. `ns_fds` are the namespaces to join,
 /// opened by the parent, in plan order.
@@ -174,21 +279,49 @@ pub(crate) fn setup_rootfs<S: Syscall>(
             sys.mkdir_all(target)
         }
         .map_err(at(K::MountTarget, i))?;
-        sys.mount_no_symlinks(
+        match sys.mount_no_symlinks(
             m.source.as_deref(),
             target,
             m.fstype.as_deref(),
             m.flags,
             m.data.as_deref(),
-        )
-        .map_err(at(K::Mount, i))?;
-        if let Some(flags) = m.remount {
-            sys.mount(None, target, None, flags, None)
-                .map_err(at(K::Remount, i))?;
-        }
-        if m.recursive_ro {
-            sys.make_readonly_recursive(target)
-                .map_err(at(K::Remount, i))?;
+        ) {
+            Ok(()) => {
+                if let Some(flags) = m.remount {
+                    remount_bind(sys, target, flags, m.cleared).map_err(at(K::Remount, i))?;
+                }
+                if m.recursive_ro {
+                    sys.make_readonly_recursive(target)
+                        .map_err(at(K::Remount, i))?;
+                }
+            }
+            Err(Errno::EPERM) if m.fallback.is_some() => match &m.fallback {
+                Some(Fallback::Bind {
+                    source,
+                    remount,
+                    recursive_ro,
+                }) => {
+                    sys.mount_no_symlinks(
+                        Some(source),
+                        target,
+                        None,
+                        libc::MS_BIND | libc::MS_REC,
+                        None,
+                    )
+                    .map_err(at(K::MountFallback, i))?;
+                    if let Some(flags) = remount {
+                        remount_bind(sys, target, *flags, m.cleared)
+                            .map_err(at(K::MountFallback, i))?;
+                    }
+                    if *recursive_ro {
+                        sys.make_readonly_recursive(target)
+                            .map_err(at(K::MountFallback, i))?;
+                    }
+                }
+                // Fallback::Skip: the mount point stays as it is.
+                _ => continue,
+            },
+            Err(e) => return Err(Failure::new(K::Mount, i, e)),
         }
         if m.propagation != 0 {
             sys.mount(None, target, None, m.propagation, None)
@@ -196,8 +329,14 @@ pub(crate) fn setup_rootfs<S: Syscall>(
         }
     }
     for (i, d) in root.devices.iter().enumerate() {
-        sys.mknod(&d.path, d.mode, d.dev, d.uid, d.gid)
-            .map_err(at(K::Device, i))?;
+        match &d.bind {
+            // In a user namespace: the VM's node, bound onto an empty file (as runc does).
+            Some(source) => sys.create_file(&d.path).and_then(|()| {
+                sys.mount_no_symlinks(Some(source), &d.path, None, libc::MS_BIND, None)
+            }),
+            None => sys.mknod(&d.path, d.mode, d.dev, d.uid, d.gid),
+        }
+        .map_err(at(K::Device, i))?;
     }
     for (i, (target, link)) in root.symlinks.iter().enumerate() {
         sys.symlink(target, link).map_err(at(K::Symlink, i))?;
@@ -283,17 +422,14 @@ fn mask<S: Syscall>(sys: &S, path: &CStr) -> Result<(), Errno> {
     }
 }
 
-/// Becomes the process: rlimits, oom_score_adj, (seccomp, when there are no
-/// no_new_privs), bounding set, user and groups, capabilities, umask, cwd, no_new_privs.
+/// Becomes the process: rlimits, oom_score_adj (unless `enter_user_namespace` set them
+/// already), (seccomp, when there are no no_new_privs), bounding set, user and groups,
+/// capabilities, umask, cwd, no_new_privs. In a user namespace the user, groups and
+/// capabilities are those inside it.
 pub(crate) fn setup_process<S: Syscall>(sys: &S, p: &ProcessPlan) -> Result<(), Failure> {
     use StepKind as K;
-    for (i, &(resource, soft, hard, _)) in p.rlimits.iter().enumerate() {
-        sys.setrlimit(resource, soft, hard)
-            .map_err(at(K::Rlimit, i))?;
-    }
-    if let Some(adj) = &p.oom_score_adj {
-        sys.write_file(c"/proc/self/oom_score_adj", adj)
-            .map_err(at(K::OomScoreAdj, 0))?;
+    if !p.userns {
+        process_attrs(sys, p)?;
     }
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it
     // (the calls after it must then pass it, as with runc).
@@ -429,12 +565,28 @@ pub(crate) fn describe(
             }
             None => "mount".into(),
         },
-        K::Device => format!(
-            "mknod {}",
-            root.and_then(|r| r.devices.get(i))
-                .map(|d| d.name.clone())
-                .unwrap_or_default()
-        ),
+        K::Device => match root.and_then(|r| r.devices.get(i)) {
+            Some(d) => match &d.bind {
+                Some(source) => format!("bind device {} on {}", lossy(source), d.name),
+                None => format!("mknod {}", d.name),
+            },
+            None => "mknod".into(),
+        },
+        K::MountFallback => match mount(i) {
+            Some(m) => match &m.fallback {
+                Some(Fallback::Bind { source, .. }) => format!(
+                    "bind {} on {} (for {}, which the user namespace may not mount)",
+                    lossy(source),
+                    m.destination,
+                    m.kind
+                ),
+                _ => format!("mount {} on {}", m.kind, m.destination),
+            },
+            None => "mount".into(),
+        },
+        K::UserRoot => "become root of the user namespace".into(),
+        K::PidNamespace => "unshare the PID namespace in the user namespace".into(),
+        K::Clone => "fork the container's init into its PID namespace".into(),
         K::Symlink => format!(
             "symlink {}",
             root.and_then(|r| r.symlinks.get(i))
@@ -577,7 +729,13 @@ mod tests {
             programs: vec![vec![]; 2],
             flags: 0,
         };
-        plan::plan(spec, Path::new("/run/rootfs"), seccomp).expect("plan")
+        plan::plan(
+            spec,
+            Path::new("/run/rootfs"),
+            seccomp,
+            Path::new("/sys/fs/cgroup"),
+        )
+        .expect("plan")
     }
 
     fn mounts(calls: &[Call]) -> Vec<(String, Option<String>)> {
@@ -835,7 +993,7 @@ mod tests {
 
     #[test]
     fn every_step_survives_the_pipe() {
-        for v in 1..=StepKind::Wait as u32 {
+        for v in 1..=StepKind::MountFallback as u32 {
             let kind = StepKind::from_u32(v).expect("kind");
             let f = Failure {
                 kind,
@@ -844,7 +1002,7 @@ mod tests {
             };
             assert_eq!(Failure::decode(&f.encode()), Some(f));
         }
-        assert_eq!(StepKind::from_u32(StepKind::Wait as u32 + 1), None);
+        assert_eq!(StepKind::from_u32(StepKind::MountFallback as u32 + 1), None);
     }
 
     #[test]
@@ -874,5 +1032,267 @@ mod tests {
             "join uts namespace /proc/9/ns/uts: Invalid argument"
         );
         let _ = CString::default();
+    }
+
+    /// `spec()` joining the user namespace at /proc/7/ns/user, with a PID namespace of its
+    /// own.
+    fn userns_spec() -> Spec {
+        let mut spec = spec();
+        let mut linux = spec.linux().clone().expect("linux");
+        let mut list = oci_spec::runtime::get_default_namespaces();
+        list.retain(|n| n.typ() != oci_spec::runtime::LinuxNamespaceType::Network);
+        list.push(
+            oci_spec::runtime::LinuxNamespaceBuilder::default()
+                .typ(oci_spec::runtime::LinuxNamespaceType::User)
+                .path("/proc/7/ns/user")
+                .build()
+                .expect("ns"),
+        );
+        linux.set_namespaces(Some(list));
+        spec.set_linux(Some(linux));
+        spec
+    }
+
+    #[test]
+    fn a_user_namespace_is_entered_before_the_namespaces_it_owns_are_made() {
+        let spec = userns_spec();
+        let plan = plan_for(&spec);
+        assert!(plan.process.userns);
+        let rec = Recorder::default();
+        let joins = [(3, libc::CLONE_NEWIPC)];
+        enter_user_namespace(&rec, &plan.process, &joins, 4).expect("enter");
+        assert!(plan.ns.pid_in_userns());
+        assert_eq!(fork_into_new_pid_namespace(&rec).expect("fork"), 0);
+        setup_rootfs(&rec, &plan.ns, &plan.root, &[], None).expect("rootfs");
+        let calls = rec.calls();
+        assert_eq!(
+            &calls[..10],
+            &[
+                // What needs the VM's root: the rlimits, the joins...
+                Call::Rlimit(libc::RLIMIT_NOFILE as i32, 1024, 1024),
+                Call::Setns(3, libc::CLONE_NEWIPC),
+                // ...then the user namespace, as its root...
+                Call::Setns(4, libc::CLONE_NEWUSER),
+                Call::Setgroups(vec![]),
+                Call::Setresgid(0),
+                Call::Setresuid(0),
+                // ...the PID namespace it owns, the init forked into it...
+                Call::Unshare(libc::CLONE_NEWPID),
+                Call::CloneParent,
+                // ...and the other namespaces, which it owns too.
+                Call::Unshare(
+                    libc::CLONE_NEWNS
+                        | libc::CLONE_NEWIPC
+                        | libc::CLONE_NEWUTS
+                        | libc::CLONE_NEWCGROUP
+                ),
+                Call::Mount {
+                    source: None,
+                    target: "/".into(),
+                    fstype: None,
+                    flags: libc::MS_SLAVE | libc::MS_REC,
+                    data: None
+                },
+            ]
+        );
+        // The rlimits were set: the process setup does not set them again.
+        let rec = Recorder::default();
+        setup_process(&rec, &plan.process).expect("process");
+        assert!(!rec.calls().iter().any(|c| matches!(c, Call::Rlimit(..))));
+        assert!(rec.calls().contains(&Call::Setresuid(1000)));
+        // A failed join of the user namespace is named.
+        let rec = Recorder {
+            fail: vec![(
+                |c| matches!(c, Call::Setns(_, t) if *t == libc::CLONE_NEWUSER),
+                Errno::EPERM,
+            )],
+            ..Default::default()
+        };
+        let f = enter_user_namespace(&rec, &plan.process, &[], 4).expect_err("fails");
+        let err = describe(
+            f,
+            &plan.ns.described_joins(),
+            Some(&plan.root),
+            &plan.process,
+        );
+        assert_eq!(
+            err.to_string(),
+            "join user namespace /proc/7/ns/user: Operation not permitted"
+        );
+    }
+
+    #[test]
+    fn a_user_namespace_binds_devices_and_what_it_may_not_mount() {
+        let spec = userns_spec();
+        let plan = plan_for(&spec);
+        let rec = Recorder {
+            fail: vec![(
+                |c| {
+                    matches!(c, Call::Mount { fstype: Some(t), .. }
+                        if t == "sysfs" || t == "cgroup2" || t == "mqueue")
+                },
+                Errno::EPERM,
+            )],
+            ..Default::default()
+        };
+        setup_rootfs(&rec, &plan.ns, &plan.root, &[], None).expect("setup");
+        let calls = rec.calls();
+        let after = |target: &str, fstype: &str| {
+            let i = calls
+                .iter()
+                .position(|c| {
+                    matches!(c, Call::Mount { target: t, fstype: Some(f), .. }
+                    if t == target && f == fstype)
+                })
+                .expect("tried");
+            &calls[i + 1..]
+        };
+        let ro_bind = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+        let sys = after("/run/rootfs/sys", "sysfs");
+        assert_eq!(
+            sys[0],
+            Call::Mount {
+                source: Some("/sys".into()),
+                target: "/run/rootfs/sys".into(),
+                fstype: None,
+                flags: libc::MS_BIND | libc::MS_REC,
+                data: None
+            }
+        );
+        assert!(
+            matches!(&sys[1], Call::Mount { source: None, target, flags, .. }
+            if target == "/run/rootfs/sys" && flags & ro_bind == ro_bind)
+        );
+        assert_eq!(sys[2], Call::ReadonlyRecursive("/run/rootfs/sys".into()));
+        let cg = after("/run/rootfs/sys/fs/cgroup", "cgroup2");
+        assert!(matches!(&cg[0], Call::Mount { source: Some(s), flags, .. }
+            if s == "/sys/fs/cgroup" && *flags == libc::MS_BIND | libc::MS_REC));
+        // Devices: an empty file, the VM's node bound on it; no mknod.
+        assert!(!calls.iter().any(|c| matches!(c, Call::Mknod(..))));
+        let null = calls
+            .iter()
+            .position(|c| *c == Call::CreateFile("/run/rootfs/dev/null".into()))
+            .expect("null");
+        assert_eq!(
+            calls[null + 1],
+            Call::Mount {
+                source: Some("/dev/null".into()),
+                target: "/run/rootfs/dev/null".into(),
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None
+            }
+        );
+        // A fallback that fails says what it was for.
+        let rec = Recorder {
+            fail: vec![(
+                |c| {
+                    matches!(c, Call::Mount { fstype: Some(t), .. } if t == "sysfs")
+                        || matches!(c, Call::Mount { source: Some(s), .. } if s == "/sys")
+                },
+                Errno::ENOENT,
+            )],
+            ..Default::default()
+        };
+        let f = setup_rootfs(&rec, &plan.ns, &plan.root, &[], None).expect_err("no /sys");
+        assert_eq!(
+            describe(f, &[], Some(&plan.root), &plan.process).to_string(),
+            "mount sysfs on /sys: No such file or directory",
+            "only EPERM falls back"
+        );
+        let rec = Recorder {
+            fail: vec![
+                (
+                    |c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "sysfs"),
+                    Errno::EPERM,
+                ),
+                (
+                    |c| matches!(c, Call::Mount { source: Some(s), .. } if s == "/sys"),
+                    Errno::ENOENT,
+                ),
+            ],
+            ..Default::default()
+        };
+        let f = setup_rootfs(&rec, &plan.ns, &plan.root, &[], None).expect_err("no /sys");
+        assert_eq!(
+            describe(f, &[], Some(&plan.root), &plan.process).to_string(),
+            "bind /sys on /sys (for sysfs, which the user namespace may not mount): No such \
+             file or directory"
+        );
+        // Without a user namespace a refused mount fails as before.
+        let plan = plan_for(&self::spec());
+        let rec = Recorder {
+            fail: vec![(
+                |c| matches!(c, Call::Mount { fstype: Some(t), .. } if t == "sysfs"),
+                Errno::EPERM,
+            )],
+            ..Default::default()
+        };
+        let f = setup_rootfs(&rec, &plan.ns, &plan.root, &[], None).expect_err("refused");
+        assert_eq!(
+            describe(f, &[], Some(&plan.root), &plan.process).to_string(),
+            "mount sysfs on /sys: Operation not permitted"
+        );
+    }
+
+    #[test]
+    fn a_bind_remount_keeps_the_flags_its_source_locks() {
+        let mut spec = userns_spec();
+        let mut mounts = spec.mounts().clone().expect("mounts");
+        mounts.push(
+            MountBuilder::default()
+                .destination("/suid")
+                .typ("bind")
+                .source("/tmp")
+                .options(vec![
+                    "rbind".to_string(),
+                    "ro".to_string(),
+                    "suid".to_string(),
+                ])
+                .build()
+                .expect("mount"),
+        );
+        spec.set_mounts(Some(mounts));
+        let plan = plan_for(&spec);
+        // The source mount is nosuid and nodev (Recorder::mount_flags): in a user
+        // namespace a remount without them is refused.
+        fn refused(c: &Call) -> bool {
+            matches!(c, Call::Mount { source: None, flags, .. }
+                if flags & libc::MS_REMOUNT != 0 && flags & libc::MS_NOSUID == 0)
+        }
+        let rec = Recorder {
+            fail: vec![(refused, Errno::EPERM)],
+            ..Default::default()
+        };
+        let f = setup_rootfs(&rec, &plan.ns, &plan.root, &[], None).expect_err("suid");
+        let calls = rec.calls();
+        let data = calls
+            .iter()
+            .position(|c| {
+                matches!(c, Call::Mount { target, flags, .. }
+                if target == "/run/rootfs/data" && *flags == libc::MS_BIND | libc::MS_REC)
+            })
+            .expect("data");
+        assert_eq!(
+            calls[data + 2],
+            Call::Mount {
+                source: None,
+                target: "/run/rootfs/data".into(),
+                fstype: None,
+                flags: libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_STRICTATIME,
+                data: None
+            },
+            "tried again keeping them"
+        );
+        // "suid" asked to clear one of them: that cannot be, and is not made up.
+        assert_eq!(
+            describe(f, &[], Some(&plan.root), &plan.process).to_string(),
+            "remount bind /tmp on /suid: Operation not permitted"
+        );
     }
 }

@@ -11,6 +11,12 @@
 //! its cgroup, `S` to start) and `report` (child to parent: `R` when set up, `E` and a
 //! `Failure` when a step failed). Both are close-on-exec, so EOF on `report` after `S`
 //! means `execve` succeeded.
+//!
+//! A container that joins a user namespace and has a PID namespace of its own takes one
+//! more step (see `userns`): the forked child enters the user namespace, unshares the PID
+//! namespace and clones the container's init with CLONE_PARENT, reports `P` and the init's
+//! pid, and exits; the parent registers the init, reaps the child, and sends the init a
+//! second `G`, after which the handshake goes on with the init.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -28,6 +34,7 @@ use super::plan::{self, NsPlan, PidNs, Plan, ProcessPlan, SeccompPlan};
 use super::process::{ExitStatus, Proc, registry};
 use super::seccomp;
 use super::sys::{CVec, Linux, Syscall};
+use super::userns::IdMappings;
 
 /// Options of `create` and `exec` beyond the spec.
 #[derive(Debug, Clone)]
@@ -163,6 +170,8 @@ fn recv_master(sock: &OwnedFd) -> Result<Option<OwnedFd>> {
 enum Report {
     Ready,
     Failed(Failure),
+    /// The pid of the container's init, forked into its PID namespace.
+    Pid(i32),
     Eof,
 }
 
@@ -179,6 +188,12 @@ fn read_report(fd: &OwnedFd) -> Result<Report> {
     }
     match tag[0] {
         b'R' => Ok(Report::Ready),
+        b'P' => {
+            let mut pid = [0u8; 4];
+            f.read_exact(&mut pid)
+                .map_err(|e| Error::io("read the child's report", e))?;
+            Ok(Report::Pid(i32::from_ne_bytes(pid)))
+        }
         b'E' => {
             let mut rec = [0u8; 12];
             f.read_exact(&mut rec)
@@ -309,6 +324,8 @@ pub(crate) fn child_close_fds(keep: &[RawFd]) {
 struct CreateChild<'a> {
     plan: &'a Plan,
     ns_fds: Vec<(RawFd, libc::c_int)>,
+    /// The user namespace to join, if any.
+    user: Option<RawFd>,
     stdio: [RawFd; 3],
     console: Option<RawFd>,
     sync: RawFd,
@@ -334,7 +351,32 @@ fn create_child(c: &CreateChild<'_>, argv: &CVec<'_>, envp: &CVec<'_>) -> ! {
     if child_read(c.sync) != Some(b'G') {
         child_exit(1);
     }
-    if let Err(f) = child::setup_rootfs(&sys, &c.plan.ns, &c.plan.root, &c.ns_fds, c.console) {
+    let mut joins: &[(RawFd, libc::c_int)] = &c.ns_fds;
+    if let Some(user) = c.user {
+        if let Err(f) = child::enter_user_namespace(&sys, &c.plan.process, joins, user) {
+            child_fail(c.report, f, 1);
+        }
+        joins = &[];
+        if c.plan.ns.pid_in_userns() {
+            match child::fork_into_new_pid_namespace(&sys) {
+                Err(f) => child_fail(c.report, f, 1),
+                // The container's init: on once the parent has registered it.
+                Ok(0) => {
+                    if child_read(c.sync) != Some(b'G') {
+                        child_exit(1);
+                    }
+                }
+                Ok(pid) => {
+                    let mut buf = [0u8; 5];
+                    buf[0] = b'P';
+                    buf[1..].copy_from_slice(&pid.to_ne_bytes());
+                    child_write(c.report, &buf);
+                    child_exit(0);
+                }
+            }
+        }
+    }
+    if let Err(f) = child::setup_rootfs(&sys, &c.plan.ns, &c.plan.root, joins, c.console) {
         child_fail(c.report, f, 1);
     }
     if let Err(f) = child::setup_process(&sys, &c.plan.process) {
@@ -352,6 +394,8 @@ fn create_child(c: &CreateChild<'_>, argv: &CVec<'_>, envp: &CVec<'_>) -> ! {
 struct ExecChild<'a> {
     process: &'a ProcessPlan,
     ns_fds: Vec<(RawFd, libc::c_int)>,
+    /// The container's user namespace, joined after the others.
+    user: Option<RawFd>,
     stdio: [RawFd; 3],
     console: Option<RawFd>,
     sync: RawFd,
@@ -377,17 +421,23 @@ fn exec_child(c: &ExecChild<'_>, argv: &CVec<'_>, envp: &CVec<'_>) -> ! {
     if child_read(c.sync) != Some(b'G') {
         child_exit(1);
     }
-    for (i, &(fd, nstype)) in c.ns_fds.iter().enumerate() {
-        if let Err(e) = sys.setns(fd, nstype) {
-            child_fail(
-                c.report,
-                Failure {
-                    kind: StepKind::Setns,
-                    index: i as u32,
-                    errno: e,
-                },
-                1,
-            );
+    if let Some(user) = c.user {
+        if let Err(f) = child::enter_user_namespace(&sys, c.process, &c.ns_fds, user) {
+            child_fail(c.report, f, 1);
+        }
+    } else {
+        for (i, &(fd, nstype)) in c.ns_fds.iter().enumerate() {
+            if let Err(e) = sys.setns(fd, nstype) {
+                child_fail(
+                    c.report,
+                    Failure {
+                        kind: StepKind::Setns,
+                        index: i as u32,
+                        errno: e,
+                    },
+                    1,
+                );
+            }
         }
     }
     if let Some(sock) = c.console
@@ -411,10 +461,15 @@ fn exec_child(c: &ExecChild<'_>, argv: &CVec<'_>, envp: &CVec<'_>) -> ! {
 }
 
 /// Forks on a thread of its own that first enters `pid_ns` (a new PID namespace, or the one
-/// `pid_ns_file` is); registers the child before anyone can reap it; returns its pid.
+/// `pid_ns_file` is); registers the child before anyone can reap it; returns its pid. With
+/// `clone_ns` (CLONE_NEW* flags) the child is cloned into those new namespaces instead of
+/// forked: CLONE_NEWUSER | CLONE_NEWPID makes a PID namespace the new user namespace owns,
+/// which no thread of the agent can make. Such a child is not forked through the C
+/// library, which still believes it has the agent's threads: it must make raw calls only.
 pub(crate) fn fork_on_thread(
     pid_ns: &PidNs,
     pid_ns_file: Option<&File>,
+    clone_ns: libc::c_int,
     (args, env): (&[std::ffi::CString], &[std::ffi::CString]),
     child: &(dyn Fn(&CVec<'_>, &CVec<'_>) -> std::convert::Infallible + Sync),
 ) -> Result<i32> {
@@ -432,12 +487,32 @@ pub(crate) fn fork_on_thread(
             let argv = CVec::new(args);
             let envp = CVec::new(env);
             let mut reg = registry();
-            // SAFETY: the child only runs `child`, which makes raw system calls on data
-            // prepared before the fork, takes no lock (the registry guard's copy is never
-            // touched) and ends in execve or _exit.
-            let pid = unsafe { libc::fork() };
+            let pid = if clone_ns == 0 {
+                // SAFETY: the child only runs `child`, which makes raw system calls on data
+                // prepared before the fork, takes no lock (the registry guard's copy is never
+                // touched) and ends in execve or _exit.
+                unsafe { libc::fork() }
+            } else {
+                // SAFETY: as for fork: with no stack, clone(2) continues both processes where
+                // the call returns; the child only runs `child` (raw calls, no lock).
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_clone,
+                        (clone_ns | libc::SIGCHLD) as libc::c_ulong,
+                        0usize,
+                        0usize,
+                        0usize,
+                        0usize,
+                    ) as i32
+                }
+            };
             if pid < 0 {
-                return Err(Error::errno("fork", Errno::last()));
+                let what = if clone_ns == 0 {
+                    "fork"
+                } else {
+                    "clone into new namespaces"
+                };
+                return Err(Error::errno(what, Errno::last()));
             }
             if pid == 0 {
                 match child(&argv, &envp) {}
@@ -506,7 +581,10 @@ impl Container {
         let rootfs = rootfs
             .canonicalize()
             .map_err(|e| Error::io(format!("rootfs {}", rootfs.display()), e))?;
-        let plan = plan::plan(spec, &rootfs, seccomp)?;
+        let plan = plan::plan(spec, &rootfs, seccomp, &opts.cgroup_root)?;
+        if let Some(u) = &plan.ns.user {
+            check_joined_userns(&u.path, u.mappings.as_ref())?;
+        }
         let cgroup = match linux.cgroups_path() {
             Some(p) => Some(Cgroup::create(
                 &opts.cgroup_root,
@@ -548,7 +626,19 @@ impl Container {
             .iter()
             .map(|(p, t)| Ok((open_ns(p)?, *t)))
             .collect::<Result<_>>()?;
-        let pid_file = match &plan.ns.pid {
+        let user_file = plan
+            .ns
+            .user
+            .as_ref()
+            .map(|u| open_ns(&u.path))
+            .transpose()?;
+        // A new PID namespace inside the user namespace is the child's to make.
+        let thread_pid_ns = if plan.ns.pid_in_userns() {
+            PidNs::Host
+        } else {
+            plan.ns.pid.clone()
+        };
+        let pid_file = match &thread_pid_ns {
             PidNs::Join(p) => Some(open_ns(p)?),
             _ => None,
         };
@@ -556,10 +646,12 @@ impl Container {
         let mut keep: Vec<RawFd> = vec![sync_r.as_raw_fd(), report_w.as_raw_fd()];
         keep.extend(console_child);
         keep.extend(ns_files.iter().map(|(f, _)| f.as_raw_fd()));
+        keep.extend(user_file.as_ref().map(File::as_raw_fd));
         keep.sort_unstable();
         let child = CreateChild {
             plan: &plan,
             ns_fds: ns_files.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect(),
+            user: user_file.as_ref().map(File::as_raw_fd),
             stdio: [
                 stdio.child[0].as_raw_fd(),
                 stdio.child[1].as_raw_fd(),
@@ -571,22 +663,23 @@ impl Container {
             keep,
         };
         let pid = fork_on_thread(
-            &plan.ns.pid,
+            &thread_pid_ns,
             pid_file.as_ref(),
+            0,
             (&plan.process.argv, &plan.process.envp),
             &|argv, envp| create_child(&child, argv, envp),
         )?;
         drop(child);
         let proc = Proc::new(pid);
         // The child's ends, in the parent.
-        drop((sync_r, report_w, ns_files, pid_file));
+        drop((sync_r, report_w, ns_files, user_file, pid_file));
         let StdioSetup {
             child: child_stdio,
             parent: mut parent_stdio,
             console,
         } = stdio;
         drop(child_stdio);
-        let proc = match proc {
+        let mut proc = match proc {
             Ok(p) => p,
             Err(e) => {
                 // SAFETY: plain kill of the child we just forked.
@@ -594,14 +687,22 @@ impl Container {
                 return Err(e);
             }
         };
+        let joins = plan.ns.described_joins();
+        let failed = |f: Failure| child::describe(f, &joins, Some(&plan.root), &plan.process);
+        if let Some(cg) = cgroup {
+            cg.add(pid).inspect_err(|_| proc.kill_and_reap())?;
+        }
+        send(&sync_w, b'G').map_err(|e| {
+            proc.kill_and_reap();
+            Error::io("release the child", e)
+        })?;
+        if plan.ns.pid_in_userns() {
+            proc = Self::adopt_init(id, proc, &sync_w, &report_r, &failed)?;
+        }
         let fail = |e: Error| {
             proc.kill_and_reap();
             e
         };
-        if let Some(cg) = cgroup {
-            cg.add(pid).map_err(fail)?;
-        }
-        send(&sync_w, b'G').map_err(|e| fail(Error::io("release the child", e)))?;
         if let Some((parent_sock, child_sock)) = console {
             drop(child_sock);
             if let Some(master) = recv_master(&parent_sock).map_err(fail)? {
@@ -612,16 +713,17 @@ impl Container {
             Report::Ready => {}
             Report::Failed(f) => {
                 let _ = proc.wait_blocking();
-                return Err(child::describe(
-                    f,
-                    &plan.ns.join,
-                    Some(&plan.root),
-                    &plan.process,
-                ));
+                return Err(failed(f));
             }
             Report::Eof => {
                 let _ = proc.wait_blocking();
                 return Err(Error::Died(id.to_string()));
+            }
+            Report::Pid(_) => {
+                return Err(fail(Error::io(
+                    "read the child's report",
+                    std::io::Error::other("unexpected pid"),
+                )));
             }
         }
         let inner = Inner {
@@ -631,6 +733,61 @@ impl Container {
             stdio: parent_stdio,
         };
         Ok((proc, plan, inner))
+    }
+
+    /// The step of a container whose new PID namespace is made inside its user namespace:
+    /// the forked child (`first`) reports the pid of the container's init, which it cloned
+    /// as the agent's child, and exits. The init waits for a second `G`, sent once it is
+    /// registered (until then it cannot end but by a signal), so its exit status is never
+    /// lost to PID 1's reaper. Returns the init.
+    fn adopt_init(
+        id: &str,
+        first: Proc,
+        sync_w: &OwnedFd,
+        report_r: &OwnedFd,
+        failed: &dyn Fn(Failure) -> Error,
+    ) -> Result<Proc> {
+        let init_pid = match read_report(report_r) {
+            Ok(Report::Pid(p)) => p,
+            Ok(Report::Failed(f)) => {
+                let _ = first.wait_blocking();
+                return Err(failed(f));
+            }
+            Ok(Report::Eof) => {
+                let _ = first.wait_blocking();
+                return Err(Error::Died(id.to_string()));
+            }
+            Ok(Report::Ready) => {
+                first.kill_and_reap();
+                return Err(Error::io(
+                    "read the child's report",
+                    std::io::Error::other("unexpected report"),
+                ));
+            }
+            Err(e) => {
+                first.kill_and_reap();
+                return Err(e);
+            }
+        };
+        registry()
+            .get_or_insert_with(Default::default)
+            .insert(init_pid, None);
+        let init = Proc::new(init_pid);
+        // The forked child exits once it has reported.
+        let _ = first.wait_blocking();
+        drop(first);
+        let init = init.inspect_err(|_| {
+            if let Some(m) = registry().as_mut() {
+                m.remove(&init_pid);
+            }
+            // SAFETY: plain kill of the init just cloned.
+            unsafe { libc::kill(init_pid, libc::SIGKILL) };
+        })?;
+        send(sync_w, b'G').map_err(|e| {
+            init.kill_and_reap();
+            Error::io("release the container's init", e)
+        })?;
+        Ok(init)
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -707,12 +864,12 @@ impl Container {
                 inner.state = State::Stopped;
                 Err(child::describe(
                     f,
-                    &self.plan.ns.join,
+                    &self.plan.ns.described_joins(),
                     Some(&self.plan.root),
                     &self.plan.process,
                 ))
             }
-            Report::Ready => Err(Error::io(
+            Report::Ready | Report::Pid(_) => Err(Error::io(
                 "start",
                 std::io::Error::other("unexpected report"),
             )),
@@ -759,13 +916,23 @@ impl Container {
             });
         }
         let supported = caps::runtime::thread_all_supported();
-        let pplan = plan::process_plan(process, self.plan.process.seccomp.clone(), &supported)?;
+        let mut pplan = plan::process_plan(process, self.plan.process.seccomp.clone(), &supported)?;
+        pplan.userns = self.plan.ns.user.is_some();
         let pid = self.proc.pid();
-        let ns = exec_namespaces(&self.plan.ns, pid);
+        let mut ns = exec_namespaces(&self.plan.ns, pid);
         let ns_files: Vec<(File, libc::c_int)> = ns
             .iter()
             .map(|(p, t)| Ok((open_ns(p)?, *t)))
             .collect::<Result<_>>()?;
+        // Its user namespace last: joining the others needs the VM's root.
+        let user = self
+            .plan
+            .ns
+            .user
+            .as_ref()
+            .map(|_| child::ns_path(pid, "user"));
+        let user_file = user.as_deref().map(open_ns).transpose()?;
+        ns.extend(user.map(|p| (p, libc::CLONE_NEWUSER)));
         let pid_ns = if self.plan.ns.pid == PidNs::Host {
             PidNs::Host
         } else {
@@ -782,10 +949,12 @@ impl Container {
         let mut keep: Vec<RawFd> = vec![sync_r.as_raw_fd(), report_w.as_raw_fd()];
         keep.extend(console_child);
         keep.extend(ns_files.iter().map(|(f, _)| f.as_raw_fd()));
+        keep.extend(user_file.as_ref().map(File::as_raw_fd));
         keep.sort_unstable();
         let child = ExecChild {
             process: &pplan,
             ns_fds: ns_files.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect(),
+            user: user_file.as_ref().map(File::as_raw_fd),
             stdio: [
                 stdio.child[0].as_raw_fd(),
                 stdio.child[1].as_raw_fd(),
@@ -799,11 +968,12 @@ impl Container {
         let child_pid = fork_on_thread(
             &pid_ns,
             pid_file.as_ref(),
+            0,
             (&pplan.argv, &pplan.envp),
             &|argv, envp| exec_child(&child, argv, envp),
         )?;
         drop(child);
-        drop((sync_r, report_w, pid_file));
+        drop((sync_r, report_w, pid_file, ns_files, user_file));
         let StdioSetup {
             child: child_stdio,
             parent: mut parent_stdio,
@@ -842,7 +1012,7 @@ impl Container {
                 let _ = proc.wait_blocking();
                 Err(child::describe(f, &ns, None, &pplan))
             }
-            Report::Ready => Err(fail(Error::io(
+            Report::Ready | Report::Pid(_) => Err(fail(Error::io(
                 "exec",
                 std::io::Error::other("unexpected report"),
             ))),
@@ -859,8 +1029,33 @@ impl Container {
     }
 }
 
+/// Checks that the user namespace at `path` has the spec's `mappings` when the path is a
+/// process's (/proc/PID/ns/user): a container must not end up with ids the spec did not
+/// ask for.
+fn check_joined_userns(path: &Path, mappings: Option<&IdMappings>) -> Result<()> {
+    let Some(want) = mappings else {
+        return Ok(());
+    };
+    let parts: Vec<&str> = path.iter().filter_map(|c| c.to_str()).collect();
+    let ["/", "proc", pid, "ns", "user"] = parts.as_slice() else {
+        return Ok(());
+    };
+    let Ok(pid) = pid.parse::<i32>() else {
+        return Ok(());
+    };
+    let have = IdMappings::read(pid)
+        .map_err(|e| Error::io(format!("read the maps of {}", path.display()), e))?;
+    if !have.same_as(want) {
+        return Err(Error::Spec(format!(
+            "the user namespace {} has the mappings {have}, not the spec's {want}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The namespaces an exec'd process joins, in order (mount last): those the container got
-/// for itself or joined.
+/// for itself or joined. (Its user namespace it joins after them.)
 fn exec_namespaces(ns: &NsPlan, pid: i32) -> Vec<(PathBuf, libc::c_int)> {
     let own = |flag: libc::c_int| ns.unshare & flag != 0 || ns.join.iter().any(|(_, t)| *t == flag);
     [

@@ -35,11 +35,12 @@
 //! - `cgroup` (v2 limits, OOM kills), `devices` (the device cgroup: the spec's rules, then
 //!   runc's default devices, enforced by a BPF program on the container's cgroup),
 //!   `seccomp` (compiling profiles, RuntimeDefault), `user` (`resolve_user`), `overlay`
-//!   (`mount_overlay`).
+//!   (`mount_overlay`), `userns` (the pod's user namespace: mappings checked and written,
+//!   joined by containers and execs before their other new namespaces).
 //!
-//! Not supported (refused with `Error::Spec`): user and time namespaces, joining a mount
-//! namespace, idmapped mounts, SCMP_ACT_NOTIFY; ignored: hooks, AppArmor/SELinux labels,
-//! the spec's `root.path` (the caller gives the rootfs).
+//! Not supported (refused with `Error::Spec`): a user namespace other than the pod's, time
+//! namespaces, joining a mount namespace, idmapped mounts, SCMP_ACT_NOTIFY; ignored: hooks,
+//! AppArmor/SELinux labels, the spec's `root.path` (the caller gives the rootfs).
 
 mod cgroup;
 mod child;
@@ -53,6 +54,7 @@ mod process;
 mod seccomp;
 mod sys;
 mod user;
+pub mod userns;
 
 #[cfg(test)]
 mod tests;

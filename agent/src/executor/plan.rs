@@ -14,6 +14,7 @@ use oci_spec::runtime::{
 use seccompiler::BpfProgram;
 
 use super::error::{Error, Result};
+use super::userns::IdMappings;
 
 /// The `PATH` used to find the program when the process's env has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -31,14 +32,33 @@ pub(crate) struct MountOp {
     pub remount: Option<libc::c_ulong>,
     /// Propagation flags applied after mounting (0: none).
     pub propagation: libc::c_ulong,
+    /// Flags the options explicitly clear ("rw", "suid"...): a remount that keeps the
+    /// flags its source mount locks must not set one of these.
+    pub cleared: libc::c_ulong,
     /// Make the mount and every mount below it read-only ("rro").
     pub recursive_ro: bool,
+    /// What to do instead when the mount is refused (EPERM) in a user namespace.
+    pub fallback: Option<Fallback>,
     /// The target is a file (a bind of a file), not a directory.
     pub file: bool,
     /// The destination inside the container, for messages.
     pub destination: String,
     /// The type, or "bind", for messages.
     pub kind: String,
+}
+
+/// What a user namespace does instead of a mount it may not make (as runc does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Fallback {
+    /// Bind the VM's `source` (recursively), remount it with `remount` if given, and make
+    /// it read-only down to every submount if `recursive_ro`.
+    Bind {
+        source: CString,
+        remount: Option<libc::c_ulong>,
+        recursive_ro: bool,
+    },
+    /// Leave the mount point as it is.
+    Skip,
 }
 
 /// One device node, resolved.
@@ -50,6 +70,9 @@ pub(crate) struct DeviceOp {
     pub uid: u32,
     pub gid: u32,
     pub name: String,
+    /// In a user namespace (where mknod(2) of a device is refused): the VM's node to bind
+    /// onto an empty file instead.
+    pub bind: Option<CString>,
 }
 
 /// What happens to the PID namespace (done by the forking thread, before the fork).
@@ -63,13 +86,43 @@ pub(crate) enum PidNs {
     Host,
 }
 
-/// Namespaces: those joined (opened by the parent, in this order), then those unshared.
+/// The user namespace a container joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UserNsPlan {
+    /// The namespace file.
+    pub path: PathBuf,
+    /// The spec's mappings, which the namespace must have (None: the spec gives none).
+    pub mappings: Option<IdMappings>,
+}
+
+/// Namespaces: those joined (opened by the parent, in this order), then the user namespace
+/// (joined), then those unshared.
 #[derive(Debug, Clone)]
 pub(crate) struct NsPlan {
     pub pid: PidNs,
     pub join: Vec<(PathBuf, libc::c_int)>,
     pub unshare: libc::c_int,
     pub has_uts: bool,
+    pub user: Option<UserNsPlan>,
+}
+
+impl NsPlan {
+    /// Whether the container's new PID namespace must be made inside the user namespace
+    /// it joins (by its process, which then forks its init: see `child`).
+    pub(crate) fn pid_in_userns(&self) -> bool {
+        self.user.is_some() && self.pid == PidNs::New
+    }
+
+    /// The namespaces a failed `Setns` step indexes: those joined, then the user namespace.
+    pub(crate) fn described_joins(&self) -> Vec<(PathBuf, libc::c_int)> {
+        let mut v = self.join.clone();
+        v.extend(
+            self.user
+                .iter()
+                .map(|u| (u.path.clone(), libc::CLONE_NEWUSER)),
+        );
+        v
+    }
 }
 
 /// Capability sets to apply.
@@ -92,6 +145,10 @@ pub(crate) struct SeccompPlan {
 /// The process: who it runs as, with what, and what it execs.
 #[derive(Debug)]
 pub(crate) struct ProcessPlan {
+    /// The process enters a user namespace: its rlimits and oom_score_adj are set before,
+    /// while it is the VM's root (raising a hard limit or lowering the score needs
+    /// capabilities of the VM's user namespace).
+    pub userns: bool,
     pub terminal: bool,
     /// The terminal's first window size, (rows, columns).
     pub console_size: Option<(u16, u16)>,
@@ -213,6 +270,8 @@ pub(crate) fn secure_join(root: &Path, path: &Path, lexical: &[PathBuf]) -> Resu
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct MountOptions {
     pub flags: libc::c_ulong,
+    /// The flags an option cleared ("rw" clears MS_RDONLY...).
+    pub cleared: libc::c_ulong,
     pub propagation: libc::c_ulong,
     pub bind: bool,
     pub recursive: bool,
@@ -306,6 +365,7 @@ pub(crate) fn parse_mount_options(options: &[String]) -> Result<MountOptions> {
             }
         };
         o.flags = (o.flags | set) & !clear;
+        o.cleared = (o.cleared | clear) & !set;
     }
     Ok(o)
 }
@@ -386,7 +446,9 @@ fn mount_op(rootfs: &Path, m: &Mount, lexical: &[PathBuf]) -> Result<MountOp> {
         data,
         remount,
         propagation: opts.propagation,
+        cleared: opts.cleared,
         recursive_ro: opts.recursive_ro && bind,
+        fallback: None,
         file,
         destination: dest.display().to_string(),
         kind,
@@ -516,6 +578,7 @@ pub(crate) fn process_plan(
         )));
     }
     Ok(ProcessPlan {
+        userns: false,
         terminal: process.terminal().unwrap_or(false),
         console_size: process
             .console_size()
@@ -567,9 +630,15 @@ fn ns_flag(t: LinuxNamespaceType) -> libc::c_int {
 }
 
 /// The namespaces of `spec`; without a list: new mount, PID, IPC and UTS namespaces (the
-/// network namespace is the pod's, which is the VM's).
+/// network namespace is the pod's, which is the VM's). A user namespace can only be joined
+/// (by path); the spec's uidMappings and gidMappings, if any, are what it must have.
 pub(crate) fn ns_plan(spec: &Spec) -> Result<NsPlan> {
     use LinuxNamespaceType as T;
+    let mappings = spec
+        .linux()
+        .as_ref()
+        .map(IdMappings::from_spec)
+        .filter(|m| !m.uids.is_empty() || !m.gids.is_empty());
     let list: Vec<(T, Option<PathBuf>)> =
         match spec.linux().as_ref().and_then(|l| l.namespaces().clone()) {
             Some(list) => list.iter().map(|n| (n.typ(), n.path().clone())).collect(),
@@ -585,6 +654,7 @@ pub(crate) fn ns_plan(spec: &Spec) -> Result<NsPlan> {
         join: vec![],
         unshare: 0,
         has_uts: false,
+        user: None,
     };
     let mut seen = HashSet::new();
     for (typ, path) in list {
@@ -592,8 +662,18 @@ pub(crate) fn ns_plan(spec: &Spec) -> Result<NsPlan> {
             return Err(Error::Spec(format!("namespace {typ} is listed twice")));
         }
         match (typ, path) {
-            (T::User, _) => {
-                return Err(Error::Spec("user namespaces are not supported".into()));
+            (T::User, None) => {
+                return Err(Error::Spec(
+                    "creating a user namespace is not supported: a container can only join \
+                     one by path (the pod's)"
+                        .into(),
+                ));
+            }
+            (T::User, Some(p)) => {
+                plan.user = Some(UserNsPlan {
+                    path: p,
+                    mappings: mappings.clone(),
+                });
             }
             (T::Time, _) => {
                 return Err(Error::Spec("time namespaces are not supported".into()));
@@ -620,16 +700,107 @@ pub(crate) fn ns_plan(spec: &Spec) -> Result<NsPlan> {
             "the container needs a new mount namespace".into(),
         ));
     }
+    if plan.user.is_none() && mappings.is_some() {
+        return Err(Error::Spec(
+            "uidMappings or gidMappings without a user namespace".into(),
+        ));
+    }
+    if let Some(m) = plan.user.as_ref().and_then(|u| u.mappings.as_ref()) {
+        m.validate()
+            .map_err(|e| Error::Spec(format!("user namespace: {e}")))?;
+    }
     Ok(plan)
 }
 
-/// The rootfs part of a plan.
+/// Where the VM's mqueue filesystem is, for containers in a user namespace to bind.
+const VM_MQUEUE: &str = "/dev/mqueue";
+
+/// Whether `path` is the root of an mqueue filesystem.
+fn is_mqueue(path: &str) -> bool {
+    const MQUEUE_MAGIC: libc::c_long = 0x1980_0202;
+    let Ok(c) = CString::new(path) else {
+        return false;
+    };
+    // SAFETY: an all-zero statfs is a valid value to be overwritten.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid C string; st a valid out-pointer.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    r == 0 && st.f_type as libc::c_long == MQUEUE_MAGIC
+}
+
+/// The remount a bind standing in for a mount of type `flags` needs, if any.
+fn bind_remount(flags: libc::c_ulong) -> Option<libc::c_ulong> {
+    let f = flags & !(libc::MS_REMOUNT | libc::MS_BIND | libc::MS_REC);
+    (f != 0).then_some(libc::MS_BIND | libc::MS_REMOUNT | f)
+}
+
+/// What a user namespace does when it may not mount `op` (as runc does): sysfs needs the
+/// network namespace to be the user namespace's, cgroup2 the cgroup namespace, mqueue the
+/// IPC namespace; the pod's are the VM's.
+fn userns_fallback(op: &MountOp, cgroup_root: &Path) -> Result<Option<Fallback>> {
+    let bind = |source: CString| Fallback::Bind {
+        source,
+        remount: bind_remount(op.flags),
+        recursive_ro: op.flags & libc::MS_RDONLY != 0,
+    };
+    Ok(match op.kind.as_str() {
+        "sysfs" => Some(bind(c"/sys".to_owned())),
+        "cgroup2" => Some(bind(path_cstring(cgroup_root)?)),
+        "mqueue" if is_mqueue(VM_MQUEUE) => Some(bind(cstring(VM_MQUEUE, "mqueue")?)),
+        "mqueue" => {
+            tracing::debug!(
+                destination = %op.destination,
+                "the VM has no {VM_MQUEUE}: if the user namespace may not mount mqueue, the \
+                 mount is left out"
+            );
+            Some(Fallback::Skip)
+        }
+        _ => None,
+    })
+}
+
+/// The VM's device node to bind for a device at `path` (inside the container) of `kind`
+/// and `dev`, in a user namespace: the node at the same path in the VM, which must be
+/// that device.
+fn device_source(path: &Path, kind: libc::mode_t, dev: libc::dev_t) -> Result<CString> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let what = if kind == libc::S_IFBLK {
+        "block"
+    } else {
+        "character"
+    };
+    let wrong = || {
+        Error::Spec(format!(
+            "device {}: a user namespace binds the VM's node, and the VM's is not the {what} \
+             device {}:{}",
+            path.display(),
+            libc::major(dev),
+            libc::minor(dev)
+        ))
+    };
+    let meta = std::fs::metadata(path).map_err(|_| wrong())?;
+    let ft = meta.file_type();
+    let same_kind = if kind == libc::S_IFBLK {
+        ft.is_block_device()
+    } else {
+        ft.is_char_device()
+    };
+    if !same_kind || meta.rdev() != dev {
+        return Err(wrong());
+    }
+    path_cstring(path)
+}
+
+/// The rootfs part of a plan. `cgroup_root` is where the VM's cgroup v2 is (what a user
+/// namespace binds for a cgroup2 mount it may not make).
 pub(crate) fn rootfs_plan(
     spec: &Spec,
     rootfs: &Path,
     ns: &NsPlan,
     terminal: bool,
+    cgroup_root: &Path,
 ) -> Result<RootfsPlan> {
+    let userns = ns.user.is_some();
     if !rootfs.is_absolute() {
         return Err(Error::Spec(format!(
             "rootfs {} is not absolute",
@@ -641,7 +812,10 @@ pub(crate) fn rootfs_plan(
     let mut lexical: Vec<PathBuf> = Vec::new();
     let mut own_dev = false;
     for m in spec.mounts().iter().flatten() {
-        let op = mount_op(rootfs, m, &lexical)?;
+        let mut op = mount_op(rootfs, m, &lexical)?;
+        if userns {
+            op.fallback = userns_fallback(&op, cgroup_root)?;
+        }
         let rel = Path::new(op.target.to_str().unwrap_or_default())
             .strip_prefix(rootfs)
             .map(Path::to_path_buf)
@@ -658,13 +832,17 @@ pub(crate) fn rootfs_plan(
             if spec_devices.iter().any(|d| d.path() == Path::new(path)) {
                 continue;
             }
+            let dev = libc::makedev(major as u32, minor as u32);
             devices.push(DeviceOp {
                 path: path_cstring(&secure_join(rootfs, Path::new(path), &lexical)?)?,
                 mode: libc::S_IFCHR | 0o666,
-                dev: libc::makedev(major as u32, minor as u32),
+                dev,
                 uid: 0,
                 gid: 0,
                 name: path.to_string(),
+                bind: userns
+                    .then(|| device_source(Path::new(path), libc::S_IFCHR, dev))
+                    .transpose()?,
             });
         }
         for &(target, link) in DEFAULT_SYMLINKS {
@@ -689,13 +867,18 @@ pub(crate) fn rootfs_plan(
                 )));
             }
         };
+        let dev = libc::makedev(d.major() as u32, d.minor() as u32);
         devices.push(DeviceOp {
             path: path_cstring(&secure_join(rootfs, d.path(), &lexical)?)?,
             mode: kind | d.file_mode().unwrap_or(0o666) as libc::mode_t,
-            dev: libc::makedev(d.major() as u32, d.minor() as u32),
+            dev,
             uid: d.uid().unwrap_or(0),
             gid: d.gid().unwrap_or(0),
             name: d.path().display().to_string(),
+            // A FIFO needs no capability: mknod(2) makes it in a user namespace too.
+            bind: (userns && kind != libc::S_IFIFO)
+                .then(|| device_source(d.path(), kind, dev))
+                .transpose()?,
         });
     }
     let hostname = match spec.hostname().as_deref() {
@@ -756,16 +939,22 @@ pub(crate) fn rootfs_plan(
     })
 }
 
-/// The whole plan for `create`.
-pub(crate) fn plan(spec: &Spec, rootfs: &Path, seccomp: SeccompPlan) -> Result<Plan> {
+/// The whole plan for `create`; `cgroup_root` is where the VM's cgroup v2 is.
+pub(crate) fn plan(
+    spec: &Spec,
+    rootfs: &Path,
+    seccomp: SeccompPlan,
+    cgroup_root: &Path,
+) -> Result<Plan> {
     let process = spec
         .process()
         .as_ref()
         .ok_or_else(|| Error::Spec("the spec has no process".into()))?;
     let ns = ns_plan(spec)?;
     let supported = caps::runtime::thread_all_supported();
-    let process = process_plan(process, seccomp, &supported)?;
-    let root = rootfs_plan(spec, rootfs, &ns, process.terminal)?;
+    let mut process = process_plan(process, seccomp, &supported)?;
+    process.userns = ns.user.is_some();
+    let root = rootfs_plan(spec, rootfs, &ns, process.terminal, cgroup_root)?;
     Ok(Plan { ns, root, process })
 }
 
@@ -820,6 +1009,9 @@ mod tests {
         assert_eq!(m.flags, libc::MS_RDONLY);
         assert_eq!(m.propagation, libc::MS_PRIVATE | libc::MS_REC);
         assert_eq!(o(&["ro", "rw"]).flags, 0);
+        assert_eq!(o(&["ro", "rw"]).cleared, libc::MS_RDONLY);
+        assert_eq!(o(&["rw", "nosuid"]).cleared, libc::MS_RDONLY);
+        assert_eq!(o(&["suid", "nosuid"]).cleared, 0);
         assert!(parse_mount_options(&["idmap".to_string()]).is_err());
     }
 
@@ -870,11 +1062,192 @@ mod tests {
                     .expect("ns")])
                 .collect(),
         ));
-        spec2.set_linux(Some(linux));
+        spec2.set_linux(Some(linux.clone()));
         let err = ns_plan(&spec2).expect_err("user ns");
         assert_eq!(
             err.to_string(),
-            "invalid spec: user namespaces are not supported"
+            "invalid spec: creating a user namespace is not supported: a container can only \
+             join one by path (the pod's)"
+        );
+        // Joined by path: the user namespace, with the spec's mappings, apart from the
+        // others.
+        let user = |path: Option<&str>| {
+            let mut b =
+                oci_spec::runtime::LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::User);
+            if let Some(p) = path {
+                b = b.path(p);
+            }
+            b.build().expect("ns")
+        };
+        let mapping = oci_spec::runtime::LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(100_000u32)
+            .size(65536u32)
+            .build()
+            .expect("mapping");
+        linux.set_namespaces(Some(
+            oci_spec::runtime::get_default_namespaces()
+                .into_iter()
+                .chain([user(Some("/proc/7/ns/user"))])
+                .collect(),
+        ));
+        linux.set_uid_mappings(Some(vec![mapping]));
+        linux.set_gid_mappings(Some(vec![mapping]));
+        spec2.set_linux(Some(linux.clone()));
+        let ns = ns_plan(&spec2).expect("plan");
+        assert_eq!(
+            ns.user,
+            Some(UserNsPlan {
+                path: PathBuf::from("/proc/7/ns/user"),
+                mappings: Some(crate::executor::userns::tests::pod(100_000)),
+            })
+        );
+        assert_eq!(ns.unshare & libc::CLONE_NEWUSER, 0);
+        assert!(ns.join.is_empty());
+        assert!(ns.pid_in_userns(), "a new PID namespace inside it");
+        assert_eq!(
+            ns.described_joins(),
+            vec![(PathBuf::from("/proc/7/ns/user"), libc::CLONE_NEWUSER)]
+        );
+        // Mappings the kernel would refuse are refused here.
+        let bad = oci_spec::runtime::LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(100_000u32)
+            .size(0u32)
+            .build()
+            .expect("mapping");
+        linux.set_uid_mappings(Some(vec![bad]));
+        spec2.set_linux(Some(linux.clone()));
+        assert_eq!(
+            ns_plan(&spec2).expect_err("bad").to_string(),
+            "invalid spec: user namespace: uid mapping 0 has length 0"
+        );
+        // Mappings without a user namespace make no sense.
+        linux.set_uid_mappings(Some(vec![mapping]));
+        linux.set_namespaces(None);
+        spec2.set_linux(Some(linux));
+        assert_eq!(
+            ns_plan(&spec2).expect_err("no userns").to_string(),
+            "invalid spec: uidMappings or gidMappings without a user namespace"
+        );
+    }
+
+    fn userns_spec(mounts: Vec<Mount>) -> Spec {
+        let mut spec = Spec::default();
+        spec.set_hostname(None);
+        spec.set_mounts(Some(mounts));
+        let mut linux = spec.linux().clone().expect("linux");
+        linux.set_namespaces(Some(vec![
+            oci_spec::runtime::LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Mount)
+                .build()
+                .expect("ns"),
+            oci_spec::runtime::LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .path("/proc/7/ns/user")
+                .build()
+                .expect("ns"),
+        ]));
+        linux.set_devices(Some(vec![
+            oci_spec::runtime::LinuxDeviceBuilder::default()
+                .path("/dev/fifo")
+                .typ(LinuxDeviceType::P)
+                .build()
+                .expect("fifo"),
+        ]));
+        spec.set_linux(Some(linux));
+        spec
+    }
+
+    #[test]
+    fn a_user_namespace_binds_what_it_cannot_mount_or_mknod() {
+        let mounts = oci_spec::runtime::get_default_mounts();
+        let spec = userns_spec(mounts.clone());
+        let ns = ns_plan(&spec).expect("ns");
+        let root = rootfs_plan(&spec, Path::new("/r"), &ns, false, Path::new("/cg")).expect("plan");
+        let fallback = |dest: &str| {
+            root.mounts
+                .iter()
+                .find(|m| m.destination == dest)
+                .expect("mount")
+                .fallback
+                .clone()
+        };
+        assert_eq!(
+            fallback("/proc"),
+            None,
+            "proc mounts in its own PID namespace"
+        );
+        assert_eq!(fallback("/dev"), None);
+        assert_eq!(
+            fallback("/sys"),
+            Some(Fallback::Bind {
+                source: c"/sys".to_owned(),
+                remount: Some(
+                    libc::MS_BIND
+                        | libc::MS_REMOUNT
+                        | libc::MS_NOSUID
+                        | libc::MS_NOEXEC
+                        | libc::MS_NODEV
+                        | libc::MS_RDONLY
+                ),
+                recursive_ro: true,
+            })
+        );
+        assert!(matches!(
+            fallback("/sys/fs/cgroup"),
+            Some(Fallback::Bind { source, recursive_ro: true, .. }) if source.as_c_str() == c"/cg"
+        ));
+        assert!(matches!(
+            fallback("/dev/mqueue"),
+            Some(Fallback::Skip | Fallback::Bind { .. })
+        ));
+        // Devices: the VM's nodes, checked; the FIFO still made.
+        let null = root
+            .devices
+            .iter()
+            .find(|d| d.name == "/dev/null")
+            .expect("null");
+        assert_eq!(null.bind.as_deref(), Some(c"/dev/null"));
+        let fifo = root
+            .devices
+            .iter()
+            .find(|d| d.name == "/dev/fifo")
+            .expect("fifo");
+        assert_eq!(fifo.bind, None);
+        // Without a user namespace nothing changes.
+        let mut plain = spec.clone();
+        let mut linux = plain.linux().clone().expect("linux");
+        linux.set_namespaces(None);
+        plain.set_linux(Some(linux));
+        let ns = ns_plan(&plain).expect("ns");
+        let root =
+            rootfs_plan(&plain, Path::new("/r"), &ns, false, Path::new("/cg")).expect("plan");
+        assert!(root.mounts.iter().all(|m| m.fallback.is_none()));
+        assert!(root.devices.iter().all(|d| d.bind.is_none()));
+    }
+
+    #[test]
+    fn a_device_the_vm_lacks_cannot_be_bound() {
+        let mut spec = userns_spec(oci_spec::runtime::get_default_mounts());
+        let mut linux = spec.linux().clone().expect("linux");
+        linux.set_devices(Some(vec![
+            oci_spec::runtime::LinuxDeviceBuilder::default()
+                .path("/dev/null")
+                .typ(LinuxDeviceType::C)
+                .major(1)
+                .minor(5)
+                .build()
+                .expect("dev"),
+        ]));
+        spec.set_linux(Some(linux));
+        let ns = ns_plan(&spec).expect("ns");
+        let err = rootfs_plan(&spec, Path::new("/r"), &ns, false, Path::new("/cg"))
+            .expect_err("1:5 is not /dev/null");
+        assert_eq!(
+            err.to_string(),
+            "invalid spec: device /dev/null: a user namespace binds the VM's node, and the \
+             VM's is not the character device 1:5"
         );
     }
 

@@ -5,8 +5,16 @@
 //!
 //! The init is the agent's own binary re-executed as `pause` (see `pause_main`), forked on
 //! a thread that first unshared the PID namespace, like a container's init.
+//!
+//! A pod with a user namespace (CRI NamespaceMode POD for users) has its init cloned into a
+//! new user namespace and a new PID namespace together, so the user namespace owns the PID
+//! namespace (containers in it may then mount /proc for it). The init waits on a pipe until
+//! the agent has written the namespace's uid_map and gid_map, becomes its root and execs;
+//! the containers of the pod join both namespaces (`userns`).
 
 use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -17,6 +25,7 @@ use super::error::{Error, Result};
 use super::plan::PidNs;
 use super::process::Proc;
 use super::sys::{CVec, Linux, Syscall};
+use super::userns::IdMappings;
 
 /// The argv[0] the agent's binary is re-executed with to become a pod init.
 pub const PAUSE_ARG0: &str = "pause";
@@ -29,8 +38,10 @@ pub struct PodInit {
 }
 
 impl PodInit {
-    /// Starts `exe` with `argv` as PID 1 of a new PID namespace.
-    pub fn spawn(exe: &Path, argv: &[&str]) -> Result<PodInit> {
+    /// Starts `exe` with `argv` as PID 1 of a new PID namespace; with `userns`, of a new
+    /// PID namespace owned by a new user namespace with these mappings (checked by
+    /// `IdMappings::validate`), in which it runs as root.
+    pub fn spawn(exe: &Path, argv: &[&str], userns: Option<&IdMappings>) -> Result<PodInit> {
         let cstr = |s: &[u8]| {
             CString::new(s).map_err(|_| Error::Spec("pod init argument has a NUL byte".into()))
         };
@@ -39,13 +50,46 @@ impl PodInit {
             .iter()
             .map(|a| cstr(a.as_bytes()))
             .collect::<Result<Vec<_>>>()?;
-        let pid = fork_on_thread(&PidNs::New, None, (&args, &[]), &|argv, envp| {
-            child(&path, argv, envp)
-        })?;
+        let Some(maps) = userns else {
+            let pid = fork_on_thread(&PidNs::New, None, 0, (&args, &[]), &|argv, envp| {
+                child(&path, argv, envp)
+            })?;
+            let proc = Proc::new(pid).inspect_err(|_| {
+                // SAFETY: plain kill of the child just forked.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            })?;
+            return Ok(PodInit { proc });
+        };
+        maps.validate()
+            .map_err(|e| Error::Spec(format!("user namespace: {e}")))?;
+        let (sync_r, sync_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::errno("pipe", e))?;
+        let sync = sync_r.as_raw_fd();
+        let pid = fork_on_thread(
+            &PidNs::Host,
+            None,
+            libc::CLONE_NEWUSER | libc::CLONE_NEWPID,
+            (&args, &[]),
+            &|argv, envp| child_in_userns(&path, argv, envp, sync),
+        )?;
+        drop(sync_r);
         let proc = Proc::new(pid).inspect_err(|_| {
-            // SAFETY: plain kill of the child just forked.
+            // SAFETY: plain kill of the child just cloned.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         })?;
+        // The maps first: until then the child is nobody in its namespace.
+        let released = maps
+            .write(pid)
+            .map_err(|e| Error::io(format!("write the id maps of the pod init {pid}"), e))
+            .and_then(|()| {
+                std::fs::File::from(sync_w)
+                    .write_all(b"M")
+                    .map_err(|e| Error::io("release the pod init", e))
+            });
+        if let Err(e) = released {
+            proc.kill_and_reap();
+            return Err(e);
+        }
         Ok(PodInit { proc })
     }
 
@@ -57,6 +101,11 @@ impl PodInit {
     /// Its PID namespace, for containers to join.
     pub fn namespace(&self) -> PathBuf {
         PathBuf::from(format!("/proc/{}/ns/pid", self.proc.pid()))
+    }
+
+    /// Its user namespace (the VM's when it was started without mappings).
+    pub fn user_namespace(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/user", self.proc.pid()))
     }
 
     /// Whether it still runs (a dead init leaves a namespace nothing can enter).
@@ -76,6 +125,32 @@ fn child(path: &CString, argv: &CVec<'_>, envp: &CVec<'_>) -> ! {
     child_close_fds(&[]);
     let e: Errno = Linux.execve(path, argv, envp);
     // SAFETY: _exit is async-signal-safe; the forked child ends here.
+    unsafe { libc::_exit(126 + i32::from(e == Errno::ENOENT)) }
+}
+
+/// The child cloned into new user and PID namespaces: it must make raw calls only (see
+/// `fork_on_thread`). It waits for the agent to write its maps (`M`), becomes root of the
+/// namespace (no supplementary groups, gid and uid 0 inside) and execs.
+fn child_in_userns(path: &CString, argv: &CVec<'_>, envp: &CVec<'_>, sync: RawFd) -> ! {
+    child_reset_signals();
+    child_close_fds(&[sync]);
+    let mut b = [0u8; 1];
+    let got = loop {
+        // SAFETY: b is a valid 1-byte buffer.
+        let n = unsafe { libc::read(sync, b.as_mut_ptr().cast(), 1) };
+        if n < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        break n == 1 && b[0] == b'M';
+    };
+    let sys = Linux;
+    if !got || sys.setgroups(&[]).is_err() || sys.setresgid(0).is_err() || sys.setresuid(0).is_err()
+    {
+        // SAFETY: _exit is async-signal-safe; the cloned child ends here.
+        unsafe { libc::_exit(125) }
+    }
+    let e: Errno = sys.execve(path, argv, envp);
+    // SAFETY: as above.
     unsafe { libc::_exit(126 + i32::from(e == Errno::ENOENT)) }
 }
 
@@ -119,7 +194,8 @@ mod tests {
             eprintln!("SKIPPED: a new PID namespace needs root");
             return;
         }
-        let init = PodInit::spawn(Path::new("/bin/sleep"), &[PAUSE_ARG0, "1000"]).expect("spawn");
+        let init =
+            PodInit::spawn(Path::new("/bin/sleep"), &[PAUSE_ARG0, "1000"], None).expect("spawn");
         let pid = init.pid();
         assert_eq!(nspid(pid), vec![pid, 1], "in its own namespace, as PID 1");
         let mine = std::fs::read_link("/proc/self/ns/pid").expect("own ns");
@@ -141,12 +217,74 @@ mod tests {
     }
 
     #[test]
+    fn a_pod_init_with_mappings_is_root_of_a_user_namespace_that_owns_its_pid_namespace() {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: a new user namespace with these mappings needs root");
+            return;
+        }
+        let maps = crate::executor::userns::tests::pod(100_000);
+        let init = PodInit::spawn(Path::new("/bin/sleep"), &[PAUSE_ARG0, "1000"], Some(&maps))
+            .expect("spawn");
+        let pid = init.pid();
+        assert_eq!(nspid(pid), vec![pid, 1], "PID 1 of its own namespace");
+        assert_eq!(IdMappings::read(pid).expect("maps"), maps);
+        // Root of its namespace: the mapped ids in the VM, no supplementary groups.
+        let status = || std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let field = |st: &str, key: &str| -> Vec<String> {
+            st.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(String::from)
+                .collect()
+        };
+        let mut st = status();
+        for _ in 0..200 {
+            if field(&st, "Uid:") == ["100000"; 4] {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            st = status();
+        }
+        assert_eq!(field(&st, "Uid:"), ["100000"; 4], "{st}");
+        assert_eq!(field(&st, "Gid:"), ["100000"; 4], "{st}");
+        assert!(field(&st, "Groups:").is_empty(), "{st}");
+        // Its user namespace owns its PID namespace.
+        let user = std::fs::metadata(init.user_namespace())
+            .expect("userns")
+            .ino();
+        assert_ne!(
+            user,
+            std::fs::metadata("/proc/self/ns/user").expect("own").ino()
+        );
+        let pidns = std::fs::File::open(init.namespace()).expect("pidns");
+        // SAFETY: NS_GET_USERNS (_IO(0xb7, 1)) takes no argument and returns a new fd.
+        let fd = unsafe { libc::ioctl(pidns.as_raw_fd(), 0xb701 as _) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: the kernel just gave us this fd.
+        let owner = unsafe { std::fs::File::from_raw_fd(fd) };
+        assert_eq!(owner.metadata().expect("fstat").ino(), user);
+        // Mappings the kernel would refuse are refused before.
+        let mut bad = maps.clone();
+        bad.uids[0].length = 0;
+        assert!(matches!(
+            PodInit::spawn(Path::new("/bin/sleep"), &[PAUSE_ARG0], Some(&bad)),
+            Err(Error::Spec(_))
+        ));
+        drop(init);
+        assert!(!Path::new(&format!("/proc/{pid}")).exists());
+    }
+
+    #[test]
     fn a_missing_binary_ends_the_init_at_once() {
         if !nix::unistd::geteuid().is_root() {
             eprintln!("SKIPPED: a new PID namespace needs root");
             return;
         }
-        let init = PodInit::spawn(Path::new("/nonexistent/pause"), &[PAUSE_ARG0]).expect("fork");
+        let init =
+            PodInit::spawn(Path::new("/nonexistent/pause"), &[PAUSE_ARG0], None).expect("fork");
         for _ in 0..100 {
             if !init.alive() {
                 return;

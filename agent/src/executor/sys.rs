@@ -144,6 +144,10 @@ pub(crate) trait Syscall {
     fn seccomp(&self, program: &[sock_filter], flags: libc::c_uint) -> SysResult;
     /// execve(2); returns only when it fails.
     fn execve(&self, path: &CStr, argv: &CVec<'_>, envp: &CVec<'_>) -> Errno;
+    /// clone(2) with CLONE_PARENT, like fork(2) otherwise: the new process is a sibling of
+    /// the caller (the agent's child, with the exit signal the caller has). Returns its
+    /// pid in the caller, 0 in it.
+    fn clone_parent(&self) -> SysResult<i32>;
 }
 
 /// The real calls.
@@ -554,19 +558,25 @@ impl Syscall for Linux {
         caps::securebits::set_keepcaps(keep).map_err(|_| caps_errno())
     }
 
+    // The id calls are raw system calls, for the calling thread only: glibc's wrappers
+    // signal every thread glibc knows of, and a child cloned (not forked through glibc)
+    // from the multithreaded agent still lists the agent's threads.
     fn setgroups(&self, gids: &[libc::gid_t]) -> SysResult {
         // SAFETY: gids is a valid slice of gids.len() gids.
-        check(unsafe { libc::setgroups(gids.len(), gids.as_ptr()) })
+        let r = unsafe { libc::syscall(libc::SYS_setgroups, gids.len(), gids.as_ptr()) };
+        if r < 0 { Err(Errno::last()) } else { Ok(()) }
     }
 
     fn setresgid(&self, gid: libc::gid_t) -> SysResult {
-        // SAFETY: plain syscall. (glibc's wrapper applies it to every thread; there is one.)
-        check(unsafe { libc::setresgid(gid, gid, gid) })
+        // SAFETY: plain syscall.
+        let r = unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) };
+        if r < 0 { Err(Errno::last()) } else { Ok(()) }
     }
 
     fn setresuid(&self, uid: libc::uid_t) -> SysResult {
         // SAFETY: plain syscall.
-        check(unsafe { libc::setresuid(uid, uid, uid) })
+        let r = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+        if r < 0 { Err(Errno::last()) } else { Ok(()) }
     }
 
     fn set_caps(&self, set: CapSet, value: &CapsHashSet) -> SysResult {
@@ -618,6 +628,27 @@ impl Syscall for Linux {
         // outlive the call (CVec keeps them).
         unsafe { libc::execve(path.as_ptr(), argv.ptrs.as_ptr(), envp.ptrs.as_ptr()) };
         Errno::last()
+    }
+
+    fn clone_parent(&self) -> SysResult<i32> {
+        // SAFETY: with no stack, clone(2) continues both processes where the call returns,
+        // as fork(2) does; the caller is a single-threaded child forked through the C library.
+        // No exit signal is given: with CLONE_PARENT the new process takes the caller's.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                libc::CLONE_PARENT as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        };
+        if r < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(r as i32)
+        }
     }
 }
 
@@ -678,6 +709,7 @@ pub(crate) enum Call {
     Umask(libc::mode_t),
     Seccomp(usize, libc::c_uint),
     Execve(String, Vec<String>, Vec<String>),
+    CloneParent,
 }
 
 /// Makes the calls matching the predicate fail with the errno.
@@ -873,5 +905,9 @@ impl Syscall for Recorder {
             Err(e) => e,
             Ok(()) => Errno::ENOEXEC,
         }
+    }
+    /// As the new process (0).
+    fn clone_parent(&self) -> SysResult<i32> {
+        self.push(Call::CloneParent).map(|()| 0)
     }
 }

@@ -809,3 +809,373 @@ fn mounts_refuse_symlinks_planted_in_a_shared_volume() {
     );
     assert!(!victim.path().join("escape").exists());
 }
+
+/// The pod's mappings in these tests: container ids 0..65535 are 100000... outside.
+const MAPPED_ROOT: u32 = 100_000;
+
+fn pod_mappings() -> userns::IdMappings {
+    userns::tests::pod(MAPPED_ROOT)
+}
+
+/// `rootfs(test)` owned by the mapped root, as moatd shifts the image's layers for a pod
+/// with a user namespace.
+fn userns_rootfs(test: &str) -> Option<tempfile::TempDir> {
+    let dir = rootfs(test)?;
+    fn shift(p: &Path) {
+        let meta = std::fs::symlink_metadata(p).expect("stat");
+        std::os::unix::fs::lchown(p, Some(MAPPED_ROOT), Some(MAPPED_ROOT)).expect("chown");
+        if meta.is_dir() {
+            for e in std::fs::read_dir(p).expect("readdir") {
+                shift(&e.expect("entry").path());
+            }
+        }
+    }
+    shift(dir.path());
+    Some(dir)
+}
+
+/// A pod init in a user namespace with the pod's mappings (a plain `sleep`).
+fn pod_init() -> PodInit {
+    PodInit::spawn(
+        Path::new("/bin/sleep"),
+        &[PAUSE_ARG0, "1000"],
+        Some(&pod_mappings()),
+    )
+    .expect("pod init")
+}
+
+/// `spec(args)` joining the user namespace of `init`, with the pod's mappings, with new
+/// mount, IPC and UTS namespaces, and the PID namespace `pid` (None: one of its own).
+fn userns_spec(args: &[&str], init: &PodInit, pid: Option<PathBuf>) -> Spec {
+    use oci_spec::runtime::{LinuxIdMappingBuilder, LinuxNamespaceBuilder, LinuxNamespaceType};
+    let mut spec = spec(args);
+    let mut linux = spec.linux().clone().expect("linux");
+    let ns = |t: LinuxNamespaceType, path: Option<PathBuf>| {
+        let b = LinuxNamespaceBuilder::default().typ(t);
+        match path {
+            Some(p) => b.path(p),
+            None => b,
+        }
+        .build()
+        .expect("namespace")
+    };
+    linux.set_namespaces(Some(vec![
+        ns(LinuxNamespaceType::User, Some(init.user_namespace())),
+        ns(LinuxNamespaceType::Pid, pid),
+        ns(LinuxNamespaceType::Mount, None),
+        ns(LinuxNamespaceType::Ipc, None),
+        ns(LinuxNamespaceType::Uts, None),
+    ]));
+    let m = LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(MAPPED_ROOT)
+        .size(65536u32)
+        .build()
+        .expect("mapping");
+    linux.set_uid_mappings(Some(vec![m]));
+    linux.set_gid_mappings(Some(vec![m]));
+    spec.set_linux(Some(linux));
+    spec
+}
+
+/// The inode of the user namespace that owns the namespace at `path` (NS_GET_USERNS).
+fn owner_userns(path: &Path) -> u64 {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::fs::MetadataExt;
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    let f = std::fs::File::open(path).expect("open namespace");
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new fd, which we then own.
+    let fd = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_USERNS as _) };
+    assert!(
+        fd >= 0,
+        "NS_GET_USERNS: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the kernel just gave us this fd.
+    let owner = unsafe { std::fs::File::from_raw_fd(fd) };
+    owner.metadata().expect("fstat").ino()
+}
+
+fn ns_ino(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("stat namespace").ino()
+}
+
+#[test]
+fn a_user_namespace_container_is_root_inside_and_its_files_are_mapped() {
+    let test = "a_user_namespace_container_is_root_inside_and_its_files_are_mapped";
+    let Some(dir) = userns_rootfs(test) else {
+        return;
+    };
+    let init = pod_init();
+    // A volume anyone may write, owned by the VM's root.
+    let rw = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        rw.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let mut spec = userns_spec(
+        &[
+            "sh",
+            "-c",
+            "cat /proc/self/uid_map; id -u; id -g; echo hi > /rw/file && echo written; \
+             echo $$; test -r /proc/1/status && echo proc; ls /sys/kernel > /dev/null && echo sys; \
+             touch /sys/x 2>&1; grep -c ' /sys sysfs ro,' /proc/self/mounts; stat -c %u /; \
+             ls -l /dev/null; echo > /dev/null && echo null; ulimit -Hn; \
+             cat /proc/self/oom_score_adj",
+        ],
+        &init,
+        None,
+    );
+    // Above the agent's hard limit, and a lower score: only the VM's root may, so they are
+    // set before the user namespace is entered. (Where this test runs without
+    // CAP_SYS_RESOURCE, a lower limit and a higher score, which need nothing.)
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid out-pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    let resource = caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_RESOURCE,
+    )
+    .unwrap_or(false);
+    let (hard, adj) = if resource {
+        (lim.rlim_max + 1000, -500)
+    } else {
+        skip(
+            test,
+            "(in part) no CAP_SYS_RESOURCE to raise a hard limit or lower oom_score_adj",
+        );
+        (lim.rlim_max - 1, 500)
+    };
+    let p = process_mut(&mut spec);
+    p.set_rlimits(Some(vec![
+        PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .soft(1024u64)
+            .hard(hard)
+            .build()
+            .expect("rlimit"),
+    ]));
+    p.set_oom_score_adj(Some(adj));
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/rw")
+            .typ("bind")
+            .source(rw.path())
+            .options(vec!["rbind".to_string()])
+            .build()
+            .expect("mount"),
+    );
+    spec.set_mounts(Some(mounts));
+    let c = Container::create(&id("userns"), &spec, dir.path()).expect("create");
+    // Its own PID namespace, which the pod's user namespace owns.
+    let own_pid_ns = PathBuf::from(format!("/proc/{}/ns/pid", c.pid()));
+    assert_eq!(owner_userns(&own_pid_ns), ns_ino(&init.user_namespace()));
+    assert_ne!(ns_ino(&own_pid_ns), ns_ino(&init.namespace()));
+    let (_, stdout, stderr) = pipes(c.take_stdio());
+    c.start().expect("start");
+    let err = std::thread::spawn(move || read_all(stderr));
+    let out = read_all(stdout);
+    let err = err.join().expect("stderr");
+    let st = c.wait_blocking().expect("wait");
+    assert_eq!(st.code, 0, "{out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["0", "100000", "65536"],
+        "{out}"
+    );
+    assert_eq!(
+        &lines[1..6],
+        ["0", "0", "written", "1", "proc"],
+        "{out} {err}"
+    );
+    assert_eq!(lines[6], "sys", "/sys is the VM's, bound: {out}");
+    assert!(lines[7].contains("Read-only file system"), "{out}");
+    assert_eq!(lines[8], "1", "/sys is read-only: {out}");
+    assert_eq!(lines[9], "0", "the container's root owns /: {out}");
+    assert!(lines[10].starts_with("crw-rw-rw-"), "{out}");
+    assert_eq!(lines[11], "null", "the bound /dev/null works: {out}");
+    assert_eq!(lines[12], hard.to_string(), "{out}");
+    assert_eq!(lines[13], adj.to_string(), "{out}");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(rw.path().join("file")).expect("the file");
+    assert_eq!((meta.uid(), meta.gid()), (MAPPED_ROOT, MAPPED_ROOT));
+    // Nothing leaked into the agent's mount namespace.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert!(!mounts.contains(dir.path().to_str().expect("utf8")));
+}
+
+#[test]
+fn containers_and_their_execs_join_the_pod_user_namespace() {
+    let test = "containers_and_their_execs_join_the_pod_user_namespace";
+    let Some(dir) = userns_rootfs(test) else {
+        return;
+    };
+    let init = pod_init();
+    let pod_user = std::fs::read_link(init.user_namespace()).expect("pod userns");
+    assert_ne!(
+        pod_user,
+        std::fs::read_link("/proc/self/ns/user").expect("own userns")
+    );
+    // One in the pod's PID namespace, one with its own, under RuntimeDefault with and
+    // without no_new_privs.
+    let mut containers = Vec::new();
+    for (pid, nnp) in [(Some(init.namespace()), true), (None, false)] {
+        let mut spec = userns_spec(&["sleep", "100"], &init, pid);
+        let bounding = process_mut(&mut spec)
+            .capabilities()
+            .clone()
+            .expect("caps")
+            .bounding()
+            .clone()
+            .expect("bounding");
+        process_mut(&mut spec).set_no_new_privileges(Some(nnp));
+        let mut linux = spec.linux().clone().expect("linux");
+        linux.set_seccomp(Some(runtime_default_seccomp(&bounding)));
+        spec.set_linux(Some(linux));
+        let c = Container::create(&id("join"), &spec, dir.path()).expect("create");
+        c.start().expect("start");
+        containers.push(c);
+    }
+    let ns = |pid: i32, name: &str| {
+        std::fs::read_link(format!("/proc/{pid}/ns/{name}")).expect("namespace")
+    };
+    assert_eq!(ns(containers[0].pid(), "user"), pod_user);
+    assert_eq!(ns(containers[1].pid(), "user"), pod_user);
+    assert_eq!(ns(containers[0].pid(), "pid"), ns(init.pid(), "pid"));
+    assert_ne!(ns(containers[1].pid(), "pid"), ns(init.pid(), "pid"));
+    let mut seen = Vec::new();
+    for c in &containers {
+        let mut p = Process::default();
+        p.set_args(Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "readlink /proc/self/ns/user; id -u; cat /proc/self/uid_map; unshare -U true 2>&1; \
+             echo end"
+                .into(),
+        ]));
+        p.set_env(Some(vec!["PATH=/bin".into()]));
+        let e = c.exec(&p, &Options::default()).expect("exec");
+        let (_, stdout, stderr) = pipes(e.take_stdio());
+        let out = read_all(stdout);
+        let st = e.wait_blocking().expect("wait");
+        assert_eq!(st.code, 0, "{out} {}", read_all(stderr));
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(Path::new(lines[0]), pod_user, "{out}");
+        assert_eq!(lines[1], "0", "{out}");
+        assert_eq!(
+            lines[2].split_whitespace().collect::<Vec<_>>(),
+            ["0", "100000", "65536"]
+        );
+        // RuntimeDefault still keeps it from making user namespaces of its own.
+        assert!(lines[3].contains("Operation not permitted"), "{out}");
+        seen.push(lines[0].to_string());
+    }
+    assert_eq!(seen[0], seen[1], "the same /proc/self/ns/user inode");
+    // A spec whose mappings are not the namespace's is refused.
+    let mut spec = userns_spec(&["true"], &init, None);
+    let mut linux = spec.linux().clone().expect("linux");
+    let other = oci_spec::runtime::LinuxIdMappingBuilder::default()
+        .container_id(0u32)
+        .host_id(200_000u32)
+        .size(65536u32)
+        .build()
+        .expect("mapping");
+    linux.set_uid_mappings(Some(vec![other]));
+    spec.set_linux(Some(linux));
+    let err = Container::create(&id("other"), &spec, dir.path()).expect_err("other mappings");
+    assert!(matches!(err, Error::Spec(_)), "{err}");
+    assert!(err.to_string().contains("not the spec's"), "{err}");
+    for c in containers {
+        c.signal(libc::SIGKILL).expect("kill");
+        c.wait_blocking().expect("wait");
+    }
+}
+
+#[test]
+fn a_user_namespace_remounts_binds_keeping_their_locked_flags_and_has_a_terminal() {
+    let test = "a_user_namespace_remounts_binds_keeping_their_locked_flags_and_has_a_terminal";
+    let Some(dir) = userns_rootfs(test) else {
+        return;
+    };
+    let init = pod_init();
+    // A source on a nosuid, nodev, noexec mount, which the user namespace cannot clear.
+    let src = tempfile::tempdir().expect("tempdir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        src.path(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        Some("mode=755"),
+    )
+    .expect("tmpfs");
+    let result = std::panic::catch_unwind(|| {
+        std::fs::write(src.path().join("hosts"), "127.0.0.1 localhost\n").expect("write");
+        let mut spec = userns_spec(
+            &[
+                "sh",
+                "-c",
+                "tty; cat /etc/hosts; grep ' /etc/hosts ' /proc/self/mounts; \
+                 echo x >> /etc/hosts 2>&1; true",
+            ],
+            &init,
+            Some(init.namespace()),
+        );
+        process_mut(&mut spec).set_terminal(Some(true));
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.push(
+            MountBuilder::default()
+                .destination("/etc/hosts")
+                .typ("bind")
+                .source(src.path().join("hosts"))
+                .options(vec![
+                    "rbind".to_string(),
+                    "rprivate".to_string(),
+                    "ro".to_string(),
+                ])
+                .build()
+                .expect("mount"),
+        );
+        spec.set_mounts(Some(mounts));
+        let c = Container::create(&id("locked"), &spec, dir.path()).expect("create");
+        let Some(Stdio::Pty { master }) = c.take_stdio() else {
+            panic!("expected a pty")
+        };
+        c.start().expect("start");
+        let mut f = std::fs::File::from(master);
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = f.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        let out = String::from_utf8_lossy(&out).into_owned();
+        assert_eq!(c.wait_blocking().expect("wait").code, 0, "{out}");
+        out
+    });
+    let _ = nix::mount::umount2(src.path(), nix::mount::MntFlags::MNT_DETACH);
+    let out = result.expect("container");
+    assert!(out.contains("/dev/pts/0"), "{out:?}");
+    assert!(out.contains("127.0.0.1 localhost"), "{out:?}");
+    let line = out
+        .lines()
+        .find(|l| l.contains(" /etc/hosts "))
+        .expect("the bind's line");
+    for flag in ["ro,", "nosuid", "nodev", "noexec"] {
+        assert!(line.contains(flag), "{flag} in {line:?}");
+    }
+    // (The file is the VM root's, which the namespace does not map: the write is refused
+    // before the read-only mount is even looked at.)
+    assert!(out.contains("can't create /etc/hosts"), "{out:?}");
+}

@@ -30,6 +30,8 @@ use fuse_backend_rs::api::filesystem::{
 };
 use nix::sys::stat::{Mode, umask};
 
+use super::owners::Owners;
+
 /// `access(2)` mask bit for write permission.
 const W_OK: u32 = libc::W_OK as u32;
 
@@ -59,11 +61,35 @@ pub fn open_flags_write(flags: u32) -> bool {
 pub struct GuardedFs<F> {
     inner: F,
     read_only: bool,
+    /// Owners shifted for a pod's user namespace (read-only shares only: `owners`).
+    owners: Option<Owners>,
 }
 
 impl<F> GuardedFs<F> {
     pub fn new(inner: F, read_only: bool) -> GuardedFs<F> {
-        GuardedFs { inner, read_only }
+        GuardedFs {
+            inner,
+            read_only,
+            owners: None,
+        }
+    }
+
+    /// Reports owners shifted by `owners` (see `super::owners`). Only a read-only share
+    /// may shift: nothing is then ever created or changed with a shifted id.
+    pub fn with_owners(mut self, owners: Option<Owners>) -> GuardedFs<F> {
+        assert!(
+            owners.is_none() || self.read_only,
+            "owners are shifted on read-only shares only"
+        );
+        self.owners = owners;
+        self
+    }
+
+    fn shifted(&self, mut st: stat64) -> stat64 {
+        if let Some(o) = &self.owners {
+            o.shift(&mut st);
+        }
+        st
     }
 
     /// Runs `f` (the passthrough's INIT or DESTROY, which (re)import the root) and, for a
@@ -133,7 +159,9 @@ impl<F: FileSystem> FileSystem for GuardedFs<F> {
     }
 
     fn lookup(&self, ctx: &Context, parent: Self::Inode, name: &CStr) -> io::Result<Entry> {
-        self.inner.lookup(ctx, parent, name)
+        let mut e = self.inner.lookup(ctx, parent, name)?;
+        e.attr = self.shifted(e.attr);
+        Ok(e)
     }
 
     fn forget(&self, ctx: &Context, inode: Self::Inode, count: u64) {
@@ -150,7 +178,8 @@ impl<F: FileSystem> FileSystem for GuardedFs<F> {
         inode: Self::Inode,
         handle: Option<Self::Handle>,
     ) -> io::Result<(stat64, Duration)> {
-        self.inner.getattr(ctx, inode, handle)
+        let (st, timeout) = self.inner.getattr(ctx, inode, handle)?;
+        Ok((self.shifted(st), timeout))
     }
 
     fn setattr(
@@ -434,8 +463,16 @@ impl<F: FileSystem> FileSystem for GuardedFs<F> {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        if self.owners.is_none() {
+            return self
+                .inner
+                .readdirplus(ctx, inode, handle, size, offset, add_entry);
+        }
         self.inner
-            .readdirplus(ctx, inode, handle, size, offset, add_entry)
+            .readdirplus(ctx, inode, handle, size, offset, &mut |d, mut e| {
+                e.attr = self.shifted(e.attr);
+                add_entry(d, e)
+            })
     }
 
     fn fsyncdir(
@@ -464,7 +501,10 @@ impl<F: FileSystem> FileSystem for GuardedFs<F> {
         if mask & W_OK != 0 {
             self.writable()?;
         }
-        self.inner.access(ctx, inode, mask)
+        match &self.owners {
+            Some(o) => self.inner.access(&o.caller(ctx), inode, mask),
+            None => self.inner.access(ctx, inode, mask),
+        }
     }
 
     fn lseek(
@@ -603,6 +643,52 @@ mod tests {
 
     fn name(s: &str) -> CString {
         CString::new(s).expect("name")
+    }
+
+    #[test]
+    fn a_read_only_share_reports_owners_shifted_for_a_user_namespace() {
+        let (dir, fs) = share(true);
+        let owner = fs::metadata(dir.path().join("file")).expect("meta");
+        use std::os::unix::fs::MetadataExt;
+        let (uid, gid) = (owner.uid(), owner.gid());
+        let ranges = |base| {
+            vec![super::super::owners::IdRange {
+                inside: 0,
+                outside: base,
+                len: u32::MAX - base,
+            }]
+        };
+        let fs = fs.with_owners(Some(Owners {
+            uids: ranges(100_000),
+            gids: ranges(200_000),
+        }));
+        let ctx = Context::default();
+        let e = fs.lookup(&ctx, ROOT_ID, &name("file")).expect("lookup");
+        assert_eq!(
+            (e.attr.st_uid, e.attr.st_gid),
+            (uid + 100_000, gid + 200_000)
+        );
+        let (st, _) = fs.getattr(&ctx, e.inode, None).expect("getattr");
+        assert_eq!((st.st_uid, st.st_gid), (uid + 100_000, gid + 200_000));
+        let (handle, _) = fs.opendir(&ctx, ROOT_ID, 0).expect("opendir");
+        let mut seen = Vec::new();
+        fs.readdirplus(
+            &ctx,
+            ROOT_ID,
+            handle.unwrap_or_default(),
+            4096,
+            0,
+            &mut |d, e| {
+                seen.push((d.name.to_vec(), e.attr.st_uid));
+                Ok(1)
+            },
+        )
+        .expect("readdirplus");
+        assert!(
+            seen.iter()
+                .any(|(n, u)| n.as_slice() == b"file" && *u == uid + 100_000),
+            "{seen:?}"
+        );
     }
 
     fn errno(r: io::Result<impl Sized>) -> Option<i32> {

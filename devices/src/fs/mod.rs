@@ -30,6 +30,7 @@
 
 mod backend;
 mod guard;
+pub mod owners;
 pub mod queue;
 pub mod server;
 
@@ -58,11 +59,16 @@ pub struct FsBackendConfig {
     pub shared_dir: PathBuf,
     /// Refuse every change (EROFS), in the backend.
     pub read_only: bool,
+    /// Report owners shifted for a pod's user namespace (read-only shares only; see
+    /// `owners`).
+    pub owners: Option<owners::Owners>,
 }
 
 /// Why the backend could not run.
 #[derive(Debug, Error)]
 pub enum FsError {
+    #[error("owners can be shifted on a read-only share only; add --read-only or drop the id maps")]
+    OwnersOnWritableShare,
     #[error("shared directory {}: {source}", path.display())]
     SharedDir {
         path: PathBuf,
@@ -83,6 +89,9 @@ pub enum FsError {
 impl FsBackendConfig {
     /// Checks the paths; returns the shared directory, canonical (absolute, no symlinks).
     pub fn validate(&self) -> Result<PathBuf, FsError> {
+        if self.owners.is_some() && !self.read_only {
+            return Err(FsError::OwnersOnWritableShare);
+        }
         let shared = canonical_shared_dir(&self.shared_dir)?;
         let socket_dir = match self.socket.parent() {
             Some(p) if p.as_os_str().is_empty() => Path::new("."),
@@ -149,7 +158,8 @@ fn fuse_server(config: &FsBackendConfig) -> Result<server::FuseServer, FsError> 
 fn build_server(config: &FsBackendConfig, shared: &Path) -> Result<server::FuseServer, FsError> {
     let passthrough =
         PassthroughFs::new(config.passthrough_config(shared)?).map_err(FsError::Passthrough)?;
-    let fs = guard::GuardedFs::new(passthrough, config.read_only);
+    let fs =
+        guard::GuardedFs::new(passthrough, config.read_only).with_owners(config.owners.clone());
     server::FuseServer::new(fs).map_err(FsError::Passthrough)
 }
 
@@ -165,6 +175,7 @@ pub fn in_process_server(
         socket: PathBuf::new(),
         shared_dir: shared_dir.to_owned(),
         read_only,
+        owners: None,
     };
     build_server(&config, &shared)
 }
@@ -198,6 +209,7 @@ mod tests {
             socket,
             shared_dir,
             read_only: true,
+            owners: None,
         }
     }
 

@@ -26,6 +26,14 @@ use crate::sandbox::SandboxManager;
 use crate::store::Store;
 use crate::sync::KeyedLocks;
 
+/// A user namespace for a message: its mappings, or the VM's ids.
+fn describe_userns(u: Option<&crate::sandbox::userns::UserNamespace>) -> String {
+    match u {
+        None => "none: the VM's ids".into(),
+        Some(u) => format!("uids {:?}, gids {:?}", u.uids, u.gids),
+    }
+}
+
 /// What CreateContainer asks for.
 #[derive(Debug, Clone, Default)]
 pub struct CreateRequest {
@@ -49,6 +57,10 @@ pub struct CreateRequest {
     pub mounts: Vec<crate::sandbox::volumes::HostMount>,
     /// Its PID namespace.
     pub pid_namespace: PidNamespace,
+    /// The user namespace the request names: `None` when it names none (the pod's, then),
+    /// `Some(None)` for the VM's ids (CRI NODE), `Some(Some(_))` for mappings (CRI POD),
+    /// which must be the pod's.
+    pub userns: Option<Option<crate::sandbox::userns::UserNamespace>>,
 }
 
 /// The result of ExecSync.
@@ -273,6 +285,17 @@ impl ContainerManager {
             image_defaults(&self.inner.images.config_blob(&image.id).unwrap_or_default());
         let mut input = req.input.clone();
         input.hostname = sandbox.hostname.clone();
+        input.userns = match &req.userns {
+            Some(asked) if *asked != sandbox.userns => {
+                return Err(ContainerError::InvalidArgument(format!(
+                    "the container's user namespace ({}) is not its pod's ({}): a container \
+                     lives in its pod's user namespace",
+                    describe_userns(asked.as_ref()),
+                    describe_userns(sandbox.userns.as_ref())
+                )));
+            }
+            _ => sandbox.userns.clone(),
+        };
         self.inner.config.apply(&mut input);
         let pid_namespace = match &req.pid_namespace {
             PidNamespace::Target(t) => {

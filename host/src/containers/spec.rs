@@ -63,6 +63,8 @@ pub struct ContainerInput {
     pub readonly_paths: Vec<String>,
     /// An IPC namespace of its own (otherwise the pod's, the VM's).
     pub ipc_private: bool,
+    /// The pod's user namespace, which the container joins (set by the manager).
+    pub userns: Option<crate::sandbox::userns::UserNamespace>,
     /// no_new_privileges.
     pub no_new_privs: bool,
     /// CPU quota and period.
@@ -395,6 +397,10 @@ pub fn build(
     if i.ipc_private {
         namespaces.push(json!({"type": "ipc"}));
     }
+    // The agent joins the pod's user namespace when the mappings are the pod's.
+    if i.userns.is_some() {
+        namespaces.push(json!({"type": "user"}));
+    }
     let seccomp = if i.privileged {
         None
     } else {
@@ -427,6 +433,15 @@ pub fn build(
         },
     });
     let mut spec = spec;
+    if let Some(u) = &i.userns {
+        let maps = |m: &[crate::sandbox::userns::IdMapping]| {
+            m.iter()
+                .map(crate::sandbox::userns::IdMapping::to_oci)
+                .collect::<Vec<_>>()
+        };
+        spec["linux"]["uidMappings"] = json!(maps(&u.uids));
+        spec["linux"]["gidMappings"] = json!(maps(&u.gids));
+    }
     if let Some(profile) = seccomp {
         spec["linux"]["seccomp"] = profile;
     }
@@ -697,6 +712,46 @@ mod tests {
                 .expect("ns")
                 .iter()
                 .any(|n| n["type"] == "ipc")
+        );
+    }
+
+    #[test]
+    fn a_pod_user_namespace_is_joined_with_its_mappings() {
+        use crate::sandbox::userns::{IdMapping, UserNamespace};
+        let none = build("c", "s", &image(), &ContainerInput::default()).expect("build");
+        assert!(none.spec["linux"].get("uidMappings").is_none());
+        let m = IdMapping {
+            container_id: 0,
+            host_id: 65536,
+            length: 65536,
+        };
+        let input = ContainerInput {
+            userns: Some(UserNamespace {
+                uids: vec![m],
+                gids: vec![m],
+            }),
+            ..Default::default()
+        };
+        let b = build("c", "s", &image(), &input).expect("build");
+        let spec: oci_spec::runtime::Spec =
+            serde_json::from_value(b.spec.clone()).expect("a valid OCI spec");
+        let linux = spec.linux().as_ref().expect("linux");
+        assert!(
+            linux
+                .namespaces()
+                .as_ref()
+                .expect("ns")
+                .iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::User)
+        );
+        let uids = linux.uid_mappings().as_ref().expect("uid mappings");
+        assert_eq!(
+            (uids[0].container_id(), uids[0].host_id(), uids[0].size()),
+            (0, 65536, 65536)
+        );
+        assert_eq!(
+            linux.gid_mappings().as_ref().expect("gid mappings").len(),
+            1
         );
     }
 

@@ -66,6 +66,11 @@ pub fn create_request(req: cri::CreateContainerRequest) -> Result<CreateRequest,
             )));
         }
     };
+    let userns = ns
+        .userns_options
+        .as_ref()
+        .map(super::pod_sandbox::user_namespace)
+        .transpose()?;
     if ns.ipc == cri::NamespaceMode::Node as i32 {
         return Err(tonic::Status::failed_precondition(
             "a container in a VM sandbox cannot share the host's IPC namespace: run it with a runc-based RuntimeClass",
@@ -99,6 +104,7 @@ pub fn create_request(req: cri::CreateContainerRequest) -> Result<CreateRequest,
         memory_limit: (res.memory_limit_in_bytes > 0).then_some(res.memory_limit_in_bytes),
         hostname: String::new(),
         binds: Vec::new(),
+        userns: None,
     };
     Ok(CreateRequest {
         sandbox_id: req.pod_sandbox_id,
@@ -111,6 +117,7 @@ pub fn create_request(req: cri::CreateContainerRequest) -> Result<CreateRequest,
         log_path: c.log_path,
         mounts,
         pid_namespace,
+        userns,
     })
 }
 

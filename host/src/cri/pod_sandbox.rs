@@ -6,6 +6,7 @@ use k8s_cri::v1 as cri;
 
 use crate::sandbox::record::{PodMetadata, SandboxRecord};
 use crate::sandbox::state::SandboxState;
+use crate::sandbox::userns::{IdMapping, UserNamespace};
 use crate::sandbox::{DnsConfig, RunRequest};
 
 /// The manager's request from RunPodSandbox.
@@ -23,15 +24,12 @@ pub fn run_request(req: cri::RunPodSandboxRequest) -> Result<RunRequest, tonic::
         .and_then(|s| s.namespace_options.clone())
         .unwrap_or_default();
     let node = cri::NamespaceMode::Node as i32;
-    if ns
+    let userns = ns
         .userns_options
         .as_ref()
-        .is_some_and(|u| u.mode == cri::NamespaceMode::Pod as i32)
-    {
-        return Err(tonic::Status::failed_precondition(
-            "user namespaces for pods are not supported by this version of moatd (its runtime handlers say user_namespaces: false); run the pod without hostUsers: false",
-        ));
-    }
+        .map(user_namespace)
+        .transpose()?
+        .flatten();
     let res = linux.resources.unwrap_or_default();
     let mut port_mappings = Vec::new();
     for p in c.port_mappings {
@@ -92,7 +90,70 @@ pub fn run_request(req: cri::RunPodSandboxRequest) -> Result<RunRequest, tonic::
         sysctls: linux.sysctls.into_iter().collect(),
         port_mappings,
         pod_cidr: None,
+        userns,
     })
+}
+
+/// The CRI's user namespace options: `None` for NODE (the VM's ids), the mappings for POD
+/// (checked as the kernel will take them); CONTAINER and TARGET are not modes a user
+/// namespace can have.
+pub fn user_namespace(u: &cri::UserNamespace) -> Result<Option<UserNamespace>, tonic::Status> {
+    let maps = |m: &[cri::IdMapping]| {
+        m.iter()
+            .map(|m| IdMapping {
+                container_id: m.container_id,
+                host_id: m.host_id,
+                length: m.length,
+            })
+            .collect::<Vec<_>>()
+    };
+    match cri::NamespaceMode::try_from(u.mode) {
+        Ok(cri::NamespaceMode::Node) => {
+            if !u.uids.is_empty() || !u.gids.is_empty() {
+                return Err(tonic::Status::invalid_argument(
+                    "user namespace mode NODE takes no uid or gid mappings",
+                ));
+            }
+            Ok(None)
+        }
+        Ok(cri::NamespaceMode::Pod) => {
+            let ns = UserNamespace {
+                uids: maps(&u.uids),
+                gids: maps(&u.gids),
+            };
+            ns.validate()
+                .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?;
+            Ok(Some(ns))
+        }
+        _ => Err(tonic::Status::invalid_argument(format!(
+            "user namespace mode {} is not supported: NODE or POD",
+            u.mode
+        ))),
+    }
+}
+
+/// The pod's user namespace as the CRI reports it.
+fn userns_status(u: Option<&UserNamespace>) -> cri::UserNamespace {
+    let maps = |m: &[IdMapping]| {
+        m.iter()
+            .map(|m| cri::IdMapping {
+                host_id: m.host_id,
+                container_id: m.container_id,
+                length: m.length,
+            })
+            .collect()
+    };
+    match u {
+        Some(u) => cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids: maps(&u.uids),
+            gids: maps(&u.gids),
+        },
+        None => cri::UserNamespace {
+            mode: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        },
+    }
 }
 
 fn cri_state(s: SandboxState) -> i32 {
@@ -136,7 +197,10 @@ pub fn status(r: &SandboxRecord) -> cri::PodSandboxStatus {
         }),
         linux: Some(cri::LinuxPodSandboxStatus {
             namespaces: Some(cri::Namespace {
-                options: Some(cri::NamespaceOption::default()),
+                options: Some(cri::NamespaceOption {
+                    userns_options: Some(userns_status(r.userns.as_ref())),
+                    ..Default::default()
+                }),
             }),
         }),
         labels: map(&r.labels),
@@ -214,5 +278,47 @@ mod tests {
         assert_eq!(r.memory_limit_bytes, Some(1 << 30));
         assert_eq!(r.metadata.attempt, 1);
         assert!(run_request(cri::RunPodSandboxRequest::default()).is_err());
+    }
+
+    #[test]
+    fn user_namespace_options_are_checked_and_reported_back() {
+        let map = |host_id| cri::IdMapping {
+            host_id,
+            container_id: 0,
+            length: 65536,
+        };
+        let pod = cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids: vec![map(65536)],
+            gids: vec![map(65536)],
+        };
+        let u = user_namespace(&pod).expect("ok").expect("a namespace");
+        assert_eq!(u.root_uid(), Some(65536));
+        assert_eq!(userns_status(Some(&u)), pod);
+        let node = cri::UserNamespace {
+            mode: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        };
+        assert_eq!(user_namespace(&node).expect("NODE"), None);
+        // The message's default mode is POD (0), which needs mappings.
+        assert!(user_namespace(&cri::UserNamespace::default()).is_err());
+        assert_eq!(userns_status(None).mode, cri::NamespaceMode::Node as i32);
+        for bad in [
+            cri::UserNamespace {
+                mode: cri::NamespaceMode::Pod as i32,
+                ..Default::default()
+            },
+            cri::UserNamespace {
+                mode: cri::NamespaceMode::Container as i32,
+                ..pod.clone()
+            },
+            cri::UserNamespace {
+                mode: cri::NamespaceMode::Node as i32,
+                ..pod.clone()
+            },
+        ] {
+            let e = user_namespace(&bad).expect_err("refused");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad:?}");
+        }
     }
 }

@@ -201,7 +201,7 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
                     name: name.clone(),
                     features: Some(cri::RuntimeHandlerFeatures {
                         recursive_read_only_mounts: true,
-                        user_namespaces: false,
+                        user_namespaces: self.sandboxes.handler_has_user_namespaces(name),
                     }),
                 })
                 .collect(),

@@ -226,6 +226,8 @@ pub struct SandboxSetup {
     pub shares: Vec<ShareMount>,
     /// The pod's sysctls, set in the VM.
     pub sysctls: std::collections::BTreeMap<String, String>,
+    /// The pod's user namespace, when it has one.
+    pub userns: Option<crate::sandbox::userns::UserNamespace>,
 }
 
 /// A container for the agent to create.
@@ -430,6 +432,10 @@ impl Agent {
                 })
                 .collect(),
             sysctls: s.sysctls.into_iter().collect(),
+            userns: s
+                .userns
+                .as_ref()
+                .map(crate::sandbox::userns::UserNamespace::to_proto),
         };
         let r = self.req(msg, Duration::ZERO);
         let mut c = self.client.clone();

@@ -81,6 +81,8 @@ pub struct RunRequest {
     pub port_mappings: Vec<crate::network::PortMapping>,
     /// The node's pod CIDR from UpdateRuntimeConfig.
     pub pod_cidr: Option<String>,
+    /// The pod's user namespace (CRI NamespaceMode POD for users), validated.
+    pub userns: Option<super::userns::UserNamespace>,
 }
 
 /// A sandbox's live VM and agent connection.
@@ -204,6 +206,15 @@ impl SandboxManager {
             );
         }
         serde_json::Value::Object(out)
+    }
+
+    /// Whether `handler`'s pods may have user namespaces: QEMU's (the `layers` back-end
+    /// shifts image owners for them); not yet the built-in VMM's.
+    pub fn handler_has_user_namespaces(&self, handler: &str) -> bool {
+        self.inner
+            .hypervisors
+            .get(handler)
+            .is_some_and(|h| h.kind == VmmKind::Qemu)
     }
 }
 
@@ -455,6 +466,13 @@ impl SandboxManager {
                 "runtime handler {handler:?}: {r}"
             )));
         }
+        if req.userns.is_some() && handler_vmm.kind == VmmKind::Builtin {
+            return Err(SandboxError::FailedPrecondition(format!(
+                "runtime handler {handler:?} runs the built-in VMM, whose pods have no user \
+                 namespaces yet (its runtime handler features say user_namespaces: false); \
+                 use a QEMU handler or run the pod with hostUsers: true"
+            )));
+        }
         let hostname = super::identity::hostname(&req.hostname)?;
         let (vcpus, memory_mib) =
             size_vm(&self.inner.config.sandbox, req.cpu, req.memory_limit_bytes);
@@ -489,6 +507,7 @@ impl SandboxManager {
                 memory_mib,
                 vm: None,
                 network: None,
+                userns: req.userns.clone(),
             };
             self.inner.records.put(&record)?;
             (id, record)
@@ -531,6 +550,7 @@ impl SandboxManager {
                 modules: (handler_vmm.kind == VmmKind::Qemu).then_some(modules.as_path()),
                 confinement: Some(self.inner.config.confinement.clone()).filter(|c| c.enabled),
                 console_log_max_bytes: cfg.console_log_max_bytes,
+                userns: req.userns.as_ref(),
             },
         )
         .await;
@@ -573,6 +593,7 @@ impl SandboxManager {
                 },
             ],
             sysctls: req.sysctls.clone(),
+            userns: req.userns.clone(),
         };
         // The agent's InvalidArgument (a sysctl this kernel does not have) is the request's
         // fault, and stays InvalidArgument; anything else is the VM's.

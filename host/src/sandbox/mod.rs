@@ -9,6 +9,7 @@ pub mod identity;
 pub mod manager;
 pub mod record;
 pub mod state;
+pub mod userns;
 pub mod vm;
 pub mod volumes;
 

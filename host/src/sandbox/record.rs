@@ -78,6 +78,9 @@ pub struct SandboxRecord {
     /// The pod network, while it exists (none when no CNI network is configured).
     #[serde(default)]
     pub network: Option<crate::network::PodNetwork>,
+    /// The pod's user namespace, when it has one.
+    #[serde(default)]
+    pub userns: Option<super::userns::UserNamespace>,
 }
 
 /// Sandbox records, by id.
@@ -147,6 +150,7 @@ mod tests {
                 run_dir: "/run/moat/x".into(),
             }),
             network: None,
+            userns: None,
         };
         s.put(&r).expect("put");
         assert_eq!(s.list().expect("list"), vec![r.clone()]);

@@ -195,6 +195,8 @@ pub struct LaunchSpec<'a> {
     pub confinement: Option<crate::confine::ConfinementConfig>,
     /// The most the console log keeps on disk.
     pub console_log_max_bytes: u64,
+    /// The pod's user namespace: the `layers` back-end reports owners shifted by it.
+    pub userns: Option<&'a super::userns::UserNamespace>,
 }
 
 /// The virtio-fs tag of the image layers share, and where the agent mounts it.
@@ -365,7 +367,9 @@ async fn spawn_backends(
     shares: &[FsShare],
     id: &str,
     jail: Option<&crate::confine::PodJail>,
+    userns: Option<&super::userns::UserNamespace>,
 ) -> Result<DeviceBackends, SandboxError> {
+    use moat_devices::fs::owners::format_ranges;
     let plan_err = |e| SandboxError::io("plan the back-ends' confinement", e);
     let (vhost, vsock) = (paths.vhost_socket(), paths.vsock());
     let cid = GUEST_CID.to_string();
@@ -402,6 +406,17 @@ async fn spawn_backends(
         ];
         if share.read_only {
             args.push("--read-only".as_ref());
+        }
+        // Image layers seen from the pod's user namespace keep the image's owners.
+        let maps = userns
+            .filter(|_| share.read_only)
+            .map(|u| u.owners())
+            .map(|o| (format_ranges(&o.uids), format_ranges(&o.gids)));
+        if let Some((uids, gids)) = &maps {
+            for (flag, ranges) in [("--uid-map", uids), ("--gid-map", gids)] {
+                args.push(std::ffi::OsStr::new(flag));
+                args.push(std::ffi::OsStr::new(ranges.as_str()));
+            }
         }
         let log = paths.dir.join(format!("fs-{}.log", share.tag));
         let spawned = match jail
@@ -454,7 +469,7 @@ async fn launch_inner(
     let backends = if hypervisor.devices_in_process() {
         DeviceBackends::default()
     } else {
-        spawn_backends(paths, &fs_shares, &id, jail).await?
+        spawn_backends(paths, &fs_shares, &id, jail, spec.userns).await?
     };
     let vm_spec = VmSpec {
         id: id.clone(),
@@ -660,6 +675,7 @@ mod tests {
                 net: None,
                 modules: None,
                 confinement: None,
+                userns: None,
                 console_log_max_bytes: 1 << 20,
             },
         )
