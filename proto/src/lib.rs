@@ -2,6 +2,7 @@
 //! rules both sides apply to what it carries (`sysctl`).
 
 pub mod sysctl;
+pub mod userns;
 
 /// Version 1 of the agent API.
 pub mod agent {

@@ -596,6 +596,21 @@ fn exec_failures_reach_the_caller() {
     assert_eq!(err.to_string(), "chdir /etc/passwd: Not a directory");
 }
 
+/// Everything a container wrote to its terminal, until it closed it.
+fn read_pty(master: std::os::fd::OwnedFd) -> String {
+    let mut f = std::fs::File::from(master);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    // Reading the master ends with EIO once the last slave fd closes.
+    while let Ok(n) = f.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[test]
 fn terminal_gives_a_pty() {
     let Some(dir) = rootfs("terminal_gives_a_pty") else {
@@ -608,17 +623,7 @@ fn terminal_gives_a_pty() {
         panic!("expected a pty")
     };
     c.start().expect("start");
-    let mut f = std::fs::File::from(master);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 1024];
-    // Reading the master ends with EIO once the last slave fd closes.
-    while let Ok(n) = f.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    let out = String::from_utf8_lossy(&out);
+    let out = read_pty(master);
     assert!(out.contains("/dev/pts/0"), "{out:?}");
     assert!(out.contains("hi"), "{out:?}");
     assert_eq!(c.wait_blocking().expect("wait").code, 0);
@@ -1151,16 +1156,7 @@ fn a_user_namespace_remounts_binds_keeping_their_locked_flags_and_has_a_terminal
             panic!("expected a pty")
         };
         c.start().expect("start");
-        let mut f = std::fs::File::from(master);
-        let mut out = Vec::new();
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = f.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-        let out = String::from_utf8_lossy(&out).into_owned();
+        let out = read_pty(master);
         assert_eq!(c.wait_blocking().expect("wait").code, 0, "{out}");
         out
     });

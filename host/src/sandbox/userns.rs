@@ -13,9 +13,6 @@
 use moat_devices::fs::owners::{IdRange, Owners};
 use moat_proto::agent as pb;
 
-/// The most lines a uid_map or gid_map takes (Linux 4.15+).
-pub const MAX_RANGES: usize = 340;
-
 /// `length` ids from `container_id` inside the namespace are `host_id`... in the VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct IdMapping {
@@ -66,57 +63,25 @@ pub struct UserNamespace {
 
 /// Why mappings were refused (InvalidArgument at the CRI).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("user namespace {what} mappings: {why}")]
-pub struct MappingError {
-    /// "uid" or "gid".
-    pub what: &'static str,
-    /// What is wrong.
-    pub why: String,
-}
+#[error("user namespace: {0}")]
+pub struct MappingError(pub String);
 
-fn check(what: &'static str, maps: &[IdMapping]) -> Result<(), MappingError> {
-    let bad = |why: String| MappingError { what, why };
-    if maps.is_empty() {
-        return Err(bad(
-            "none given; a pod with a user namespace needs at least one".into(),
-        ));
-    }
-    if maps.len() > MAX_RANGES {
-        return Err(bad(format!(
-            "{} ranges; the kernel takes at most {MAX_RANGES}",
-            maps.len()
-        )));
-    }
-    let mut inside = Vec::with_capacity(maps.len());
-    let mut outside = Vec::with_capacity(maps.len());
-    for m in maps {
-        let end = |start: u32| u64::from(start) + u64::from(m.length);
-        if m.length == 0 {
-            return Err(bad(format!("{m:?} has length 0")));
-        }
-        if end(m.container_id) > u64::from(u32::MAX) || end(m.host_id) > u64::from(u32::MAX) {
-            return Err(bad(format!("{m:?} runs past the last id")));
-        }
-        inside.push((u64::from(m.container_id), end(m.container_id)));
-        outside.push((u64::from(m.host_id), end(m.host_id)));
-    }
-    for (side, mut spans) in [("container", inside), ("host", outside)] {
-        spans.sort_unstable();
-        if let Some(w) = spans.windows(2).find(|w| w[1].0 < w[0].1) {
-            return Err(bad(format!(
-                "{side} ids {}..{} and {}..{} overlap",
-                w[0].0, w[0].1, w[1].0, w[1].1
-            )));
-        }
-    }
-    Ok(())
+fn extents(maps: &[IdMapping]) -> Vec<moat_proto::userns::IdMap> {
+    maps.iter()
+        .map(|m| moat_proto::userns::IdMap {
+            container_id: m.container_id,
+            host_id: m.host_id,
+            length: m.length,
+        })
+        .collect()
 }
 
 impl UserNamespace {
-    /// Checks the mappings as the kernel will take them, with a message that says which.
+    /// Checks the mappings as the kernel will take them and as the agent needs them
+    /// (`moat_proto::userns::check`, the rule the agent applies too), with a message that
+    /// says which.
     pub fn validate(&self) -> Result<(), MappingError> {
-        check("uid", &self.uids)?;
-        check("gid", &self.gids)
+        moat_proto::userns::check(&extents(&self.uids), &extents(&self.gids)).map_err(MappingError)
     }
 
     /// How the pod's `layers` back-end shifts owners.
@@ -188,18 +153,22 @@ mod tests {
     #[test]
     fn bad_mappings_are_refused_with_the_reason() {
         let cases = [
-            (ns(vec![]), "none given"),
+            (ns(vec![]), "no uid mappings"),
             (ns(vec![m(0, 1, 0)]), "length 0"),
-            (ns(vec![m(0, u32::MAX - 5, 10)]), "past the last id"),
+            (ns(vec![m(0, u32::MAX - 5, 10)]), "overflow"),
             (
                 ns(vec![m(0, 100_000, 100), m(50, 200_000, 100)]),
-                "container ids",
+                "container side",
             ),
             (
                 ns(vec![m(0, 100_000, 100), m(100, 100_050, 10)]),
-                "host ids",
+                "host side",
             ),
-            (ns(vec![m(0, 1, 1); MAX_RANGES + 1]), "at most 340"),
+            (
+                ns(vec![m(0, 1, 1); moat_proto::userns::MAX_EXTENTS + 1]),
+                "340",
+            ),
+            (ns(vec![m(1, 65536, 10)]), "uid 0 and gid 0 must be mapped"),
         ];
         for (u, want) in cases {
             let e = u.validate().expect_err(want);
@@ -208,6 +177,6 @@ mod tests {
         let mut gid_bad = ns(vec![m(0, 65536, 65536)]);
         gid_bad.gids.clear();
         let e = gid_bad.validate().expect_err("no gids");
-        assert!(e.to_string().starts_with("user namespace gid"), "{e}");
+        assert!(e.to_string().contains("no gid mappings"), "{e}");
     }
 }
