@@ -324,8 +324,9 @@ async fn host_paths_are_mounted_read_only_or_read_write() {
     let volumes = run_dir.join("vm").join(&p.id[..12]).join("volumes");
     assert_eq!(
         mounts_under(&volumes).len(),
-        2,
-        "two host binds while the container exists"
+        3,
+        "two host binds, and the container's folder (a tmpfs of its own), while the \
+         container exists"
     );
     p.m.runtime()
         .await

@@ -242,6 +242,64 @@ async fn two_pods_run_at_once_and_survive_a_moatd_restart() {
     assert_nothing_left(&m, &b);
 }
 
+/// moatd killed (SIGKILL) in the middle of RunPodSandbox, once the VM's processes run but
+/// before the pod is ready: after its restart the half-made pod is gone, with every process
+/// it had started (the record named no pid yet), and the same RunPodSandbox succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_boot_cut_short_by_a_moatd_crash_leaves_nothing_running() {
+    let mut m = Moatd::start(&config("")).await;
+    let vm_root = m.root().with_file_name("run").join("vm");
+    let needle = format!("{}/", vm_root.display());
+    let mut rt = m.runtime().await;
+    let call = tokio::spawn(async move {
+        rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod("crashy")),
+            runtime_handler: String::new(),
+        })
+        .await
+    });
+    // The VM's processes are up (its VMM among them); the guest is still booting.
+    let vmm = if on_builtin() { " vmm " } else { "qemu-system" };
+    let started = moat_tests::wait_until(std::time::Duration::from_secs(30), || {
+        processes_with(&needle).iter().any(|p| p.contains(vmm))
+    })
+    .await;
+    assert!(started, "no VMM started:\n{}", m.log());
+    m.crash_and_restart().await;
+    assert!(
+        call.await.expect("join").is_err(),
+        "the call died with moatd"
+    );
+    let gone = moat_tests::wait_until(std::time::Duration::from_secs(15), || {
+        processes_with(&needle).is_empty()
+    })
+    .await;
+    assert!(
+        gone,
+        "processes of the interrupted boot still run: {:?}\n{}",
+        processes_with(&needle),
+        m.log()
+    );
+    assert!(
+        m.log().contains("boot was interrupted by a restart"),
+        "{}",
+        m.log()
+    );
+    let list = m
+        .runtime()
+        .await
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert!(list.is_empty(), "no half-made pod: {list:?}");
+    let id = run(&m, pod("crashy")).await.expect("the same call again");
+    assert_eq!(state(&m, &id).await.expect("state"), READY);
+    remove(&m, &id).await;
+    assert_nothing_left(&m, &id);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vm_that_misses_its_deadline_is_torn_down() {
     if on_builtin() {

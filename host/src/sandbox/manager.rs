@@ -308,8 +308,16 @@ impl SandboxManager {
                     }
                 }
                 (SandboxState::Creating, _) => {
-                    // moatd died during the boot: finish the failure.
+                    // moatd died during the boot: finish the failure. The record names no
+                    // pid yet; the VM's processes name its directory.
                     self.kill_recorded(&r).await;
+                    let left = vm::processes_in(&self.paths(&r.id).dir);
+                    for p in &left {
+                        let _ = p.terminate(Duration::from_secs(2)).await;
+                    }
+                    if !left.is_empty() {
+                        warn!(sandbox = %r.id, processes = left.len(), "stopped the processes of a boot interrupted by a restart");
+                    }
                     self.teardown_network(&r.id).await;
                     self.paths(&r.id).remove();
                     self.inner.records.delete(&r.id)?;

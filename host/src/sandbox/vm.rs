@@ -590,6 +590,28 @@ pub async fn teardown(vm: &RunningVm) {
     vm.backends.terminate(Duration::from_secs(5)).await;
 }
 
+/// The processes (other than this one) whose command line names a path in the VM
+/// directory `dir`: every process moatd starts for a VM does (the jails' specs, the
+/// back-ends' sockets, QEMU's sockets and images, the built-in VMM's config), so this finds
+/// what a boot cut short by moatd's death left running, before any pid was recorded.
+pub fn processes_in(dir: &Path) -> Vec<VmProcess> {
+    let needle = format!("{}/", dir.display());
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle))
+        })
+        .filter_map(|pid| VmProcess::adopt(pid as i32).ok())
+        .collect()
+}
+
 /// Takes hold of a sandbox's processes after a moatd restart; a pid that is gone or that
 /// now belongs to another program gives `None`.
 pub fn adopt(pid: i32, id: &str) -> Option<VmProcess> {
