@@ -424,7 +424,7 @@ fn enter_keeps_only_the_kept_paths_and_capabilities() {
         return;
     }
     if !is_root() {
-        eprintln!("skipping the jail test: entering a jail needs root (CAP_SYS_ADMIN)");
+        eprintln!("SKIPPED the jail test: entering a jail needs root (CAP_SYS_ADMIN)");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -459,7 +459,7 @@ fn mounts_the_host_makes_later_under_a_kept_dir_show_in_the_jail() {
         }
     }
     if !is_root() {
-        eprintln!("skipping the mount propagation test: mount namespaces need root");
+        eprintln!("SKIPPED the mount propagation test: mount namespaces need root");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -482,7 +482,7 @@ fn virtio_fs_works_confined_with_its_capabilities_and_filter() {
         fuse::confined_child(&dir);
     }
     if !is_root() {
-        eprintln!("skipping the confined virtio-fs test: entering a jail needs root");
+        eprintln!("SKIPPED the confined virtio-fs test: entering a jail needs root");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -578,7 +578,7 @@ fn a_confined_vm_runs_and_answers_over_vsock() {
         std::process::exit(i32::from(exit.code()));
     }
     if !is_root() || !Path::new("/dev/kvm").exists() {
-        eprintln!("skipping the confined VM test: it needs root and /dev/kvm");
+        eprintln!("SKIPPED the confined VM test: it needs root and /dev/kvm");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

@@ -73,7 +73,7 @@ fn console(dir: &Path) -> String {
 #[test]
 fn payload_prints_and_resets_through_the_i8042() {
     if let Some(why) = skip_reason() {
-        eprintln!("skipping the KVM smoke test: {why}");
+        eprintln!("SKIPPED the KVM smoke test: {why}");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -102,7 +102,7 @@ fn payload_prints_and_resets_through_the_i8042() {
 #[test]
 fn bzimage_is_entered_at_its_64_bit_entry() {
     if let Some(why) = skip_reason() {
-        eprintln!("skipping the KVM smoke test: {why}");
+        eprintln!("SKIPPED the KVM smoke test: {why}");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -122,7 +122,7 @@ fn bzimage_is_entered_at_its_64_bit_entry() {
 #[test]
 fn serial_interrupt_reaches_the_guest_through_the_ioapic() {
     if let Some(why) = skip_reason() {
-        eprintln!("skipping the KVM smoke test: {why}");
+        eprintln!("SKIPPED the KVM smoke test: {why}");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -142,7 +142,7 @@ fn serial_interrupt_reaches_the_guest_through_the_ioapic() {
 #[test]
 fn triple_fault_ends_the_vm_as_a_guest_shutdown() {
     if let Some(why) = skip_reason() {
-        eprintln!("skipping the KVM smoke test: {why}");
+        eprintln!("SKIPPED the KVM smoke test: {why}");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -174,7 +174,7 @@ fn ask(stream: &mut BufReader<UnixStream>, request: &str) -> serde_json::Value {
 #[test]
 fn control_socket_pauses_resumes_and_stops_a_spinning_guest() {
     if let Some(why) = skip_reason() {
-        eprintln!("skipping the KVM smoke test: {why}");
+        eprintln!("SKIPPED the KVM smoke test: {why}");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -215,7 +215,7 @@ fn control_socket_pauses_resumes_and_stops_a_spinning_guest() {
 #[test]
 fn payload_answers_a_host_connection_over_vsock() {
     if let Some(why) = skip_reason() {
-        eprintln!("skipping the KVM smoke test: {why}");
+        eprintln!("SKIPPED the KVM smoke test: {why}");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

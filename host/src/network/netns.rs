@@ -164,7 +164,7 @@ mod tests {
     #[tokio::test]
     async fn create_enter_remove() {
         if !nix::unistd::Uid::effective().is_root() {
-            eprintln!("skipped: needs root");
+            eprintln!("SKIPPED: needs root");
             return;
         }
         let d = tempfile::tempdir().expect("tmp");

@@ -117,7 +117,7 @@ mod tests {
     #[test]
     fn opens_dev_kvm_when_present() {
         if !std::path::Path::new("/dev/kvm").exists() {
-            eprintln!("skipping: /dev/kvm is absent on this host");
+            eprintln!("SKIPPED: /dev/kvm is absent on this host");
             return;
         }
         let kvm = open().expect("open /dev/kvm");

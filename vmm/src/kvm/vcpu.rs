@@ -108,7 +108,7 @@ mod tests {
     #[test]
     fn boot_state_reads_back() {
         if !std::path::Path::new("/dev/kvm").exists() {
-            eprintln!("skipping: /dev/kvm is absent on this host");
+            eprintln!("SKIPPED: /dev/kvm is absent on this host");
             return;
         }
         let kvm = crate::kvm::open().expect("open /dev/kvm");

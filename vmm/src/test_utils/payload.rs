@@ -195,7 +195,7 @@ mod tests {
     fn qemu_boots_it_through_the_pvh_entry_with_the_command_line() {
         let qemu = "qemu-system-x86_64";
         if Command::new(qemu).arg("--version").output().is_err() {
-            eprintln!("skipping the PVH boot check: {qemu} is not installed");
+            eprintln!("SKIPPED the PVH boot check: {qemu} is not installed");
             return;
         }
         let dir = tempfile::tempdir().expect("tempdir");

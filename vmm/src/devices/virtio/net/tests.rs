@@ -185,7 +185,7 @@ fn new_refuses_what_is_not_a_tap() {
 #[test]
 fn frames_cross_a_real_tap_both_ways() {
     if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+        eprintln!("SKIPPED: {why}");
         return;
     }
     let outcome = in_new_netns(|| {
@@ -266,7 +266,7 @@ fn frames_cross_a_real_tap_both_ways() {
         }
     });
     if let Err(why) = outcome {
-        eprintln!("skipped: {why}");
+        eprintln!("SKIPPED: {why}");
     }
 }
 
