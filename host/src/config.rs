@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::hypervisor::select::Backend;
+pub use crate::network::config::CniConfig;
+
 /// Where moatd looks for its configuration when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/moat/config.toml";
 
@@ -261,30 +264,6 @@ pub struct HandlerConfig {
     pub accel: Option<crate::hypervisor::Accel>,
 }
 
-/// Which VMM runs a handler's pods.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// Pick for this host.
-    #[default]
-    Auto,
-    /// QEMU.
-    Qemu,
-    /// Moat's own VMM.
-    Builtin,
-}
-
-impl Backend {
-    /// The name the config uses.
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Auto => "auto",
-            Backend::Qemu => "qemu",
-            Backend::Builtin => "builtin",
-        }
-    }
-}
-
 /// The cgroup driver kubelet must use with this runtime.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -293,31 +272,6 @@ pub enum CgroupDriver {
     Systemd,
     /// The cgroup filesystem is written directly.
     Cgroupfs,
-}
-
-/// CNI locations.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct CniConfig {
-    /// Directory holding `.conf` / `.conflist` network configurations.
-    pub conf_dir: PathBuf,
-    /// Directories searched for CNI plugin binaries, in order.
-    pub bin_dirs: Vec<PathBuf>,
-    /// Where pod network namespaces are pinned (`ip netns` looks in /var/run/netns).
-    pub netns_dir: PathBuf,
-    /// Seconds one CNI plugin call may take.
-    pub plugin_timeout_secs: u64,
-}
-
-impl Default for CniConfig {
-    fn default() -> Self {
-        Self {
-            conf_dir: PathBuf::from("/etc/cni/net.d"),
-            bin_dirs: vec![PathBuf::from("/usr/lib/cni"), PathBuf::from("/opt/cni/bin")],
-            netns_dir: PathBuf::from(crate::network::DEFAULT_NETNS_DIR),
-            plugin_timeout_secs: crate::network::DEFAULT_PLUGIN_TIMEOUT.as_secs(),
-        }
-    }
 }
 
 /// Image pull settings.

@@ -133,7 +133,7 @@ impl HostFacts {
             kernel: FileFact::probe(sandbox.kernel()),
             initramfs: FileFact::probe(sandbox.initramfs()),
             builtin_kernel: (FileFact::probe(sandbox.builtin_kernel()), source),
-            qemu_version: version(&config.qemu.binary),
+            qemu_version: cached_version(&config.qemu.binary),
         }
     }
 }
@@ -166,6 +166,40 @@ fn find_plugins(bin_dirs: &[PathBuf]) -> Vec<(String, Option<PathBuf>)> {
             ((*name).to_owned(), found)
         })
         .collect()
+}
+
+/// `version(binary)`, remembered while the executable found on PATH keeps its size and
+/// modification time: kubelet's Status calls probe the host every few seconds, and
+/// starting QEMU for its version costs about 0.1 s.
+fn cached_version(binary: &str) -> Result<String, String> {
+    type Key = (PathBuf, u64, std::time::SystemTime);
+    static SEEN: std::sync::Mutex<Option<(Key, String)>> = std::sync::Mutex::new(None);
+    let key = resolve(binary).and_then(|p| {
+        let m = std::fs::metadata(&p).ok()?;
+        Some((p, m.len(), m.modified().ok()?))
+    });
+    let Some(key) = key else {
+        return version(binary);
+    };
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((k, v)) = seen.as_ref()
+        && *k == key
+    {
+        return Ok(v.clone());
+    }
+    let v = version(binary)?;
+    *seen = Some((key, v.clone()));
+    Ok(v)
+}
+
+/// Where `binary` runs from: itself when it names a path, else the first match on PATH.
+fn resolve(binary: &str) -> Option<PathBuf> {
+    if binary.contains('/') {
+        return Some(PathBuf::from(binary));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(binary))
+        .find(|p| p.is_file())
 }
 
 /// The first line of `binary --version`.

@@ -115,6 +115,36 @@ impl Report {
     }
 }
 
+/// The items that decide NetworkReady; every other blocking item makes RuntimeReady false.
+const NETWORK_ITEMS: &[&str] = &["CNI network", "CNI plugins", "tun"];
+
+impl Report {
+    /// Why pods cannot run here (RuntimeReady false), if they cannot: the blocking items
+    /// that are not about networking.
+    pub fn runtime_problem(&self) -> Option<String> {
+        let why: Vec<String> = self
+            .findings
+            .iter()
+            .filter(|f| f.blocking && !NETWORK_ITEMS.contains(&f.item.as_str()))
+            .map(|f| format!("{}: {}", f.item, f.detail))
+            .collect();
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+
+    /// Why pod networks cannot be set up (NetworkReady false), if they cannot: no CNI
+    /// network yet, or a blocking networking item.
+    pub fn network_problem(&self) -> Option<String> {
+        let why: Vec<String> = self
+            .findings
+            .iter()
+            .filter(|f| NETWORK_ITEMS.contains(&f.item.as_str()))
+            .filter(|f| f.blocking || (f.item == "CNI network" && f.level != Level::Ok))
+            .map(|f| format!("{}: {}", f.item, f.detail))
+            .collect();
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+}
+
 /// Probes the host and judges it against `config`.
 pub fn run(config: &Config) -> Report {
     items::evaluate(config, &HostFacts::probe(config))
@@ -138,6 +168,15 @@ mod tests {
             .push(Finding::missing("QEMU", "not installed", true));
         assert!(!r.pods_can_run());
         assert!(r.verdict().ends_with("fixed: QEMU"), "{}", r.verdict());
+        assert_eq!(r.runtime_problem().as_deref(), Some("QEMU: not installed"));
+        assert_eq!(r.network_problem(), None);
+        r.findings
+            .push(Finding::warn("CNI network", "no CNI network config", false));
+        assert_eq!(
+            r.network_problem().as_deref(),
+            Some("CNI network: no CNI network config")
+        );
+        assert_eq!(r.runtime_problem().as_deref(), Some("QEMU: not installed"));
         let line = Finding::missing("tun", "no /dev/net/tun", false).to_string();
         assert!(line.starts_with("missing  tun "), "{line}");
         assert!(line.ends_with(" no /dev/net/tun"), "{line}");

@@ -81,7 +81,7 @@ fn run(id: &str, path: Option<PathBuf>, max_bytes: Option<u64>, mut rx: mpsc::Re
         }
     }
     if let Some(f) = file.as_mut() {
-        let _ = f.write(&fmt.finish(crate::images::now_nanos()));
+        let _ = f.write(&fmt.finish(crate::time::now_nanos()));
     }
 }
 

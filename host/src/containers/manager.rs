@@ -9,8 +9,8 @@ use std::path::{Component, Path};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use crate::sandbox::agent::PidNamespace;
-use crate::sandbox::agent::{Agent, ContainerCreate, ExitInfo, OutputStream, Usage};
+pub use crate::guest::PidNamespace;
+use crate::guest::{ContainerCreate, ExitInfo, Guest, GuestError, OutputStream, Usage};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -21,13 +21,13 @@ use super::record::{ContainerRecord, ContainerStore, MountRecord};
 use super::spec::{self, ContainerInput, ImageDefaults};
 use super::state::{ContainerEvent, ContainerState, apply};
 use crate::images::ImageManager;
-use crate::images::now_nanos;
 use crate::sandbox::SandboxManager;
 use crate::store::Store;
 use crate::sync::KeyedLocks;
+use crate::time::now_nanos;
 
 /// A user namespace for a message: its mappings, or the VM's ids.
-fn describe_userns(u: Option<&crate::sandbox::userns::UserNamespace>) -> String {
+fn describe_userns(u: Option<&crate::userns::UserNamespace>) -> String {
     match u {
         None => "none: the VM's ids".into(),
         Some(u) => format!("uids {:?}, gids {:?}", u.uids, u.gids),
@@ -54,13 +54,13 @@ pub struct CreateRequest {
     /// Log path relative to the pod's log directory.
     pub log_path: String,
     /// Host paths to mount into the container.
-    pub mounts: Vec<crate::sandbox::volumes::HostMount>,
+    pub mounts: Vec<crate::volumes::HostMount>,
     /// Its PID namespace.
     pub pid_namespace: PidNamespace,
     /// The user namespace the request names: `None` when it names none (the pod's, then),
     /// `Some(None)` for the VM's ids (CRI NODE), `Some(Some(_))` for mappings (CRI POD),
     /// which must be the pod's.
-    pub userns: Option<Option<crate::sandbox::userns::UserNamespace>>,
+    pub userns: Option<Option<crate::userns::UserNamespace>>,
 }
 
 /// The result of ExecSync.
@@ -83,11 +83,11 @@ const ATTACH_CHUNK: usize = 32 * 1024;
 
 /// An output record as attached clients get it: in pieces of at most ATTACH_CHUNK bytes.
 fn attach_pieces(
-    c: &crate::sandbox::agent::OutputRecord,
-) -> impl Iterator<Item = crate::sandbox::agent::OutputRecord> + '_ {
+    c: &crate::guest::OutputRecord,
+) -> impl Iterator<Item = crate::guest::OutputRecord> + '_ {
     c.data
         .chunks(ATTACH_CHUNK)
-        .map(|piece| crate::sandbox::agent::OutputRecord {
+        .map(|piece| crate::guest::OutputRecord {
             stderr: c.stderr,
             data: piece.to_vec(),
             time: c.time,
@@ -103,8 +103,7 @@ struct Inner {
     create: tokio::sync::Mutex<()>,
     reopen: Mutex<HashMap<String, mpsc::Sender<tokio::sync::oneshot::Sender<std::io::Result<()>>>>>,
     /// The output of running containers, for Attach: the log copier publishes every chunk.
-    attached:
-        Mutex<HashMap<String, tokio::sync::broadcast::Sender<crate::sandbox::agent::OutputRecord>>>,
+    attached: Mutex<HashMap<String, tokio::sync::broadcast::Sender<crate::guest::OutputRecord>>>,
 }
 
 /// The container manager.
@@ -143,18 +142,16 @@ fn image_defaults(config: &[u8]) -> ImageDefaults {
     }
 }
 
-fn agent_err(id: &str, s: tonic::Status) -> ContainerError {
-    let msg = format!("container {id}: {}", s.message());
-    match s.code() {
-        tonic::Code::DeadlineExceeded => {
-            ContainerError::Timeout(format!("{msg} (the agent did not answer in time)"))
-        }
-        tonic::Code::InvalidArgument => ContainerError::InvalidArgument(msg),
-        tonic::Code::FailedPrecondition => ContainerError::FailedPrecondition(msg),
-        tonic::Code::NotFound => ContainerError::NotFound(msg),
-        _ => ContainerError::Agent {
+fn agent_err(id: &str, e: GuestError) -> ContainerError {
+    let msg = format!("container {id}: {e}");
+    match e {
+        GuestError::NoAnswer(_) => ContainerError::Timeout(msg),
+        GuestError::BadRequest(_) => ContainerError::InvalidArgument(msg),
+        GuestError::WrongState(_) => ContainerError::FailedPrecondition(msg),
+        GuestError::Unknown(_) => ContainerError::NotFound(msg),
+        GuestError::Unreachable(_) | GuestError::Failed(_) => ContainerError::Agent {
             id: id.into(),
-            detail: s.message().into(),
+            detail: e.to_string(),
         },
     }
 }
@@ -188,7 +185,7 @@ impl ContainerManager {
             .into_iter()
             .filter(|r| r.state == ContainerState::Running)
         {
-            let Ok(mut agent) = self.agent(&r.sandbox_id).await else {
+            let Ok(agent) = self.agent(&r.sandbox_id).await else {
                 self.mark_exited(&r.id, 255, "Unknown", "the pod's VM is gone")
                     .await;
                 continue;
@@ -196,7 +193,7 @@ impl ContainerManager {
             match agent.output(&r.id).await {
                 Ok(out) => self.spawn_log_copier(&r, out),
                 Err(e) => {
-                    warn!(container = %r.id, error = %e.message(), "cannot follow the container's output again")
+                    warn!(container = %r.id, error = %e, "cannot follow the container's output again")
                 }
             }
             self.spawn_waiter(&r, agent);
@@ -205,7 +202,7 @@ impl ContainerManager {
         Ok(())
     }
 
-    async fn agent(&self, sandbox_id: &str) -> Result<Agent, ContainerError> {
+    async fn agent(&self, sandbox_id: &str) -> Result<Arc<dyn Guest>, ContainerError> {
         self.inner.sandboxes.agent(sandbox_id).await.map_err(|e| {
             ContainerError::FailedPrecondition(format!(
                 "pod sandbox {sandbox_id} is not running: {e}"
@@ -348,7 +345,7 @@ impl ContainerManager {
             .expose_layers(&sandbox.id, &snapshots)
             .map_err(|e| ContainerError::FailedPrecondition(e.to_string()))?;
         let volumes = self.inner.sandboxes.volumes_dir(&sandbox.id);
-        let binds = crate::sandbox::volumes::prepare(&volumes, &id[..12], &req.mounts)
+        let binds = crate::volumes::prepare(&volumes, &id[..12], &req.mounts)
             .map_err(|e| ContainerError::InvalidArgument(e.to_string()))?;
         input.binds = binds
             .iter()
@@ -360,7 +357,7 @@ impl ContainerManager {
             })
             .collect();
         let release = || {
-            let _ = crate::sandbox::volumes::release(&volumes, &id[..12]);
+            let _ = crate::volumes::release(&volumes, &id[..12]);
         };
         let built = match spec::build(&id, &sandbox.id, &defaults, &input) {
             Ok(b) => b,
@@ -369,7 +366,7 @@ impl ContainerManager {
                 return Err(ContainerError::InvalidArgument(e.0));
             }
         };
-        let mut agent = match self.agent(&sandbox.id).await {
+        let agent = match self.agent(&sandbox.id).await {
             Ok(a) => a,
             Err(e) => {
                 release();
@@ -444,19 +441,18 @@ impl ContainerManager {
                 r.id, r.state
             )));
         }
-        let mut agent = self.agent(&r.sandbox_id).await?;
+        let agent = self.agent(&r.sandbox_id).await?;
         // Subscribe to the output before the process can write anything.
         let output = agent.output(&r.id).await.map_err(|s| agent_err(&r.id, s))?;
         if let Err(s) = agent.start_container(&r.id).await {
             r.reason = "StartError".into();
-            r.message = s.message().into();
+            r.message = s.to_string();
             r.exit_code = 128;
             r.finished_at = now_nanos();
             self.transition(&mut r, ContainerEvent::StartFailed)?;
             return Err(ContainerError::FailedPrecondition(format!(
                 "container {} could not start: {}",
-                r.id,
-                s.message()
+                r.id, s
             )));
         }
         r.started_at = now_nanos();
@@ -541,7 +537,7 @@ impl ContainerManager {
         });
     }
 
-    fn spawn_waiter(&self, r: &ContainerRecord, mut agent: Agent) {
+    fn spawn_waiter(&self, r: &ContainerRecord, agent: Arc<dyn Guest>) {
         let this = self.clone();
         let id = r.id.clone();
         let sandbox = r.sandbox_id.clone();
@@ -563,7 +559,7 @@ impl ContainerManager {
                         {
                             return;
                         }
-                        warn!(container = %id, error = %s.message(), "waiting for the container failed");
+                        warn!(container = %id, error = %s, "waiting for the container failed");
                         if this.inner.sandboxes.agent(&sandbox).await.is_err() {
                             this.mark_exited(&id, 255, "Unknown", "the pod's VM is gone")
                                 .await;
@@ -626,27 +622,21 @@ impl ContainerManager {
         if r.state != ContainerState::Running {
             return Ok(());
         }
-        let Ok(mut agent) = self.agent(&r.sandbox_id).await else {
+        let Ok(agent) = self.agent(&r.sandbox_id).await else {
             self.mark_exited(&r.id, 255, "Unknown", "the pod's VM is gone")
                 .await;
             return Ok(());
         };
-        for (sig, wait) in [
-            (libc::SIGTERM, timeout),
-            (libc::SIGKILL, Duration::from_secs(10)),
-        ] {
-            if let Err(e) = agent.signal_container(&r.id, sig).await {
-                warn!(container = %r.id, error = %e.message(), "signal failed");
-            }
-            if let Ok(Some(exit)) = agent.wait_container(&r.id, wait).await {
+        match super::stop::stop_process(agent.as_ref(), &r.id, timeout).await {
+            Some(exit) => {
                 self.record_exit(&r.id, exit).await;
-                return Ok(());
+                Ok(())
             }
+            None => Err(ContainerError::Timeout(format!(
+                "container {} did not stop even after SIGKILL",
+                r.id
+            ))),
         }
-        Err(ContainerError::Timeout(format!(
-            "container {} did not stop even after SIGKILL",
-            r.id
-        )))
     }
 
     /// RemoveContainer: stops it if needed and frees it in the guest. Unknown ids are fine.
@@ -661,11 +651,11 @@ impl ContainerManager {
         let Some(mut r) = self.get(&r.id)? else {
             return Ok(());
         };
-        if let Ok(mut agent) = self.agent(&r.sandbox_id).await {
+        if let Ok(agent) = self.agent(&r.sandbox_id).await {
             let _ = agent.remove_container(&r.id).await;
         }
         let volumes = self.inner.sandboxes.volumes_dir(&r.sandbox_id);
-        if let Err(e) = crate::sandbox::volumes::release(&volumes, &r.id[..12]) {
+        if let Err(e) = crate::volumes::release(&volumes, &r.id[..12]) {
             warn!(container = %r.id, error = %e, "could not release the container's volumes");
         }
         self.transition(&mut r, ContainerEvent::Remove)?;
@@ -709,12 +699,12 @@ impl ContainerManager {
     pub async fn exec_stream(
         &self,
         id: &str,
-        spec: crate::sandbox::agent::ExecSpec,
-        input: mpsc::Receiver<crate::sandbox::agent::StdinEvent>,
-    ) -> Result<crate::sandbox::agent::ExecEvents, ContainerError> {
+        spec: crate::guest::ExecSpec,
+        input: mpsc::Receiver<crate::guest::StdinEvent>,
+    ) -> Result<crate::guest::ExecEvents, ContainerError> {
         let r = self.must_run(id)?;
         let agent = self.agent(&r.sandbox_id).await?;
-        let spec = crate::sandbox::agent::ExecSpec {
+        let spec = crate::guest::ExecSpec {
             container_id: r.id.clone(),
             ..spec
         };
@@ -732,8 +722,8 @@ impl ContainerManager {
     ) -> Result<
         (
             ContainerRecord,
-            tokio::sync::broadcast::Receiver<crate::sandbox::agent::OutputRecord>,
-            Agent,
+            tokio::sync::broadcast::Receiver<crate::guest::OutputRecord>,
+            Arc<dyn Guest>,
         ),
         ContainerError,
     > {
@@ -774,7 +764,7 @@ impl ContainerManager {
                 r.id
             )));
         }
-        let mut agent = self.agent(&r.sandbox_id).await?;
+        let agent = self.agent(&r.sandbox_id).await?;
         let t = if timeout.is_zero() {
             Duration::from_secs(3600)
         } else {
@@ -806,7 +796,7 @@ impl ContainerManager {
         if r.state != ContainerState::Running {
             return Ok((r, None));
         }
-        let mut agent = self.agent(&r.sandbox_id).await?;
+        let agent = self.agent(&r.sandbox_id).await?;
         let u = agent.stats(&r.id).await.map_err(|s| agent_err(&r.id, s))?;
         Ok((r, Some(u)))
     }
@@ -825,7 +815,7 @@ impl ContainerManager {
                 r.id
             )));
         }
-        let mut agent = self.agent(&r.sandbox_id).await?;
+        let agent = self.agent(&r.sandbox_id).await?;
         agent
             .update_resources(&r.id, cpu, memory)
             .await
@@ -879,7 +869,7 @@ mod tests {
 
     #[test]
     fn attached_clients_get_bounded_pieces() {
-        let big = crate::sandbox::agent::OutputRecord {
+        let big = crate::guest::OutputRecord {
             stderr: true,
             data: vec![7u8; 4 << 20],
             time: 5,

@@ -1,7 +1,8 @@
 //! Containers inside pod VMs: the lifecycle state machine (`state`), persisted records
 //! (`record`), the OCI spec built from the CRI request and the image (`spec`), CRI log
 //! files (`logs`), Localhost seccomp profiles (`seccomp`), the `[containers]` config section
-//! (`config`) and the manager (`manager`).
+//! (`config`), stopping a container's process (`stop`), streaming sessions
+//! (`sessions`) and the manager (`manager`).
 
 pub mod config;
 pub mod error;
@@ -10,8 +11,10 @@ pub mod logs;
 pub mod manager;
 pub mod record;
 pub mod seccomp;
+pub mod sessions;
 pub mod spec;
 pub mod state;
+mod stop;
 
 pub use error::ContainerError;
 pub use manager::{ContainerManager, CreateRequest, ExecResult};

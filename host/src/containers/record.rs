@@ -21,7 +21,7 @@ pub struct MountRecord {
     /// Read-only recursively.
     pub recursive_read_only: bool,
     /// Propagation.
-    pub propagation: crate::sandbox::volumes::Propagation,
+    pub propagation: crate::volumes::Propagation,
 }
 
 /// What records hold: a struct, or (records written before propagation was kept) a
@@ -36,7 +36,7 @@ enum MountRepr {
         #[serde(default)]
         recursive_read_only: bool,
         #[serde(default)]
-        propagation: crate::sandbox::volumes::Propagation,
+        propagation: crate::volumes::Propagation,
     },
     Tuple(String, String, bool),
 }
@@ -67,8 +67,8 @@ impl From<MountRepr> for MountRecord {
     }
 }
 
-impl From<&crate::sandbox::volumes::HostMount> for MountRecord {
-    fn from(m: &crate::sandbox::volumes::HostMount) -> Self {
+impl From<&crate::volumes::HostMount> for MountRecord {
+    fn from(m: &crate::volumes::HostMount) -> Self {
         MountRecord {
             container_path: m.container_path.clone(),
             host_path: m.host_path.display().to_string(),
@@ -125,7 +125,7 @@ pub struct ContainerRecord {
     pub mounts: Vec<MountRecord>,
     /// The user the main process runs as, as the guest resolved it.
     #[serde(default)]
-    pub user: Option<crate::sandbox::agent::ContainerUser>,
+    pub user: Option<crate::guest::ContainerUser>,
     /// The main process has a terminal.
     #[serde(default)]
     pub tty: bool,
@@ -174,7 +174,7 @@ impl ContainerStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sandbox::volumes::Propagation;
+    use crate::volumes::Propagation;
 
     #[test]
     fn mounts_read_from_old_tuples_and_new_structs() {

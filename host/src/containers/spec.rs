@@ -64,7 +64,7 @@ pub struct ContainerInput {
     /// An IPC namespace of its own (otherwise the pod's, the VM's).
     pub ipc_private: bool,
     /// The pod's user namespace, which the container joins (set by the manager).
-    pub userns: Option<crate::sandbox::userns::UserNamespace>,
+    pub userns: Option<crate::userns::UserNamespace>,
     /// no_new_privileges.
     pub no_new_privs: bool,
     /// CPU quota and period.
@@ -434,9 +434,9 @@ pub fn build(
     });
     let mut spec = spec;
     if let Some(u) = &i.userns {
-        let maps = |m: &[crate::sandbox::userns::IdMapping]| {
+        let maps = |m: &[crate::userns::IdMapping]| {
             m.iter()
-                .map(crate::sandbox::userns::IdMapping::to_oci)
+                .map(crate::userns::IdMapping::to_oci)
                 .collect::<Vec<_>>()
         };
         spec["linux"]["uidMappings"] = json!(maps(&u.uids));
@@ -717,7 +717,7 @@ mod tests {
 
     #[test]
     fn a_pod_user_namespace_is_joined_with_its_mappings() {
-        use crate::sandbox::userns::{IdMapping, UserNamespace};
+        use crate::userns::{IdMapping, UserNamespace};
         let none = build("c", "s", &image(), &ContainerInput::default()).expect("build");
         assert!(none.spec["linux"].get("uidMappings").is_none());
         let m = IdMapping {

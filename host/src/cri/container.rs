@@ -9,7 +9,7 @@ use crate::containers::manager::PidNamespace;
 use crate::containers::record::ContainerRecord;
 use crate::containers::spec::{self, ContainerInput};
 use crate::containers::state::ContainerState;
-use crate::sandbox::volumes::{HostMount, Propagation};
+use crate::volumes::{HostMount, Propagation};
 
 /// The manager's request from CreateContainer.
 pub fn create_request(req: cri::CreateContainerRequest) -> Result<CreateRequest, tonic::Status> {
@@ -298,7 +298,7 @@ pub fn matches(r: &ContainerRecord, f: &cri::ContainerFilter) -> bool {
 }
 
 /// ContainerStats from a record and the guest's figures.
-pub fn stats(r: &ContainerRecord, s: Option<&crate::sandbox::agent::Usage>) -> cri::ContainerStats {
+pub fn stats(r: &ContainerRecord, s: Option<&crate::guest::Usage>) -> cri::ContainerStats {
     let v = |value| Some(cri::UInt64Value { value });
     cri::ContainerStats {
         attributes: Some(cri::ContainerAttributes {

@@ -192,7 +192,7 @@ impl cri::image_service_server::ImageService for CriImageService {
     ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
         let usage = self.images.fs_usage().await?;
         let fs = cri::FilesystemUsage {
-            timestamp: crate::images::now_nanos(),
+            timestamp: crate::time::now_nanos(),
             fs_id: Some(cri::FilesystemIdentifier {
                 mountpoint: self.images.root().display().to_string(),
             }),

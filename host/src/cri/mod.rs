@@ -34,7 +34,8 @@ pub async fn serve(
     let listener = socket::bind(socket)?;
     tracing::info!(socket = %socket.display(), "serving CRI v1");
     let addr = std::net::SocketAddr::new(config.streaming.address, config.streaming.port);
-    let backend = streaming::CriBackend::shared(containers.clone(), sandboxes.clone());
+    let backend =
+        crate::containers::sessions::Sessions::shared(containers.clone(), sandboxes.clone());
     let server = crate::streaming::StreamingServer::start(addr, backend)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the streaming server on {addr}: {e}"))?;

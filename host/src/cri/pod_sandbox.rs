@@ -6,8 +6,8 @@ use k8s_cri::v1 as cri;
 
 use crate::sandbox::record::{PodMetadata, SandboxRecord};
 use crate::sandbox::state::SandboxState;
-use crate::sandbox::userns::{IdMapping, UserNamespace};
 use crate::sandbox::{DnsConfig, RunRequest};
+use crate::userns::{IdMapping, UserNamespace};
 
 /// The manager's request from RunPodSandbox.
 pub fn run_request(req: cri::RunPodSandboxRequest) -> Result<RunRequest, tonic::Status> {

@@ -1,13 +1,14 @@
-//! CRI v1 RuntimeService. In this version moatd serves the runtime-wide calls (Version,
-//! Status, RuntimeConfig, UpdateRuntimeConfig); the pod and container calls answer
-//! Unimplemented with the method's name until the sandbox work lands.
+//! CRI v1 RuntimeService: each call checks and translates its request, asks the owner
+//! (`Pods`, the sandbox and container managers, the pod CIDR, the streaming server) and
+//! translates the answer; errors map to gRPC codes in `status`. Container events, pod
+//! stats, metrics and checkpoints answer Unimplemented (`status::not_yet`).
 
 use std::collections::HashMap;
 use std::pin::Pin;
 
 use k8s_cri::v1 as cri;
 use tonic::{Request, Response, Status};
-use tracing::{info, instrument};
+use tracing::instrument;
 
 use super::container;
 use super::pod_sandbox;
@@ -15,15 +16,16 @@ use super::status::not_yet;
 use crate::config::{CgroupDriver, Config};
 use crate::containers::ContainerManager;
 use crate::network::cni_config::default_network;
+use crate::network::pod_cidr::PodCidr;
+use crate::pods::Pods;
 use crate::sandbox::SandboxManager;
 use crate::store::Store;
-
-const POD_CIDR_KEY: &str = "pod_cidr";
 
 /// The gRPC service.
 pub struct CriRuntimeService {
     config: Config,
-    store: Store,
+    pod_cidr: PodCidr,
+    pods: Pods,
     sandboxes: SandboxManager,
     containers: ContainerManager,
     streaming: Option<std::sync::Arc<crate::streaming::StreamingServer>>,
@@ -38,8 +40,9 @@ impl CriRuntimeService {
         containers: ContainerManager,
     ) -> Self {
         Self {
+            pod_cidr: PodCidr::new(store, config.cni.conf_dir.clone()),
+            pods: Pods::new(sandboxes.clone(), containers.clone()),
             config,
-            store,
             sandboxes,
             containers,
             streaming: None,
@@ -76,34 +79,19 @@ impl CriRuntimeService {
         Ok(r.id)
     }
 
-    /// Why pods cannot run here, if they cannot.
-    fn runtime_problem(&self) -> Option<String> {
-        let k = self.config.sandbox.kernel();
-        let i = self.config.sandbox.initramfs();
-        if !k.is_file() || !i.is_file() {
-            return Some(format!(
-                "the guest image is missing ({} and {}); build it with guest-image/build.sh",
-                k.display(),
-                i.display()
-            ));
-        }
-        let qemu = &self.config.qemu.binary;
-        let found = if qemu.contains('/') {
-            std::path::Path::new(qemu).is_file()
-        } else {
-            std::env::var_os("PATH")
-                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(qemu).is_file()))
-        };
-        if !found {
-            return Some(format!(
-                "{qemu} not found; install Debian's qemu-system-x86"
-            ));
-        }
-        None
-    }
-
-    fn conditions(&self) -> Vec<cri::RuntimeCondition> {
-        let runtime = match self.runtime_problem() {
+    /// RuntimeReady and NetworkReady, from the same evaluation as `moatd check`.
+    async fn conditions(&self) -> Vec<cri::RuntimeCondition> {
+        let config = self.config.clone();
+        let report = tokio::task::spawn_blocking(move || crate::check::run(&config))
+            .await
+            .unwrap_or_else(|e| crate::check::Report {
+                findings: vec![crate::check::Finding::missing(
+                    "host check",
+                    format!("the host check failed: {e}"),
+                    true,
+                )],
+            });
+        let runtime = match report.runtime_problem() {
             None => cri::RuntimeCondition {
                 r#type: "RuntimeReady".into(),
                 status: true,
@@ -116,13 +104,13 @@ impl CriRuntimeService {
                 message: why,
             },
         };
-        let network = match default_network(&self.config.cni.conf_dir) {
-            Ok(_) => cri::RuntimeCondition {
+        let network = match report.network_problem() {
+            None => cri::RuntimeCondition {
                 r#type: "NetworkReady".into(),
                 status: true,
                 ..Default::default()
             },
-            Err(why) => cri::RuntimeCondition {
+            Some(why) => cri::RuntimeCondition {
                 r#type: "NetworkReady".into(),
                 status: false,
                 reason: "NetworkPluginNotReady".into(),
@@ -131,20 +119,6 @@ impl CriRuntimeService {
         };
         vec![runtime, network]
     }
-}
-
-/// Checks a pod CIDR (`a.b.c.d/n` or an IPv6 prefix), possibly a comma-separated pair.
-fn valid_cidr(s: &str) -> bool {
-    s.split(',').all(|c| {
-        let Some((ip, bits)) = c.trim().split_once('/') else {
-            return false;
-        };
-        match (ip.parse::<std::net::IpAddr>(), bits.parse::<u8>()) {
-            (Ok(std::net::IpAddr::V4(_)), Ok(b)) => b <= 32,
-            (Ok(std::net::IpAddr::V6(_)), Ok(b)) => b <= 128,
-            _ => false,
-        }
-    })
 }
 
 type EventStream =
@@ -175,10 +149,7 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         let verbose = request.into_inner().verbose;
         let mut info = HashMap::new();
         if verbose {
-            let pod_cidr = self
-                .store
-                .get_meta(POD_CIDR_KEY)
-                .map_err(|e| Status::internal(e.to_string()))?;
+            let pod_cidr = self.pod_cidr.get();
             let v = serde_json::json!({
                 "config": self.config,
                 "podCIDR": pod_cidr,
@@ -189,7 +160,7 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         }
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus {
-                conditions: self.conditions(),
+                conditions: self.conditions().await,
             }),
             info,
             runtime_handlers: self
@@ -239,26 +210,7 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
             .map(|n| n.pod_cidr)
             .unwrap_or_default();
         tracing::Span::current().record("pod_cidr", cidr.as_str());
-        if cidr.is_empty() {
-            return Ok(Response::new(cri::UpdateRuntimeConfigResponse {}));
-        }
-        if !valid_cidr(&cidr) {
-            return Err(Status::invalid_argument(format!(
-                "pod CIDR {cidr:?} is not a CIDR like 10.244.0.0/24 (or a comma-separated IPv4,IPv6 pair)"
-            )));
-        }
-        self.store
-            .put_meta(POD_CIDR_KEY, &cidr)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        info!(pod_cidr = %cidr, "pod CIDR updated");
-        // Like containerd's conf template: a node with no network gets a bridge on the CIDR.
-        match crate::network::write_default_conflist(&self.config.cni.conf_dir, &cidr).await {
-            Ok(Some(path)) => {
-                info!(file = %path.display(), "wrote a default CNI network for the pod CIDR")
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot write a default CNI network"),
-        }
+        self.pod_cidr.update(&cidr).await?;
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
@@ -275,12 +227,7 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         request: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
         let mut req = pod_sandbox::run_request(request.into_inner())?;
-        req.pod_cidr = self
-            .store
-            .get_meta(POD_CIDR_KEY)
-            .ok()
-            .flatten()
-            .filter(|c| !c.is_empty());
+        req.pod_cidr = self.pod_cidr.get();
         tracing::Span::current().record(
             "pod",
             format!("{}/{}", req.metadata.namespace, req.metadata.name).as_str(),
@@ -299,10 +246,7 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
         tracing::Span::current().record("sandbox", id.as_str());
-        if let Some(r) = self.sandboxes.get(&id)? {
-            self.containers.sandbox_gone(&r.id, false).await?;
-        }
-        self.sandboxes.stop(&id).await?;
+        self.pods.stop(&id).await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -313,10 +257,7 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
         tracing::Span::current().record("sandbox", id.as_str());
-        if let Some(r) = self.sandboxes.get(&id)? {
-            self.containers.sandbox_gone(&r.id, true).await?;
-        }
-        self.sandboxes.remove(&id).await?;
+        self.pods.remove(&id).await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -335,7 +276,7 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
             let mut agent_rss = None;
             let mut agent_root = None;
             if r.state.is_ready()
-                && let Ok(mut a) = self.sandboxes.agent(&r.id).await
+                && let Ok(a) = self.sandboxes.agent(&r.id).await
                 && let Ok(h) = a.health().await
             {
                 agent_rss = Some(h.rss_kib);
@@ -355,7 +296,7 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
             status: Some(pod_sandbox::status(&r)),
             info,
             containers_statuses: vec![],
-            timestamp: crate::images::now_nanos(),
+            timestamp: crate::time::now_nanos(),
         }))
     }
 
@@ -623,20 +564,5 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         _request: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
         Err(not_yet("ListPodSandboxMetrics"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cidrs() {
-        for ok in ["10.244.0.0/24", "fd00::/64", "10.0.0.0/8,fd00::/64"] {
-            assert!(valid_cidr(ok), "{ok}");
-        }
-        for bad in ["", "10.0.0.0", "10.0.0.0/33", "x/8", "10.0.0.0/8,"] {
-            assert!(!valid_cidr(bad), "{bad}");
-        }
     }
 }

@@ -31,7 +31,7 @@ impl From<ImageError> for Status {
 /// The answer for a CRI method this moatd does not serve yet.
 pub fn not_yet(method: &str) -> Status {
     Status::unimplemented(format!(
-        "{method} is not implemented by this version of moatd; Exec, Attach and PortForward streaming, pod and sandbox stats and checkpoints come next; the image service, pod sandboxes and containers are served"
+        "{method} is not implemented by this version of moatd; it serves the image service, pod sandboxes, containers, container stats, ExecSync and Exec, Attach and PortForward streaming, but not yet container events, pod sandbox stats, metrics or checkpoints"
     ))
 }
 
@@ -57,6 +57,26 @@ impl From<crate::sandbox::SandboxError> for Status {
             E::Hypervisor { .. } | E::Agent { .. } | E::Store(_) | E::Io { .. } => Code::Internal,
         };
         Status::new(code, e.to_string())
+    }
+}
+
+impl From<crate::network::pod_cidr::PodCidrError> for Status {
+    fn from(e: crate::network::pod_cidr::PodCidrError) -> Self {
+        match e {
+            crate::network::pod_cidr::PodCidrError::NotACidr(_) => {
+                Status::invalid_argument(e.to_string())
+            }
+            crate::network::pod_cidr::PodCidrError::Store(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::pods::PodError> for Status {
+    fn from(e: crate::pods::PodError) -> Self {
+        match e {
+            crate::pods::PodError::Sandbox(e) => e.into(),
+            crate::pods::PodError::Container(e) => e.into(),
+        }
     }
 }
 

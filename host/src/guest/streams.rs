@@ -9,7 +9,9 @@ use futures::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{Agent, pb};
+use moat_proto::agent as pb;
+
+use super::{GuestClient, GuestError};
 
 /// What to run for a streamed Exec.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -55,20 +57,20 @@ pub enum ExecEvent {
 
 /// A stream of Exec events.
 pub type ExecEvents =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<ExecEvent, tonic::Status>> + Send>>;
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<ExecEvent, GuestError>> + Send>>;
 
 /// Bytes from a forwarded port; `None` is the port's half-close.
 pub type PortEvents =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Option<Vec<u8>>, tonic::Status>> + Send>>;
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Option<Vec<u8>>, GuestError>> + Send>>;
 
-impl Agent {
+impl GuestClient {
     /// Starts a streamed Exec. `input` carries stdin and resizes; the returned stream ends
     /// with `Exit`.
     pub async fn exec(
         &self,
         spec: ExecSpec,
         input: mpsc::Receiver<StdinEvent>,
-    ) -> Result<ExecEvents, tonic::Status> {
+    ) -> Result<ExecEvents, GuestError> {
         let start = pb::ExecInput {
             kind: Some(pb::exec_input::Kind::Start(pb::ExecStart {
                 container_id: spec.container_id,
@@ -91,9 +93,10 @@ impl Agent {
         let requests = futures::stream::iter([start]).chain(rest);
         let mut c = self.client.clone();
         let s = self.call(Duration::ZERO, c.exec(requests)).await?;
-        Ok(Box::pin(s.filter_map(|m| async move {
+        let timeout = self.timeout;
+        Ok(Box::pin(s.filter_map(move |m| async move {
             match m {
-                Err(e) => Some(Err(e)),
+                Err(e) => Some(Err(GuestError::from_status(&e, timeout))),
                 Ok(pb::ExecOutput { kind: None }) => None,
                 Ok(pb::ExecOutput { kind: Some(k) }) => Some(Ok(match k {
                     pb::exec_output::Kind::Stdout(d) => ExecEvent::Stdout(d),
@@ -113,7 +116,7 @@ impl Agent {
         &self,
         id: &str,
         mut input: mpsc::Receiver<StdinEvent>,
-    ) -> Result<(), tonic::Status> {
+    ) -> Result<(), GuestError> {
         let (tx, rx) = mpsc::channel::<pb::InputChunk>(8);
         let mut stdin_call = {
             let mut c = self.client.clone();
@@ -130,7 +133,10 @@ impl Agent {
             let ev = tokio::select! {
                 ev = input.recv() => ev,
                 r = &mut stdin_call => {
-                    return r.map_err(|e| tonic::Status::internal(e.to_string()))?;
+                    return match r {
+                        Ok(r) => r.map_err(|e| self.stream_err(&e)),
+                        Err(e) => Err(GuestError::Failed(format!("the stdin call ended: {e}"))),
+                    };
                 }
             };
             match ev {
@@ -184,7 +190,7 @@ impl Agent {
         &self,
         port: u16,
         input: mpsc::Receiver<Vec<u8>>,
-    ) -> Result<PortEvents, tonic::Status> {
+    ) -> Result<PortEvents, GuestError> {
         let first = pb::PortForwardData {
             port: port.into(),
             data: Vec::new(),
@@ -204,9 +210,10 @@ impl Agent {
         let requests = futures::stream::iter([first]).chain(rest);
         let mut c = self.client.clone();
         let s = self.call(Duration::ZERO, c.port_forward(requests)).await?;
-        Ok(Box::pin(s.flat_map(|m| {
-            let items: Vec<Result<Option<Vec<u8>>, tonic::Status>> = match m {
-                Err(e) => vec![Err(e)],
+        let timeout = self.timeout;
+        Ok(Box::pin(s.flat_map(move |m| {
+            let items: Vec<Result<Option<Vec<u8>>, GuestError>> = match m {
+                Err(e) => vec![Err(GuestError::from_status(&e, timeout))],
                 Ok(m) => {
                     let mut v = Vec::new();
                     if !m.data.is_empty() {

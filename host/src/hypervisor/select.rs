@@ -3,7 +3,31 @@
 //! `moatd check` prints.
 
 use super::{Accel, HostCaps};
-use crate::config::Backend;
+use serde::{Deserialize, Serialize};
+
+/// Which VMM runs a handler's pods.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Pick for this host.
+    #[default]
+    Auto,
+    /// QEMU.
+    Qemu,
+    /// Moat's own VMM.
+    Builtin,
+}
+
+impl Backend {
+    /// The name the config uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Qemu => "qemu",
+            Backend::Builtin => "builtin",
+        }
+    }
+}
 
 /// What moatd says wherever a handler runs QEMU in TCG: start-up log, `moatd check`,
 /// Status's verbose info.

@@ -8,7 +8,6 @@ pub mod manifest;
 mod manifest_fetch;
 pub mod metadata;
 mod pull;
-pub use pull::now_nanos;
 pub mod reference;
 pub mod registry;
 pub mod service;

@@ -16,6 +16,7 @@ use super::metadata::{ImageRecord, LayerRecord};
 use super::reference::ImageRef;
 use super::registry::{Credentials, Endpoint, Session, StreamError, drain_stream};
 use super::service::Inner;
+use crate::time::now_nanos;
 
 /// Tries `f` against each endpoint, starting at `start`, and returns the first success with
 /// the index of the endpoint that gave it, or the last error.
@@ -231,14 +232,6 @@ pub async fn pull(
     drop(lease);
     info!(image = %r.canonical(), id = %record.id, size = record.size(), "image pulled");
     Ok(record)
-}
-
-/// Nanoseconds since the epoch.
-pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
 }
 
 async fn fetch_small_blob(

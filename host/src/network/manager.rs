@@ -38,7 +38,7 @@ impl NetworkManager {
     /// A manager using the CNI conf dir and plugin dirs of `cni`, pinning namespaces in
     /// `netns_dir` (e.g. `/var/run/netns`, where `ip netns` finds them) and caching what DEL
     /// needs in `cache_dir` (e.g. `/var/lib/moat/cni`; must survive restarts).
-    pub fn new(cni: &crate::config::CniConfig, netns_dir: PathBuf, cache_dir: PathBuf) -> Self {
+    pub fn new(cni: &super::config::CniConfig, netns_dir: PathBuf, cache_dir: PathBuf) -> Self {
         Self {
             conf_dir: cni.conf_dir.clone(),
             netns_dir,
@@ -298,7 +298,7 @@ impl NetworkManager {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CniConfig;
+    use crate::network::config::CniConfig;
 
     fn manager(d: &std::path::Path) -> NetworkManager {
         NetworkManager::new(

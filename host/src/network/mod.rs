@@ -6,16 +6,19 @@
 //! guest NIC takes the CNI interface's MAC and addresses (`pod::PodNetwork`). What teardown
 //! needs is cached on disk (`cache`) so it works after a moatd restart. `NetworkManager`
 //! (`manager`) runs it all; `default_conf` writes a bridge network for nodes that have none;
-//! `cni_config` tells kubelet whether a network is configured (NetworkReady).
+//! `cni_config` tells kubelet whether a network is configured (NetworkReady); `pod_cidr`
+//! keeps the node's pod CIDR that kubelet sets.
 
 pub mod cache;
 pub mod cni;
 pub mod cni_config;
+pub mod config;
 pub mod default_conf;
 pub mod error;
 pub mod manager;
 pub mod netns;
 pub mod pod;
+pub mod pod_cidr;
 pub mod tap;
 
 pub use cni::conf::PortMapping;

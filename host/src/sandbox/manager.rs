@@ -13,6 +13,7 @@ use super::record::{PodMetadata, SandboxRecord, SandboxStore, VmRecord};
 use super::state::{Next, SandboxEvent, SandboxState};
 use super::vm::{self, LaunchSpec, RunningVm, VmPaths};
 use crate::config::Config;
+use crate::guest::{Guest, GuestClient};
 use crate::hypervisor::builtin::Builtin;
 use crate::hypervisor::qemu::{Qemu, QemuConfig};
 use crate::hypervisor::select::{VmmKind, select_with};
@@ -82,13 +83,13 @@ pub struct RunRequest {
     /// The node's pod CIDR from UpdateRuntimeConfig.
     pub pod_cidr: Option<String>,
     /// The pod's user namespace (CRI NamespaceMode POD for users), validated.
-    pub userns: Option<super::userns::UserNamespace>,
+    pub userns: Option<crate::userns::UserNamespace>,
 }
 
 /// A sandbox's live VM and agent connection.
 struct Live {
     vm: Arc<RunningVm>,
-    agent: Option<super::agent::Agent>,
+    agent: Option<Arc<dyn Guest>>,
 }
 
 struct Inner {
@@ -109,9 +110,9 @@ pub struct SandboxManager {
 }
 
 /// The guest's interface and routes for a pod network.
-fn guest_network(pn: &crate::network::PodNetwork) -> super::agent::GuestNetwork {
-    super::agent::GuestNetwork {
-        interfaces: vec![super::agent::GuestInterface {
+fn guest_network(pn: &crate::network::PodNetwork) -> crate::guest::GuestNetwork {
+    crate::guest::GuestNetwork {
+        interfaces: vec![crate::guest::GuestInterface {
             name: pn.interface.clone(),
             mac: pn.mac.clone(),
             mtu: pn.mtu,
@@ -120,7 +121,7 @@ fn guest_network(pn: &crate::network::PodNetwork) -> super::agent::GuestNetwork 
         routes: pn
             .routes
             .iter()
-            .map(|r| super::agent::GuestRoute {
+            .map(|r| crate::guest::GuestRoute {
                 destination: r.dst.to_string(),
                 gateway: r.gateway.map(|g| g.to_string()).unwrap_or_default(),
                 device: pn.interface.clone(),
@@ -409,7 +410,7 @@ impl SandboxManager {
     ) -> Result<(), SandboxError> {
         let dir = self.paths(id).layers();
         for (name, src) in snapshots {
-            super::volumes::bind_read_only(src, &dir.join(name)).map_err(|e| {
+            crate::volumes::bind_read_only(src, &dir.join(name)).map_err(|e| {
                 SandboxError::FailedPrecondition(format!("expose layer {name}: {e}"))
             })?;
         }
@@ -508,7 +509,7 @@ impl SandboxManager {
                 annotations: req.annotations.clone(),
                 runtime_handler: handler.clone(),
                 state: SandboxState::Creating,
-                created_at: crate::images::now_nanos(),
+                created_at: crate::time::now_nanos(),
                 hostname: hostname.clone(),
                 log_directory: req.log_directory.clone(),
                 vcpus,
@@ -564,7 +565,7 @@ impl SandboxManager {
         .await;
         // The VMM has its own copy of the tap now.
         let network = net.map(|(pn, _fd)| pn);
-        let (vm, mut agent) = match launched {
+        let (vm, agent) = match launched {
             Ok(v) => v,
             Err(e) => {
                 self.teardown_network(&id).await;
@@ -583,20 +584,20 @@ impl SandboxManager {
         let hosts = format!(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
         );
-        let setup = super::agent::SandboxSetup {
+        let setup = crate::guest::SandboxSetup {
             hostname,
             resolv_conf: req.dns.resolv_conf(),
             hosts,
-            time_unix_nanos: crate::images::now_nanos(),
+            time_unix_nanos: crate::time::now_nanos(),
             shares: vec![
-                super::agent::ShareMount {
+                crate::guest::ShareMount {
                     tag: vm::LAYERS_TAG.into(),
                     mount_point: vm::LAYERS_MOUNT.into(),
                     read_only: true,
                 },
-                super::agent::ShareMount {
-                    tag: super::volumes::VOLUMES_TAG.into(),
-                    mount_point: super::volumes::VOLUMES_MOUNT.into(),
+                crate::guest::ShareMount {
+                    tag: crate::volumes::VOLUMES_TAG.into(),
+                    mount_point: crate::volumes::VOLUMES_MOUNT.into(),
                     read_only: false,
                 },
             ],
@@ -605,24 +606,22 @@ impl SandboxManager {
         };
         // The agent's InvalidArgument (a sysctl this kernel does not have) is the request's
         // fault, and stays InvalidArgument; anything else is the VM's.
-        let mut configured = agent
-            .setup(setup)
-            .await
-            .map_err(|e| (e.code(), format!("setting the sandbox up: {}", e.message())));
+        let mut configured = agent.setup(setup).await.map_err(|e| {
+            let request_fault = matches!(e, crate::guest::GuestError::BadRequest(_));
+            (request_fault, format!("setting the sandbox up: {e}"))
+        });
         if let (Ok(()), Some(pn)) = (&configured, &network) {
-            configured = agent.setup_network(guest_network(pn)).await.map_err(|e| {
-                (
-                    tonic::Code::Internal,
-                    format!("configuring the guest network: {}", e.message()),
-                )
-            });
+            configured = agent
+                .setup_network(guest_network(pn))
+                .await
+                .map_err(|e| (false, format!("configuring the guest network: {e}")));
         }
-        if let Err((code, detail)) = configured {
+        if let Err((request_fault, detail)) = configured {
             vm::teardown(&vm).await;
             vm.paths.remove();
             self.teardown_network(&id).await;
             self.fail_boot(&id)?;
-            if code == tonic::Code::InvalidArgument {
+            if request_fault {
                 return Err(SandboxError::InvalidArgument(detail));
             }
             return Err(SandboxError::Agent { id, detail });
@@ -644,7 +643,7 @@ impl SandboxManager {
             id.clone(),
             Live {
                 vm,
-                agent: Some(agent),
+                agent: Some(Arc::new(agent)),
             },
         );
         info!(sandbox = %id, pod = %record.metadata.name, namespace = %record.metadata.namespace, vcpus, memory_mib, ip = ?record.network.as_ref().and_then(|n| n.pod_ip()), "pod sandbox ready");
@@ -701,7 +700,7 @@ impl SandboxManager {
     }
 
     /// The agent client of a live sandbox, connecting if needed (after a restart).
-    pub async fn agent(&self, id: &str) -> Result<super::agent::Agent, SandboxError> {
+    pub async fn agent(&self, id: &str) -> Result<Arc<dyn Guest>, SandboxError> {
         let existing = self
             .live()
             .get(id)
@@ -709,12 +708,14 @@ impl SandboxManager {
         match existing {
             Some((Some(a), _)) => Ok(a),
             Some((None, paths)) => {
-                let a = super::agent::Agent::connect(&paths.vsock(), self.agent_timeout())
-                    .await
-                    .map_err(|e| SandboxError::Agent {
-                        id: id.into(),
-                        detail: e.to_string(),
-                    })?;
+                let a: Arc<dyn Guest> = Arc::new(
+                    GuestClient::connect(&paths.vsock(), self.agent_timeout())
+                        .await
+                        .map_err(|e| SandboxError::Agent {
+                            id: id.into(),
+                            detail: e.to_string(),
+                        })?,
+                );
                 if let Some(l) = self.live().get_mut(id) {
                     l.agent = Some(a.clone());
                 }
@@ -736,7 +737,11 @@ impl SandboxManager {
         let _g = self.inner.locks.lock(&id).await;
         let live = self.live().remove(&id);
         if let Some(l) = live {
-            if let Some(mut a) = l.agent.clone().or(self.agent_after_restart(&l).await) {
+            let agent = match l.agent.clone() {
+                Some(a) => Some(a),
+                None => self.agent_after_restart(&l).await,
+            };
+            if let Some(a) = agent {
                 let _ = a.shutdown().await;
             }
             let grace = Duration::from_secs(self.inner.config.sandbox.stop_timeout_secs);
@@ -779,10 +784,11 @@ impl SandboxManager {
         Ok(())
     }
 
-    async fn agent_after_restart(&self, l: &Live) -> Option<super::agent::Agent> {
-        super::agent::Agent::connect(&l.vm.paths.vsock(), self.agent_timeout())
+    async fn agent_after_restart(&self, l: &Live) -> Option<Arc<dyn Guest>> {
+        GuestClient::connect(&l.vm.paths.vsock(), self.agent_timeout())
             .await
             .ok()
+            .map(|c| Arc::new(c) as Arc<dyn Guest>)
     }
 
     /// RemovePodSandbox: stops the sandbox if needed and forgets it. Unknown ids are fine.

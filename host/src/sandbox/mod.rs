@@ -1,17 +1,14 @@
 //! Pod sandboxes: one micro-VM per pod. The state machine (`state`), the persisted records
-//! (`record`), the VM's processes and files (`vm`), the way to its agent (`agent`), the
+//! (`record`), the VM's processes and files (`vm`), the
 //! pod's hostname and sysctls (`identity`), and the manager that runs the lifecycle
 //! (`manager`).
 
-pub mod agent;
 pub mod error;
 pub mod identity;
 pub mod manager;
 pub mod record;
 pub mod state;
-pub mod userns;
 pub mod vm;
-pub mod volumes;
 
 pub use error::SandboxError;
 pub use manager::{DnsConfig, RunRequest, SandboxManager};

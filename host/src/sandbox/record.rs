@@ -80,7 +80,7 @@ pub struct SandboxRecord {
     pub network: Option<crate::network::PodNetwork>,
     /// The pod's user namespace, when it has one.
     #[serde(default)]
-    pub userns: Option<super::userns::UserNamespace>,
+    pub userns: Option<crate::userns::UserNamespace>,
 }
 
 /// Sandbox records, by id.

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use super::agent;
 use super::error::SandboxError;
+use crate::guest as agent;
 use crate::hypervisor::{FsShare, Hypervisor, VmProcess, VmSpec};
 
 /// The guest's vsock CID. Each VM has its own vsock device and backend, so every guest can
@@ -81,8 +81,8 @@ impl VmPaths {
     /// Unmounts the volumes, then deletes the whole directory. Nothing is deleted while a
     /// host path is still mounted under it.
     pub fn remove(&self) {
-        let released = super::volumes::release(&self.layers(), "")
-            .and_then(|()| super::volumes::release(&self.volumes(), ""));
+        let released = crate::volumes::release(&self.layers(), "")
+            .and_then(|()| crate::volumes::release(&self.volumes(), ""));
         match released {
             Ok(()) => {
                 let _ = std::fs::remove_dir_all(&self.dir);
@@ -196,7 +196,7 @@ pub struct LaunchSpec<'a> {
     /// The most the console log keeps on disk.
     pub console_log_max_bytes: u64,
     /// The pod's user namespace: the `layers` back-end reports owners shifted by it.
-    pub userns: Option<&'a super::userns::UserNamespace>,
+    pub userns: Option<&'a crate::userns::UserNamespace>,
 }
 
 /// The virtio-fs tag of the image layers share, and where the agent mounts it.
@@ -253,7 +253,7 @@ pub async fn launch(
     hypervisor: &dyn Hypervisor,
     paths: VmPaths,
     spec: LaunchSpec<'_>,
-) -> Result<(RunningVm, agent::Agent), SandboxError> {
+) -> Result<(RunningVm, agent::GuestClient), SandboxError> {
     paths.remove();
     for d in [
         paths.volumes(),
@@ -264,7 +264,7 @@ pub async fn launch(
         std::fs::create_dir_all(d).map_err(|e| SandboxError::io("create the VM run dir", e))?;
     }
     for share in [paths.volumes(), paths.layers()] {
-        if let Err(e) = super::volumes::mount_share_root(&share) {
+        if let Err(e) = crate::volumes::mount_share_root(&share) {
             paths.remove();
             return Err(SandboxError::io(
                 "mount a share's root",
@@ -281,7 +281,7 @@ pub async fn launch(
     };
     if let Some(m) = spec.modules.filter(|m| m.is_dir()) {
         let target = paths.layers().join(crate::config::MODULES_DIR);
-        if let Err(e) = super::volumes::bind_read_only(m, &target) {
+        if let Err(e) = crate::volumes::bind_read_only(m, &target) {
             paths.remove();
             return Err(SandboxError::io(
                 "share the on-demand kernel modules",
@@ -352,7 +352,7 @@ fn fs_shares(paths: &VmPaths, share_layers: bool) -> Vec<FsShare> {
         });
     }
     shares.push(FsShare {
-        tag: super::volumes::VOLUMES_TAG.into(),
+        tag: crate::volumes::VOLUMES_TAG.into(),
         shared_dir: paths.volumes(),
         read_only: false,
         vhost_socket: paths.volumes_socket(),
@@ -367,7 +367,7 @@ async fn spawn_backends(
     shares: &[FsShare],
     id: &str,
     jail: Option<&crate::confine::PodJail>,
-    userns: Option<&super::userns::UserNamespace>,
+    userns: Option<&crate::userns::UserNamespace>,
 ) -> Result<DeviceBackends, SandboxError> {
     use moat_devices::fs::owners::format_ranges;
     let plan_err = |e| SandboxError::io("plan the back-ends' confinement", e);
@@ -455,7 +455,7 @@ async fn launch_inner(
     paths: &VmPaths,
     spec: &LaunchSpec<'_>,
     jail: Option<&crate::confine::PodJail>,
-) -> Result<(RunningVm, agent::Agent), SandboxError> {
+) -> Result<(RunningVm, agent::GuestClient), SandboxError> {
     let id = spec.id.to_owned();
     let announce_path = paths.vsock_port(agent::ANNOUNCE_PORT);
     let announce = tokio::net::UnixListener::bind(&announce_path)
@@ -539,10 +539,10 @@ async fn launch_inner(
     }
     let call_timeout = Duration::from_secs(10);
     let client = async {
-        let mut c = agent::Agent::connect(&paths.vsock(), spec.agent_timeout)
+        let c = agent::GuestClient::connect(&paths.vsock(), spec.agent_timeout)
             .await
             .map_err(|e| e.to_string())?;
-        c.health().await.map_err(|e| e.message().to_owned())?;
+        c.health().await.map_err(|e| e.to_string())?;
         Ok::<_, String>(c)
     };
     match tokio::time::timeout(call_timeout, client).await {

@@ -1,11 +1,11 @@
 //! What a streaming session asks of the runtime, in the streaming server's own terms. The
-//! CRI layer stores a `Request` behind each token and implements `Backend` over the pods'
-//! agents; the protocol handlers (SPDY, WebSocket) only move bytes between the client and
+//! CRI layer stores a `Request` behind each token, `containers::sessions` implements
+//! `Backend` over the pods' agents; the protocol handlers (SPDY, WebSocket) only move bytes between the client and
 //! an `Io`.
 
 use tokio::sync::mpsc;
 
-pub use crate::sandbox::agent::StdinEvent;
+pub use crate::guest::StdinEvent;
 
 /// An Exec waiting for its client.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
-use moat_host::sandbox::agent::{Agent, hybrid_connect};
+use moat_host::guest::{GuestClient, hybrid_connect};
 use moat_host::sandbox::vm::VmPaths;
 use moat_tests::bench::median;
 use moat_tests::pod::pod_with_image;
@@ -74,7 +74,7 @@ async fn main() {
         drop(s);
     }
     // Floor 2: the agent's gRPC round trip on an open connection.
-    let mut agent = Agent::connect(&paths.vsock(), Duration::from_secs(10))
+    let agent = GuestClient::connect(&paths.vsock(), Duration::from_secs(10))
         .await
         .expect("agent");
     let mut health = Vec::new();

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use moat_host::guest::ANNOUNCE_PORT;
 use moat_host::hypervisor::builtin::Builtin;
 use moat_host::hypervisor::qemu::{Qemu, QemuConfig};
 use moat_host::hypervisor::{Accel, HostCaps, Hypervisor, VmSpec};
-use moat_host::sandbox::agent::ANNOUNCE_PORT;
 use moat_tests::bench::median;
 use moat_tests::moatd::moatd_bin;
 
