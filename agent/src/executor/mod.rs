@@ -23,9 +23,9 @@
 //!   options turned into flags, C strings), in the parent, where allocating is fine.
 //! - `container`: a short-lived thread unshares the PID namespace and forks; the child
 //!   (PID 1 of the new namespace, still the agent's child) waits until the parent has put
-//!   it in its cgroup, then runs `child::setup_rootfs` and `child::setup_process` and
+//!   it in its cgroup, then runs `rootfs::setup_rootfs` and `child::setup_process` and
 //!   blocks before `execve` until `start`. Pipes carry the handshake and, when a step
-//!   fails, which one and its errno, which the parent words as e.g.
+//!   fails, which one and its errno (`failure`), which the parent words as e.g.
 //!   `exec /bin/nope: No such file or directory`.
 //! - `sys`: every privileged call goes through the `Syscall` seam; the unit tests record
 //!   the calls with `Recorder` instead of making them.
@@ -47,10 +47,12 @@ mod child;
 mod container;
 mod devices;
 mod error;
+mod failure;
 mod overlay;
 mod plan;
 mod pod_init;
 mod process;
+mod rootfs;
 mod seccomp;
 mod sys;
 mod user;

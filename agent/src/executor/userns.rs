@@ -25,7 +25,7 @@
 //!   flags its source mount locks (nosuid, nodev, noexec, read-only, atime).
 //!
 //! Creating a user namespace of the container's own (a spec entry without a path) is not
-//! supported: `plan::ns_plan` refuses it.
+//! supported: `plan::ns::ns_plan` refuses it.
 
 use std::fmt;
 

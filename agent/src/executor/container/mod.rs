@@ -17,24 +17,35 @@
 //! namespace and clones the container's init with CLONE_PARENT, reports `P` and the init's
 //! pid, and exits; the parent registers the init, reaps the child, and sends the init a
 //! second `G`, after which the handshake goes on with the init.
+//!
+//! This file holds the handles (`Container`, `ExecProcess`) and the parent's side of
+//! `create` and `exec`; `stdio` makes the process's stdio, `handshake` carries the pipes'
+//! messages, `fork` forks and runs the child's side.
+
+mod fork;
+mod handshake;
+mod stdio;
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use nix::errno::Errno;
 use oci_spec::runtime::{Process, Spec};
 
 use super::cgroup::{self, Cgroup};
-use super::child::{self, Failure, StepKind};
 use super::error::{Error, Result};
-use super::plan::{self, NsPlan, PidNs, Plan, ProcessPlan, SeccompPlan};
+use super::failure::{self, Failure};
+use super::plan::{self, NsPlan, PidNs, Plan, SeccompPlan};
 use super::process::{ExitStatus, Proc, registry};
 use super::seccomp;
-use super::sys::{CVec, Linux, Syscall};
 use super::userns::IdMappings;
+use fork::{ChildFds, create_child, exec_child};
+use handshake::{Report, read_report, send};
+use stdio::{StdioSetup, pipe, recv_master, stdio_setup};
+
+pub(super) use fork::{child_close_fds, child_reset_signals, fork_on_thread};
+pub use stdio::Stdio;
 
 /// Options of `create` and `exec` beyond the spec.
 #[derive(Debug, Clone)]
@@ -55,25 +66,6 @@ impl Default for Options {
     }
 }
 
-/// The process's stdio, for the caller to read and write.
-#[derive(Debug)]
-pub enum Stdio {
-    /// Three pipes.
-    Pipes {
-        /// The write end of its stdin, if asked for.
-        stdin: Option<OwnedFd>,
-        /// The read end of its stdout.
-        stdout: OwnedFd,
-        /// The read end of its stderr.
-        stderr: OwnedFd,
-    },
-    /// A pseudo-terminal (process.terminal): the master side.
-    Pty {
-        /// The pty master: read the output, write the input.
-        master: OwnedFd,
-    },
-}
-
 /// Where a container is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -83,446 +75,6 @@ pub enum State {
     Running,
     /// Its process has ended (or never made it to `execve`).
     Stopped,
-}
-
-fn pipe() -> Result<(OwnedFd, OwnedFd)> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::errno("pipe", e))
-}
-
-fn dev_null(write: bool) -> Result<OwnedFd> {
-    let f = std::fs::OpenOptions::new()
-        .read(!write)
-        .write(write)
-        .open("/dev/null")
-        .map_err(|e| Error::io("open /dev/null", e))?;
-    Ok(f.into())
-}
-
-/// The stdio fds for the child and what the parent keeps.
-struct StdioSetup {
-    child: [OwnedFd; 3],
-    parent: Option<Stdio>,
-    /// (parent end, child end) of the socket the pty master comes back over.
-    console: Option<(OwnedFd, OwnedFd)>,
-}
-
-fn stdio_setup(terminal: bool, stdin: bool) -> Result<StdioSetup> {
-    if terminal {
-        let (a, b) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Stream,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| Error::errno("socketpair", e))?;
-        return Ok(StdioSetup {
-            child: [dev_null(false)?, dev_null(true)?, dev_null(true)?],
-            parent: None,
-            console: Some((a, b)),
-        });
-    }
-    let (in_child, in_parent) = if stdin {
-        let (r, w) = pipe()?;
-        (r, Some(w))
-    } else {
-        (dev_null(false)?, None)
-    };
-    let (out_r, out_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-    Ok(StdioSetup {
-        child: [in_child, out_w, err_w],
-        parent: Some(Stdio::Pipes {
-            stdin: in_parent,
-            stdout: out_r,
-            stderr: err_r,
-        }),
-        console: None,
-    })
-}
-
-/// Receives the pty master the child sends; None if it closed the socket first.
-fn recv_master(sock: &OwnedFd) -> Result<Option<OwnedFd>> {
-    let mut byte = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let mut cmsg = nix::cmsg_space!(RawFd);
-    let msg = nix::sys::socket::recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(|e| Error::errno("receive the pty master", e))?;
-    for c in msg
-        .cmsgs()
-        .map_err(|e| Error::errno("receive the pty master", e))?
-    {
-        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c
-            && let Some(&fd) = fds.first()
-        {
-            // SAFETY: SCM_RIGHTS just installed this fd in our table; we own it.
-            return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
-        }
-    }
-    Ok(None)
-}
-
-/// What the child reported.
-enum Report {
-    Ready,
-    Failed(Failure),
-    /// The pid of the container's init, forked into its PID namespace.
-    Pid(i32),
-    Eof,
-}
-
-fn read_report(fd: &OwnedFd) -> Result<Report> {
-    let mut f = File::from(fd.try_clone().map_err(|e| Error::io("dup", e))?);
-    let mut tag = [0u8; 1];
-    loop {
-        match f.read(&mut tag) {
-            Ok(0) => return Ok(Report::Eof),
-            Ok(_) => break,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("read the child's report", e)),
-        }
-    }
-    match tag[0] {
-        b'R' => Ok(Report::Ready),
-        b'P' => {
-            let mut pid = [0u8; 4];
-            f.read_exact(&mut pid)
-                .map_err(|e| Error::io("read the child's report", e))?;
-            Ok(Report::Pid(i32::from_ne_bytes(pid)))
-        }
-        b'E' => {
-            let mut rec = [0u8; 12];
-            f.read_exact(&mut rec)
-                .map_err(|e| Error::io("read the child's report", e))?;
-            Failure::decode(&rec).map(Report::Failed).ok_or_else(|| {
-                Error::io(
-                    "read the child's report",
-                    std::io::Error::other("bad record"),
-                )
-            })
-        }
-        _ => Err(Error::io(
-            "read the child's report",
-            std::io::Error::other("bad tag"),
-        )),
-    }
-}
-
-fn send(fd: &OwnedFd, byte: u8) -> std::io::Result<()> {
-    File::from(fd.try_clone()?).write_all(&[byte])
-}
-
-// --- the child's side (after fork, before execve: raw calls only) ---------------------
-
-fn child_write(fd: RawFd, buf: &[u8]) {
-    // SAFETY: buf is valid for buf.len() bytes.
-    unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-}
-
-fn child_fail(report: RawFd, f: Failure, code: i32) -> ! {
-    let mut buf = [0u8; 13];
-    buf[0] = b'E';
-    buf[1..].copy_from_slice(&f.encode());
-    child_write(report, &buf);
-    // SAFETY: _exit ends the process without running the agent's atexit handlers.
-    unsafe { libc::_exit(code) }
-}
-
-fn child_exit(code: i32) -> ! {
-    // SAFETY: as above.
-    unsafe { libc::_exit(code) }
-}
-
-/// Reads one byte from the parent; None on EOF or error.
-fn child_read(fd: RawFd) -> Option<u8> {
-    let mut b = [0u8; 1];
-    loop {
-        // SAFETY: b is a valid 1-byte buffer.
-        let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
-        if n == 1 {
-            return Some(b[0]);
-        }
-        if n < 0 && Errno::last() == Errno::EINTR {
-            continue;
-        }
-        return None;
-    }
-}
-
-/// Default dispositions and an empty mask: what the agent (tokio, Rust's SIGPIPE) set must
-/// not leak into the container (ignored signals and the mask survive execve).
-pub(crate) fn child_reset_signals() {
-    for sig in 1..=libc::SIGRTMAX() {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            // SAFETY: setting the default disposition is always valid.
-            unsafe { libc::signal(sig, libc::SIG_DFL) };
-        }
-    }
-    // SAFETY: an empty set, initialised by sigemptyset, as the new mask.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-    }
-}
-
-/// Puts the stdio fds on 0, 1, 2.
-fn child_stdio(fds: &[RawFd; 3]) -> std::result::Result<(), Errno> {
-    let mut src = *fds;
-    // Move any source sitting on 0..2 out of the way first.
-    for fd in src.iter_mut() {
-        if *fd < 3 {
-            // SAFETY: fcntl on an fd we hold.
-            let n = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 3) };
-            if n < 0 {
-                return Err(Errno::last());
-            }
-            *fd = n;
-        }
-    }
-    for (target, fd) in src.iter().enumerate() {
-        // SAFETY: dup2 on fds we hold.
-        if unsafe { libc::dup2(*fd, target as RawFd) } < 0 {
-            return Err(Errno::last());
-        }
-    }
-    Ok(())
-}
-
-/// Closes every fd from 3 up but those in `keep` (sorted): the child must not hold other
-/// containers' pipes (their EOFs would wait on it).
-pub(crate) fn child_close_fds(keep: &[RawFd]) {
-    let close_range = |first: RawFd, last: u32| {
-        // SAFETY: close_range on a range of our own fd table.
-        let r = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last, 0u32) };
-        if r < 0 {
-            let end = last.min(65_535) as RawFd;
-            for fd in first..=end {
-                // SAFETY: closing an fd we may or may not hold is harmless here.
-                unsafe { libc::close(fd) };
-            }
-        }
-    };
-    let mut next: RawFd = 3;
-    for &k in keep {
-        if k < next {
-            continue;
-        }
-        if k > next {
-            close_range(next, (k - 1) as u32);
-        }
-        next = k + 1;
-    }
-    close_range(next, u32::MAX);
-}
-
-/// What the forked child of `create` gets.
-struct CreateChild<'a> {
-    plan: &'a Plan,
-    ns_fds: Vec<(RawFd, libc::c_int)>,
-    /// The user namespace to join, if any.
-    user: Option<RawFd>,
-    stdio: [RawFd; 3],
-    console: Option<RawFd>,
-    sync: RawFd,
-    report: RawFd,
-    keep: Vec<RawFd>,
-}
-
-fn create_child(c: &CreateChild<'_>, argv: &CVec<'_>, envp: &CVec<'_>) -> ! {
-    let sys = Linux;
-    child_reset_signals();
-    if let Err(e) = child_stdio(&c.stdio) {
-        child_fail(
-            c.report,
-            Failure {
-                kind: StepKind::Stdio,
-                index: 0,
-                errno: e,
-            },
-            1,
-        );
-    }
-    child_close_fds(&c.keep);
-    if child_read(c.sync) != Some(b'G') {
-        child_exit(1);
-    }
-    let mut joins: &[(RawFd, libc::c_int)] = &c.ns_fds;
-    if let Some(user) = c.user {
-        if let Err(f) = child::enter_user_namespace(&sys, &c.plan.process, joins, user) {
-            child_fail(c.report, f, 1);
-        }
-        joins = &[];
-        if c.plan.ns.pid_in_userns() {
-            match child::fork_into_new_pid_namespace(&sys) {
-                Err(f) => child_fail(c.report, f, 1),
-                // The container's init: on once the parent has registered it.
-                Ok(0) => {
-                    if child_read(c.sync) != Some(b'G') {
-                        child_exit(1);
-                    }
-                }
-                Ok(pid) => {
-                    let mut buf = [0u8; 5];
-                    buf[0] = b'P';
-                    buf[1..].copy_from_slice(&pid.to_ne_bytes());
-                    child_write(c.report, &buf);
-                    child_exit(0);
-                }
-            }
-        }
-    }
-    if let Err(f) = child::setup_rootfs(&sys, &c.plan.ns, &c.plan.root, joins, c.console) {
-        child_fail(c.report, f, 1);
-    }
-    if let Err(f) = child::setup_process(&sys, &c.plan.process) {
-        child_fail(c.report, f, 1);
-    }
-    child_write(c.report, b"R");
-    if child_read(c.sync) != Some(b'S') {
-        child_exit(0);
-    }
-    let f = child::exec(&sys, &c.plan.process, argv, envp);
-    child_fail(c.report, f, 127)
-}
-
-/// What the forked child of `exec` gets.
-struct ExecChild<'a> {
-    process: &'a ProcessPlan,
-    ns_fds: Vec<(RawFd, libc::c_int)>,
-    /// The container's user namespace, joined after the others.
-    user: Option<RawFd>,
-    stdio: [RawFd; 3],
-    console: Option<RawFd>,
-    sync: RawFd,
-    report: RawFd,
-    keep: Vec<RawFd>,
-}
-
-fn exec_child(c: &ExecChild<'_>, argv: &CVec<'_>, envp: &CVec<'_>) -> ! {
-    let sys = Linux;
-    child_reset_signals();
-    if let Err(e) = child_stdio(&c.stdio) {
-        child_fail(
-            c.report,
-            Failure {
-                kind: StepKind::Stdio,
-                index: 0,
-                errno: e,
-            },
-            1,
-        );
-    }
-    child_close_fds(&c.keep);
-    if child_read(c.sync) != Some(b'G') {
-        child_exit(1);
-    }
-    if let Some(user) = c.user {
-        if let Err(f) = child::enter_user_namespace(&sys, c.process, &c.ns_fds, user) {
-            child_fail(c.report, f, 1);
-        }
-    } else {
-        for (i, &(fd, nstype)) in c.ns_fds.iter().enumerate() {
-            if let Err(e) = sys.setns(fd, nstype) {
-                child_fail(
-                    c.report,
-                    Failure {
-                        kind: StepKind::Setns,
-                        index: i as u32,
-                        errno: e,
-                    },
-                    1,
-                );
-            }
-        }
-    }
-    if let Some(sock) = c.console
-        && let Err(e) = sys.setup_console(sock, None, c.process.console_size)
-    {
-        child_fail(
-            c.report,
-            Failure {
-                kind: StepKind::Console,
-                index: 0,
-                errno: e,
-            },
-            1,
-        );
-    }
-    if let Err(f) = child::setup_process(&sys, c.process) {
-        child_fail(c.report, f, 1);
-    }
-    let f = child::exec(&sys, c.process, argv, envp);
-    child_fail(c.report, f, 127)
-}
-
-/// Forks on a thread of its own that first enters `pid_ns` (a new PID namespace, or the one
-/// `pid_ns_file` is); registers the child before anyone can reap it; returns its pid. With
-/// `clone_ns` (CLONE_NEW* flags) the child is cloned into those new namespaces instead of
-/// forked: CLONE_NEWUSER | CLONE_NEWPID makes a PID namespace the new user namespace owns,
-/// which no thread of the agent can make. Such a child is not forked through the C
-/// library, which still believes it has the agent's threads: it must make raw calls only.
-pub(crate) fn fork_on_thread(
-    pid_ns: &PidNs,
-    pid_ns_file: Option<&File>,
-    clone_ns: libc::c_int,
-    (args, env): (&[std::ffi::CString], &[std::ffi::CString]),
-    child: &(dyn Fn(&CVec<'_>, &CVec<'_>) -> std::convert::Infallible + Sync),
-) -> Result<i32> {
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<i32> {
-            match (pid_ns, pid_ns_file) {
-                (PidNs::New, _) => Linux
-                    .unshare(libc::CLONE_NEWPID)
-                    .map_err(|e| Error::errno("unshare the PID namespace", e))?,
-                (PidNs::Join(p), Some(f)) => Linux
-                    .setns(f.as_raw_fd(), libc::CLONE_NEWPID)
-                    .map_err(|e| Error::errno(format!("join PID namespace {}", p.display()), e))?,
-                _ => {}
-            }
-            let argv = CVec::new(args);
-            let envp = CVec::new(env);
-            let mut reg = registry();
-            let pid = if clone_ns == 0 {
-                // SAFETY: the child only runs `child`, which makes raw system calls on data
-                // prepared before the fork, takes no lock (the registry guard's copy is never
-                // touched) and ends in execve or _exit.
-                unsafe { libc::fork() }
-            } else {
-                // SAFETY: as for fork: with no stack, clone(2) continues both processes where
-                // the call returns; the child only runs `child` (raw calls, no lock).
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_clone,
-                        (clone_ns | libc::SIGCHLD) as libc::c_ulong,
-                        0usize,
-                        0usize,
-                        0usize,
-                        0usize,
-                    ) as i32
-                }
-            };
-            if pid < 0 {
-                let what = if clone_ns == 0 {
-                    "fork"
-                } else {
-                    "clone into new namespaces"
-                };
-                return Err(Error::errno(what, Errno::last()));
-            }
-            if pid == 0 {
-                match child(&argv, &envp) {}
-            }
-            reg.get_or_insert_with(Default::default).insert(pid, None);
-            Ok(pid)
-        })
-        .join()
-        .unwrap_or_else(|_| Err(Error::io("fork thread", std::io::Error::other("panicked"))))
-    })
 }
 
 fn open_ns(path: &Path) -> Result<File> {
@@ -642,32 +194,13 @@ impl Container {
             PidNs::Join(p) => Some(open_ns(p)?),
             _ => None,
         };
-        let console_child = stdio.console.as_ref().map(|(_, c)| c.as_raw_fd());
-        let mut keep: Vec<RawFd> = vec![sync_r.as_raw_fd(), report_w.as_raw_fd()];
-        keep.extend(console_child);
-        keep.extend(ns_files.iter().map(|(f, _)| f.as_raw_fd()));
-        keep.extend(user_file.as_ref().map(File::as_raw_fd));
-        keep.sort_unstable();
-        let child = CreateChild {
-            plan: &plan,
-            ns_fds: ns_files.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect(),
-            user: user_file.as_ref().map(File::as_raw_fd),
-            stdio: [
-                stdio.child[0].as_raw_fd(),
-                stdio.child[1].as_raw_fd(),
-                stdio.child[2].as_raw_fd(),
-            ],
-            console: console_child,
-            sync: sync_r.as_raw_fd(),
-            report: report_w.as_raw_fd(),
-            keep,
-        };
+        let child = ChildFds::new(&stdio, &sync_r, &report_w, &ns_files, user_file.as_ref());
         let pid = fork_on_thread(
             &thread_pid_ns,
             pid_file.as_ref(),
             0,
             (&plan.process.argv, &plan.process.envp),
-            &|argv, envp| create_child(&child, argv, envp),
+            &|argv, envp| create_child(&plan, &child, argv, envp),
         )?;
         drop(child);
         let proc = Proc::new(pid);
@@ -688,7 +221,7 @@ impl Container {
             }
         };
         let joins = plan.ns.described_joins();
-        let failed = |f: Failure| child::describe(f, &joins, Some(&plan.root), &plan.process);
+        let failed = |f: Failure| failure::describe(f, &joins, Some(&plan.root), &plan.process);
         if let Some(cg) = cgroup {
             cg.add(pid).inspect_err(|_| proc.kill_and_reap())?;
         }
@@ -862,7 +395,7 @@ impl Container {
             Report::Eof => Ok(()),
             Report::Failed(f) => {
                 inner.state = State::Stopped;
-                Err(child::describe(
+                Err(failure::describe(
                     f,
                     &self.plan.ns.described_joins(),
                     Some(&self.plan.root),
@@ -925,18 +458,13 @@ impl Container {
             .map(|(p, t)| Ok((open_ns(p)?, *t)))
             .collect::<Result<_>>()?;
         // Its user namespace last: joining the others needs the VM's root.
-        let user = self
-            .plan
-            .ns
-            .user
-            .as_ref()
-            .map(|_| child::ns_path(pid, "user"));
+        let user = self.plan.ns.user.as_ref().map(|_| ns_path(pid, "user"));
         let user_file = user.as_deref().map(open_ns).transpose()?;
         ns.extend(user.map(|p| (p, libc::CLONE_NEWUSER)));
         let pid_ns = if self.plan.ns.pid == PidNs::Host {
             PidNs::Host
         } else {
-            PidNs::Join(child::ns_path(pid, "pid"))
+            PidNs::Join(ns_path(pid, "pid"))
         };
         let pid_file = match &pid_ns {
             PidNs::Join(p) => Some(open_ns(p)?),
@@ -945,32 +473,13 @@ impl Container {
         let (sync_r, sync_w) = pipe()?;
         let (report_r, report_w) = pipe()?;
         let stdio = stdio_setup(pplan.terminal, opts.stdin)?;
-        let console_child = stdio.console.as_ref().map(|(_, c)| c.as_raw_fd());
-        let mut keep: Vec<RawFd> = vec![sync_r.as_raw_fd(), report_w.as_raw_fd()];
-        keep.extend(console_child);
-        keep.extend(ns_files.iter().map(|(f, _)| f.as_raw_fd()));
-        keep.extend(user_file.as_ref().map(File::as_raw_fd));
-        keep.sort_unstable();
-        let child = ExecChild {
-            process: &pplan,
-            ns_fds: ns_files.iter().map(|(f, t)| (f.as_raw_fd(), *t)).collect(),
-            user: user_file.as_ref().map(File::as_raw_fd),
-            stdio: [
-                stdio.child[0].as_raw_fd(),
-                stdio.child[1].as_raw_fd(),
-                stdio.child[2].as_raw_fd(),
-            ],
-            console: console_child,
-            sync: sync_r.as_raw_fd(),
-            report: report_w.as_raw_fd(),
-            keep,
-        };
+        let child = ChildFds::new(&stdio, &sync_r, &report_w, &ns_files, user_file.as_ref());
         let child_pid = fork_on_thread(
             &pid_ns,
             pid_file.as_ref(),
             0,
             (&pplan.argv, &pplan.envp),
-            &|argv, envp| exec_child(&child, argv, envp),
+            &|argv, envp| exec_child(&pplan, &child, argv, envp),
         )?;
         drop(child);
         drop((sync_r, report_w, pid_file, ns_files, user_file));
@@ -1010,7 +519,7 @@ impl Container {
             }),
             Report::Failed(f) => {
                 let _ = proc.wait_blocking();
-                Err(child::describe(f, &ns, None, &pplan))
+                Err(failure::describe(f, &ns, None, &pplan))
             }
             Report::Ready | Report::Pid(_) => Err(fail(Error::io(
                 "exec",
@@ -1067,8 +576,16 @@ fn exec_namespaces(ns: &NsPlan, pid: i32) -> Vec<(PathBuf, libc::c_int)> {
     ]
     .into_iter()
     .filter(|(flag, _)| own(*flag))
-    .map(|(flag, name)| (child::ns_path(pid, name), flag))
+    .map(|(flag, name)| (ns_path(pid, name), flag))
     .collect()
+}
+
+/// The /proc path of a namespace of `pid`.
+fn ns_path(pid: i32, name: &str) -> PathBuf {
+    Path::new("/proc")
+        .join(pid.to_string())
+        .join("ns")
+        .join(name)
 }
 
 impl Drop for Container {
