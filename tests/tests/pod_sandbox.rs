@@ -300,6 +300,68 @@ async fn a_boot_cut_short_by_a_moatd_crash_leaves_nothing_running() {
     assert_nothing_left(&m, &id);
 }
 
+/// A client that gives up on RunPodSandbox while the VM boots (a kubelet timeout, a
+/// crictl ^C) cancels the call; moatd undoes the boot: no process, record or run dir
+/// stays, and the same call succeeds afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_boot_whose_client_gives_up_leaves_nothing_running() {
+    let m = Moatd::start(&config("")).await;
+    let vm_root = m.root().with_file_name("run").join("vm");
+    let needle = format!("{}/", vm_root.display());
+    let mut rt = m.runtime().await;
+    let call = tokio::spawn(async move {
+        rt.run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod("impatient")),
+            runtime_handler: String::new(),
+        })
+        .await
+    });
+    let vmm = if on_builtin() { " vmm " } else { "qemu-system" };
+    let started = moat_tests::wait_until(std::time::Duration::from_secs(30), || {
+        processes_with(&needle).iter().any(|p| p.contains(vmm))
+    })
+    .await;
+    assert!(started, "no VMM started:\n{}", m.log());
+    // Dropping the client's call resets its HTTP/2 stream: moatd's handler is dropped.
+    call.abort();
+    let gone = moat_tests::wait_until(std::time::Duration::from_secs(20), || {
+        processes_with(&needle).is_empty()
+    })
+    .await;
+    assert!(
+        gone,
+        "processes of the abandoned boot still run: {:?}\n{}",
+        processes_with(&needle),
+        m.log()
+    );
+    assert!(
+        m.log()
+            .contains("RunPodSandbox ended before the boot finished"),
+        "{}",
+        m.log()
+    );
+    let emptied = moat_tests::wait_until(std::time::Duration::from_secs(10), || {
+        std::fs::read_dir(&vm_root).map_or(true, |mut d| d.next().is_none())
+    })
+    .await;
+    assert!(emptied, "the run dir of the abandoned boot stays");
+    let list = m
+        .runtime()
+        .await
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert!(list.is_empty(), "no half-made pod: {list:?}");
+    let id = run(&m, pod("impatient"))
+        .await
+        .expect("the same call again");
+    assert_eq!(state(&m, &id).await.expect("state"), READY);
+    remove(&m, &id).await;
+    assert_nothing_left(&m, &id);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vm_that_misses_its_deadline_is_torn_down() {
     if on_builtin() {

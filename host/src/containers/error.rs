@@ -28,7 +28,7 @@ pub enum ContainerError {
         /// What failed.
         detail: String,
     },
-    /// The store failed.
-    #[error("state store: {0}")]
-    Store(String),
+    /// The state database failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }

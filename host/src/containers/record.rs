@@ -4,9 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::ContainerError;
 use super::state::ContainerState;
-use crate::store::{JsonTable, Store, StoreError};
+use crate::store::{Record, Table};
 
 /// A container's mount as CreateContainer asked for it, for ContainerStatus.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,39 +136,15 @@ pub struct ContainerRecord {
     pub stdin_once: bool,
 }
 
+impl Record for ContainerRecord {
+    const TABLE: &'static str = "containers";
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
 /// Container records, by id.
-#[derive(Clone)]
-pub struct ContainerStore {
-    table: JsonTable<ContainerRecord>,
-}
-
-fn e(err: StoreError) -> ContainerError {
-    ContainerError::Store(err.0)
-}
-
-impl ContainerStore {
-    /// Opens the table.
-    pub fn open(store: Store) -> Result<Self, ContainerError> {
-        Ok(Self {
-            table: JsonTable::open(store, "containers").map_err(e)?,
-        })
-    }
-
-    /// Writes a record.
-    pub fn put(&self, r: &ContainerRecord) -> Result<(), ContainerError> {
-        self.table.put(&r.id, r).map_err(e)
-    }
-
-    /// Deletes a record; absent is fine.
-    pub fn delete(&self, id: &str) -> Result<(), ContainerError> {
-        self.table.delete(id).map_err(e)
-    }
-
-    /// Every record.
-    pub fn list(&self) -> Result<Vec<ContainerRecord>, ContainerError> {
-        self.table.list().map_err(e)
-    }
-}
+pub type ContainerStore = Table<ContainerRecord>;
 
 #[cfg(test)]
 mod tests {

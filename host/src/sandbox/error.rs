@@ -71,9 +71,9 @@ pub enum SandboxError {
         /// Why (boxed: it is large and rare).
         source: Box<crate::network::NetworkError>,
     },
-    /// The store failed.
-    #[error("state store: {0}")]
-    Store(String),
+    /// The state database failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// Local I/O failed.
     #[error("{context}: {source}")]
     Io {

@@ -312,16 +312,7 @@ impl SandboxManager {
                     // moatd died during the boot: finish the failure. The record names no
                     // pid yet; the VM's processes name its directory.
                     self.kill_recorded(&r).await;
-                    let left = vm::processes_in(&self.paths(&r.id).dir);
-                    for p in &left {
-                        let _ = p.terminate(Duration::from_secs(2)).await;
-                    }
-                    if !left.is_empty() {
-                        warn!(sandbox = %r.id, processes = left.len(), "stopped the processes of a boot interrupted by a restart");
-                    }
-                    self.teardown_network(&r.id).await;
-                    self.paths(&r.id).remove();
-                    self.inner.records.delete(&r.id)?;
+                    self.undo_boot(&r.id, None).await?;
                     warn!(sandbox = %r.id, "removed a sandbox whose boot was interrupted by a restart");
                 }
                 (SandboxState::Ready, _) => {
@@ -387,10 +378,9 @@ impl SandboxManager {
             let Ok(Some(mut r)) = this.get(&id) else {
                 return;
             };
-            if let Ok(Next::State(s)) = r.state.apply(SandboxEvent::VmExited) {
-                r.state = s;
-                r.vm = None;
-                let _ = this.inner.records.put(&r);
+            r.vm = None;
+            if let Err(e) = this.transition(&mut r, SandboxEvent::VmExited) {
+                warn!(sandbox = %id, error = %e, "cannot record that the VM exited");
             }
         });
     }
@@ -486,7 +476,7 @@ impl SandboxManager {
         let (vcpus, memory_mib) =
             size_vm(&self.inner.config.sandbox, req.cpu, req.memory_limit_bytes);
 
-        let (id, mut record) = {
+        let (id, record) = {
             let _c = self.inner.create.lock().await;
             let name = md.reserved_name();
             if let Some(other) = self
@@ -522,16 +512,35 @@ impl SandboxManager {
             (id, record)
         };
         let _g = self.inner.locks.lock(&id).await;
-        let span = tracing::info_span!("sandbox", sandbox = %id);
-        let _e = span.enter();
-        drop(_e);
-        let net = match self.setup_network(&id, &req).await {
-            Ok(n) => n,
-            Err(e) => {
-                self.fail_boot(&id)?;
-                return Err(e);
+        let mut guard = BootGuard::new(self.clone(), &id);
+        match self
+            .boot(&mut guard, record, &req, &handler_vmm, hostname)
+            .await
+        {
+            Ok(()) => {
+                guard.disarm();
+                Ok(id)
             }
-        };
+            Err(e) => {
+                guard.unwind().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// RunPodSandbox's boot of a new Creating sandbox: network, VM, agent set-up. What it
+    /// makes is recorded in `guard`, which undoes it if the boot does not finish.
+    async fn boot(
+        &self,
+        guard: &mut BootGuard,
+        mut record: SandboxRecord,
+        req: &RunRequest,
+        handler_vmm: &HandlerVmm,
+        hostname: String,
+    ) -> Result<(), SandboxError> {
+        let id = record.id.clone();
+        let (vcpus, memory_mib) = (record.vcpus, record.memory_mib);
+        let net = self.setup_network(&id, req).await?;
         let cfg = &self.inner.config.sandbox;
         let modules = cfg.modules();
         let kernel = match handler_vmm.kind {
@@ -565,14 +574,9 @@ impl SandboxManager {
         .await;
         // The VMM has its own copy of the tap now.
         let network = net.map(|(pn, _fd)| pn);
-        let (vm, agent) = match launched {
-            Ok(v) => v,
-            Err(e) => {
-                self.teardown_network(&id).await;
-                self.fail_boot(&id)?;
-                return Err(e);
-            }
-        };
+        let (vm, agent) = launched?;
+        let vm = Arc::new(vm);
+        guard.vm = Some(vm.clone());
         record.network = network.clone();
         record.vm = Some(VmRecord {
             vmm_pid: vm.vmm.pid(),
@@ -606,38 +610,25 @@ impl SandboxManager {
         };
         // The agent's InvalidArgument (a sysctl this kernel does not have) is the request's
         // fault, and stays InvalidArgument; anything else is the VM's.
-        let mut configured = agent.setup(setup).await.map_err(|e| {
-            let request_fault = matches!(e, crate::guest::GuestError::BadRequest(_));
-            (request_fault, format!("setting the sandbox up: {e}"))
-        });
-        if let (Ok(()), Some(pn)) = (&configured, &network) {
-            configured = agent
+        agent.setup(setup).await.map_err(|e| match e {
+            crate::guest::GuestError::BadRequest(_) => {
+                SandboxError::InvalidArgument(format!("setting the sandbox up: {e}"))
+            }
+            _ => SandboxError::Agent {
+                id: id.clone(),
+                detail: format!("setting the sandbox up: {e}"),
+            },
+        })?;
+        if let Some(pn) = &network {
+            agent
                 .setup_network(guest_network(pn))
                 .await
-                .map_err(|e| (false, format!("configuring the guest network: {e}")));
+                .map_err(|e| SandboxError::Agent {
+                    id: id.clone(),
+                    detail: format!("configuring the guest network: {e}"),
+                })?;
         }
-        if let Err((request_fault, detail)) = configured {
-            vm::teardown(&vm).await;
-            vm.paths.remove();
-            self.teardown_network(&id).await;
-            self.fail_boot(&id)?;
-            if request_fault {
-                return Err(SandboxError::InvalidArgument(detail));
-            }
-            return Err(SandboxError::Agent { id, detail });
-        }
-        record.state = match record
-            .state
-            .apply(SandboxEvent::AgentReady)
-            .map_err(|source| SandboxError::Transition {
-                id: id.clone(),
-                source,
-            })? {
-            Next::State(s) => s,
-            Next::Removed => SandboxState::Stopped,
-        };
-        self.inner.records.put(&record)?;
-        let vm = Arc::new(vm);
+        self.transition(&mut record, SandboxEvent::AgentReady)?;
         self.watch(&id, vm.clone());
         self.live().insert(
             id.clone(),
@@ -647,7 +638,7 @@ impl SandboxManager {
             },
         );
         info!(sandbox = %id, pod = %record.metadata.name, namespace = %record.metadata.namespace, vcpus, memory_mib, ip = ?record.network.as_ref().and_then(|n| n.pod_ip()), "pod sandbox ready");
-        Ok(id)
+        Ok(())
     }
 
     /// Sets the pod network up when the node has a CNI network; None (loopback only)
@@ -690,13 +681,58 @@ impl SandboxManager {
         }
     }
 
+    /// Undoes a boot that did not finish: the VM (`vm`, or whatever processes name its
+    /// directory when the boot was cut short before the VM was known), its mounts and run
+    /// dir, the pod network (CNI DEL is idempotent), and the Creating record.
+    async fn undo_boot(&self, id: &str, vm: Option<Arc<RunningVm>>) -> Result<(), SandboxError> {
+        let paths = self.paths(id);
+        if let Some(vm) = vm {
+            vm::teardown(&vm).await;
+        }
+        let left = vm::processes_in(&paths.dir);
+        for p in &left {
+            let _ = p.terminate(Duration::from_secs(2)).await;
+        }
+        if !left.is_empty() {
+            warn!(sandbox = %id, processes = left.len(), "stopped the processes of an unfinished boot");
+        }
+        self.teardown_network(id).await;
+        paths.remove();
+        self.fail_boot(id)
+    }
+
+    /// Creating --BootFailed--> removed: nothing of a sandbox whose boot failed stays.
     fn fail_boot(&self, id: &str) -> Result<(), SandboxError> {
-        // Creating --BootFailed--> removed: nothing of the sandbox stays.
-        debug_assert_eq!(
-            SandboxState::Creating.apply(SandboxEvent::BootFailed),
-            Ok(Next::Removed)
-        );
-        self.inner.records.delete(id)
+        match self.inner.records.get(id)? {
+            Some(mut r) if r.state == SandboxState::Creating => {
+                self.transition(&mut r, SandboxEvent::BootFailed)?;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every change of a sandbox's state: applies `ev` to `r` and stores the result, the
+    /// new state or the record's deletion. Returns whether the record remains.
+    fn transition(&self, r: &mut SandboxRecord, ev: SandboxEvent) -> Result<bool, SandboxError> {
+        let next = r
+            .state
+            .apply(ev)
+            .map_err(|source| SandboxError::Transition {
+                id: r.id.clone(),
+                source,
+            })?;
+        match next {
+            Next::State(s) => {
+                r.state = s;
+                self.inner.records.put(r)?;
+                Ok(true)
+            }
+            Next::Removed => {
+                self.inner.records.delete(&r.id)?;
+                Ok(false)
+            }
+        }
     }
 
     /// The agent client of a live sandbox, connecting if needed (after a restart).
@@ -754,19 +790,8 @@ impl SandboxManager {
         if let Ok(Some(latest)) = self.get(&id) {
             r = latest;
         }
-        r.state =
-            match r
-                .state
-                .apply(SandboxEvent::Stop)
-                .map_err(|source| SandboxError::Transition {
-                    id: id.clone(),
-                    source,
-                })? {
-                Next::State(s) => s,
-                Next::Removed => SandboxState::Stopped,
-            };
         r.vm = None;
-        self.inner.records.put(&r)?;
+        self.transition(&mut r, SandboxEvent::Stop)?;
         // CNI DEL, idempotent: a failure leaves the network recorded so kubelet's retry of
         // StopPodSandbox finishes it.
         self.inner
@@ -800,9 +825,10 @@ impl SandboxManager {
             self.stop(&r.id).await?;
         }
         let _g = self.inner.locks.lock(&r.id).await;
-        let Some(r) = self.get(&r.id)? else {
+        let Some(mut r) = self.get(&r.id)? else {
             return Ok(());
         };
+        // Checked before anything is torn down; recorded once it is.
         r.state
             .apply(SandboxEvent::Remove)
             .map_err(|source| SandboxError::Transition {
@@ -819,9 +845,69 @@ impl SandboxManager {
             })?;
         let paths = self.paths(&r.id);
         paths.remove();
-        self.inner.records.delete(&r.id)?;
+        self.transition(&mut r, SandboxEvent::Remove)?;
         info!(sandbox = %r.id, "pod sandbox removed");
         Ok(())
+    }
+}
+
+/// Undoes a RunPodSandbox whose boot did not finish, so no half-made sandbox stays: the
+/// VM (processes, mounts, run dir), the pod network and the Creating record. `unwind` does
+/// it in order on an error; dropped still armed (a panic, or the call's future dropped when
+/// its client went away), it does the same in a task of its own.
+struct BootGuard {
+    manager: SandboxManager,
+    id: String,
+    /// The VM is running.
+    vm: Option<Arc<RunningVm>>,
+    armed: bool,
+}
+
+impl BootGuard {
+    fn new(manager: SandboxManager, id: &str) -> Self {
+        Self {
+            manager,
+            id: id.to_owned(),
+            vm: None,
+            armed: true,
+        }
+    }
+
+    /// The boot finished: keep everything.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Undoes the boot now.
+    async fn unwind(mut self) {
+        self.armed = false;
+        let (id, vm) = (std::mem::take(&mut self.id), self.vm.take());
+        if let Err(e) = self.manager.undo_boot(&id, vm).await {
+            warn!(sandbox = %id, error = %e, "cannot forget the sandbox whose boot failed");
+        }
+    }
+}
+
+impl Drop for BootGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        warn!(sandbox = %self.id, "RunPodSandbox ended before the boot finished; undoing it");
+        let (manager, id, vm) = (
+            self.manager.clone(),
+            std::mem::take(&mut self.id),
+            self.vm.take(),
+        );
+        let undo = async move {
+            if let Err(e) = manager.undo_boot(&id, vm).await {
+                warn!(sandbox = %id, error = %e, "cannot forget the sandbox whose boot failed");
+            }
+        };
+        // Without a runtime (moatd is exiting) the restart's recovery removes the sandbox.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(undo);
+        }
     }
 }
 

@@ -6,9 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::SandboxError;
 use super::state::SandboxState;
-use crate::store::{JsonTable, Store, StoreError};
+use crate::store::{Record, Table};
 
 /// The pod's identity as kubelet gave it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -83,39 +82,15 @@ pub struct SandboxRecord {
     pub userns: Option<crate::userns::UserNamespace>,
 }
 
+impl Record for SandboxRecord {
+    const TABLE: &'static str = "sandboxes";
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
 /// Sandbox records, by id.
-#[derive(Clone)]
-pub struct SandboxStore {
-    table: JsonTable<SandboxRecord>,
-}
-
-fn e(err: StoreError) -> SandboxError {
-    SandboxError::Store(err.0)
-}
-
-impl SandboxStore {
-    /// Opens the table.
-    pub fn open(store: Store) -> Result<Self, SandboxError> {
-        Ok(Self {
-            table: JsonTable::open(store, "sandboxes").map_err(e)?,
-        })
-    }
-
-    /// Writes a record.
-    pub fn put(&self, r: &SandboxRecord) -> Result<(), SandboxError> {
-        self.table.put(&r.id, r).map_err(e)
-    }
-
-    /// Deletes a record; absent is fine.
-    pub fn delete(&self, id: &str) -> Result<(), SandboxError> {
-        self.table.delete(id).map_err(e)
-    }
-
-    /// Every record.
-    pub fn list(&self) -> Result<Vec<SandboxRecord>, SandboxError> {
-        self.table.list().map_err(e)
-    }
-}
+pub type SandboxStore = Table<SandboxRecord>;
 
 #[cfg(test)]
 mod tests {
@@ -124,8 +99,8 @@ mod tests {
     #[test]
     fn records_round_trip_and_delete() {
         let d = tempfile::tempdir().expect("tmp");
-        let s =
-            SandboxStore::open(Store::open(&d.path().join("db")).expect("store")).expect("open");
+        let s = SandboxStore::open(crate::store::Store::open(&d.path().join("db")).expect("store"))
+            .expect("open");
         let r = SandboxRecord {
             id: "a".repeat(64),
             metadata: PodMetadata {
@@ -154,6 +129,7 @@ mod tests {
         };
         s.put(&r).expect("put");
         assert_eq!(s.list().expect("list"), vec![r.clone()]);
+        assert_eq!(s.get(&r.id).expect("get"), Some(r.clone()));
         assert_eq!(r.metadata.reserved_name(), "web_default_u1_0");
         s.delete(&r.id).expect("delete");
         s.delete(&r.id).expect("delete again");
