@@ -1,8 +1,9 @@
-//! The container manager: CreateContainer, StartContainer, StopContainer, RemoveContainer,
-//! status, list, ExecSync and ReopenContainerLog. Every change of state goes through the
-//! state machine and is persisted; every call into the guest has a deadline. For each
-//! started container two tasks run: one copies its output into the CRI log file, one
-//! waits for its exit.
+//! The container manager's lifecycle: CreateContainer, StartContainer, StopContainer,
+//! RemoveContainer, status, list and recovery after a restart. Every change of state goes
+//! through the state machine and is persisted; every call into the guest has a deadline.
+//! For each started container two tasks run: `output` copies its output into the CRI log
+//! file (and to attached clients), `exit` waits for its exit. `calls` has ExecSync, stats
+//! and resource updates.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path};
@@ -10,13 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use crate::guest::PidNamespace;
-use crate::guest::{ContainerCreate, ExitInfo, Guest, GuestError, OutputStream, Usage};
+use crate::guest::{ContainerCreate, Guest, GuestError};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::error::ContainerError;
-use super::log_writer::LogMsg;
-use super::logs::Stream;
 use super::record::{ContainerRecord, ContainerStore, MountRecord};
 use super::spec::{self, ContainerInput, ImageDefaults};
 use super::state::{ContainerEvent, ContainerState, apply};
@@ -74,42 +73,24 @@ pub struct ExecResult {
     pub exit_code: i32,
 }
 
-/// Output chunks an attached client may fall behind by before it misses some.
-const ATTACH_BUFFER: usize = 128;
-/// The largest chunk handed to attached clients (the agent reads 32 KiB at a time; a
-/// hostile agent's larger chunks are split), so what slow clients hold back is bounded:
-/// ATTACH_BUFFER x ATTACH_CHUNK = 4 MiB per container.
-const ATTACH_CHUNK: usize = 32 * 1024;
-
-/// An output record as attached clients get it: in pieces of at most ATTACH_CHUNK bytes.
-fn attach_pieces(
-    c: &crate::guest::OutputRecord,
-) -> impl Iterator<Item = crate::guest::OutputRecord> + '_ {
-    c.data
-        .chunks(ATTACH_CHUNK)
-        .map(|piece| crate::guest::OutputRecord {
-            stderr: c.stderr,
-            data: piece.to_vec(),
-            time: c.time,
-        })
-}
-
-struct Inner {
-    config: super::config::ContainersConfig,
-    records: ContainerStore,
-    sandboxes: SandboxManager,
-    images: ImageManager,
-    locks: KeyedLocks,
-    create: tokio::sync::Mutex<()>,
-    reopen: Mutex<HashMap<String, mpsc::Sender<tokio::sync::oneshot::Sender<std::io::Result<()>>>>>,
+pub(super) struct Inner {
+    pub(super) config: super::config::ContainersConfig,
+    pub(super) records: ContainerStore,
+    pub(super) sandboxes: SandboxManager,
+    pub(super) images: ImageManager,
+    pub(super) locks: KeyedLocks,
+    pub(super) create: tokio::sync::Mutex<()>,
+    pub(super) reopen:
+        Mutex<HashMap<String, mpsc::Sender<tokio::sync::oneshot::Sender<std::io::Result<()>>>>>,
     /// The output of running containers, for Attach: the log copier publishes every chunk.
-    attached: Mutex<HashMap<String, tokio::sync::broadcast::Sender<crate::guest::OutputRecord>>>,
+    pub(super) attached:
+        Mutex<HashMap<String, tokio::sync::broadcast::Sender<crate::guest::OutputRecord>>>,
 }
 
 /// The container manager.
 #[derive(Clone)]
 pub struct ContainerManager {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 /// Checks that a relative log path stays inside the pod's log directory.
@@ -142,7 +123,7 @@ fn image_defaults(config: &[u8]) -> ImageDefaults {
     }
 }
 
-fn agent_err(id: &str, e: GuestError) -> ContainerError {
+pub(super) fn agent_err(id: &str, e: GuestError) -> ContainerError {
     let msg = format!("container {id}: {e}");
     match e {
         GuestError::NoAnswer(_) => ContainerError::Timeout(msg),
@@ -202,7 +183,7 @@ impl ContainerManager {
         Ok(())
     }
 
-    async fn agent(&self, sandbox_id: &str) -> Result<Arc<dyn Guest>, ContainerError> {
+    pub(super) async fn agent(&self, sandbox_id: &str) -> Result<Arc<dyn Guest>, ContainerError> {
         self.inner.sandboxes.agent(sandbox_id).await.map_err(|e| {
             ContainerError::FailedPrecondition(format!(
                 "pod sandbox {sandbox_id} is not running: {e}"
@@ -216,7 +197,7 @@ impl ContainerManager {
             .map_err(|e| ContainerError::InvalidArgument(format!("container id: {e}")))
     }
 
-    fn must_get(&self, id: &str) -> Result<ContainerRecord, ContainerError> {
+    pub(super) fn must_get(&self, id: &str) -> Result<ContainerRecord, ContainerError> {
         self.get(id)?
             .ok_or_else(|| ContainerError::NotFound(format!("container {id} not found")))
     }
@@ -228,7 +209,7 @@ impl ContainerManager {
         Ok(v)
     }
 
-    fn transition(
+    pub(super) fn transition(
         &self,
         r: &mut ContainerRecord,
         ev: ContainerEvent,
@@ -463,157 +444,6 @@ impl ContainerManager {
         Ok(())
     }
 
-    fn spawn_log_copier(&self, r: &ContainerRecord, mut output: OutputStream) {
-        use futures::StreamExt as _;
-        let (tx, mut rx) = mpsc::channel::<tokio::sync::oneshot::Sender<std::io::Result<()>>>(4);
-        self.inner
-            .reopen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(r.id.clone(), tx);
-        let path = r.log_path.clone();
-        let id = r.id.clone();
-        let this = self.clone();
-        let max_log = Some(self.inner.config.log_size_max).filter(|m| *m > 0);
-        let (attach_tx, _) = tokio::sync::broadcast::channel(ATTACH_BUFFER);
-        self.inner
-            .attached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(r.id.clone(), attach_tx.clone());
-        tokio::spawn(async move {
-            let path = (!path.is_empty()).then(|| std::path::PathBuf::from(&path));
-            let log = match super::log_writer::spawn(&id, path, max_log) {
-                Ok(tx) => Some(tx),
-                Err(e) => {
-                    warn!(container = %id, error = %e, "cannot start the log writer");
-                    None
-                }
-            };
-            loop {
-                tokio::select! {
-                    chunk = output.next() => match chunk {
-                        Some(Ok(c)) => {
-                            if attach_tx.receiver_count() > 0 {
-                                for piece in attach_pieces(&c) {
-                                    let _ = attach_tx.send(piece);
-                                }
-                            }
-                            let stream = if c.stderr { Stream::Stderr } else { Stream::Stdout };
-                            if let Some(tx) = &log {
-                                let msg = LogMsg::Output { stream, data: c.data, time: c.time };
-                                let _ = tx.send(msg).await;
-                            }
-                        }
-                        Some(Err(_)) | None => break,
-                    },
-                    Some(done) = rx.recv() => match &log {
-                        Some(tx) => {
-                            if let Err(e) = tx.send(LogMsg::Reopen(done)).await
-                                && let LogMsg::Reopen(done) = e.0
-                            {
-                                let _ = done.send(Err(std::io::Error::other("the log writer ended")));
-                            }
-                        }
-                        None => {
-                            let _ = done.send(Ok(()));
-                        }
-                    }
-                }
-            }
-            // Dropping the sender ends the log: the writer adds the unfinished lines.
-            drop(log);
-            this.inner
-                .reopen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-            // Attached clients see the end of the output.
-            this.inner
-                .attached
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-        });
-    }
-
-    fn spawn_waiter(&self, r: &ContainerRecord, agent: Arc<dyn Guest>) {
-        let this = self.clone();
-        let id = r.id.clone();
-        let sandbox = r.sandbox_id.clone();
-        tokio::spawn(async move {
-            loop {
-                match agent.wait_container(&id, Duration::from_secs(10)).await {
-                    Ok(Some(exit)) => {
-                        this.record_exit(&id, exit).await;
-                        return;
-                    }
-                    Ok(None) => {}
-                    Err(s) => {
-                        // The container was removed, or its VM is gone: stop waiting.
-                        if this
-                            .get(&id)
-                            .ok()
-                            .flatten()
-                            .is_none_or(|r| r.state != ContainerState::Running)
-                        {
-                            return;
-                        }
-                        warn!(container = %id, error = %s, "waiting for the container failed");
-                        if this.inner.sandboxes.agent(&sandbox).await.is_err() {
-                            this.mark_exited(&id, 255, "Unknown", "the pod's VM is gone")
-                                .await;
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        });
-    }
-
-    async fn record_exit(&self, id: &str, w: ExitInfo) {
-        let (reason, msg) = if !w.start_error.is_empty() {
-            ("StartError", w.start_error.clone())
-        } else if w.oom_killed {
-            ("OOMKilled", String::new())
-        } else if w.code == 0 {
-            ("Completed", String::new())
-        } else {
-            ("Error", String::new())
-        };
-        let code = if w.start_error.is_empty() {
-            w.code
-        } else {
-            128
-        };
-        self.mark_exited(id, code, reason, &msg).await;
-        if w.finished_at > 0
-            && let Ok(Some(mut r)) = self.get(id)
-        {
-            r.finished_at = w.finished_at;
-            let _ = self.inner.records.put(&r);
-        }
-    }
-
-    async fn mark_exited(&self, id: &str, code: i32, reason: &str, message: &str) {
-        let _g = self.inner.locks.lock(id).await;
-        let Ok(Some(mut r)) = self.get(id) else {
-            return;
-        };
-        if r.state == ContainerState::Exited {
-            return;
-        }
-        r.exit_code = code;
-        r.reason = reason.into();
-        r.message = message.into();
-        r.finished_at = now_nanos();
-        if let Err(e) = self.transition(&mut r, ContainerEvent::Exited) {
-            warn!(container = %id, error = %e, "could not record the exit");
-        }
-        info!(container = %id, code, reason, "container exited");
-    }
-
     /// StopContainer: SIGTERM, then SIGKILL after `timeout`. Idempotent; unknown ids are fine.
     pub async fn stop(&self, id: &str, timeout: Duration) -> Result<(), ContainerError> {
         let Some(r) = self.get(id)? else {
@@ -684,7 +514,7 @@ impl ContainerManager {
     }
 
     /// A running container, or FailedPrecondition naming its state.
-    fn must_run(&self, id: &str) -> Result<ContainerRecord, ContainerError> {
+    pub(super) fn must_run(&self, id: &str) -> Result<ContainerRecord, ContainerError> {
         let r = self.must_get(id)?;
         if r.state != ContainerState::Running {
             return Err(ContainerError::FailedPrecondition(format!(
@@ -694,196 +524,11 @@ impl ContainerManager {
         }
         Ok(r)
     }
-
-    /// Exec with streamed stdio (the streaming server's Exec).
-    pub async fn exec_stream(
-        &self,
-        id: &str,
-        spec: crate::guest::ExecSpec,
-        input: mpsc::Receiver<crate::guest::StdinEvent>,
-    ) -> Result<crate::guest::ExecEvents, ContainerError> {
-        let r = self.must_run(id)?;
-        let agent = self.agent(&r.sandbox_id).await?;
-        let spec = crate::guest::ExecSpec {
-            container_id: r.id.clone(),
-            ..spec
-        };
-        agent
-            .exec(spec, input)
-            .await
-            .map_err(|s| agent_err(&r.id, s))
-    }
-
-    /// Attach: the container's output from now on, and the agent to feed its stdin and
-    /// terminal through.
-    pub async fn attach(
-        &self,
-        id: &str,
-    ) -> Result<
-        (
-            ContainerRecord,
-            tokio::sync::broadcast::Receiver<crate::guest::OutputRecord>,
-            Arc<dyn Guest>,
-        ),
-        ContainerError,
-    > {
-        let r = self.must_run(id)?;
-        let rx = self
-            .inner
-            .attached
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&r.id)
-            .map(|tx| tx.subscribe())
-            .ok_or_else(|| {
-                ContainerError::FailedPrecondition(format!(
-                    "container {} has no output to attach to (it is exiting)",
-                    r.id
-                ))
-            })?;
-        let agent = self.agent(&r.sandbox_id).await?;
-        Ok((r, rx, agent))
-    }
-
-    /// ExecSync: runs `cmd` in the container, with a timeout (0 = an hour).
-    pub async fn exec_sync(
-        &self,
-        id: &str,
-        cmd: Vec<String>,
-        timeout: Duration,
-    ) -> Result<ExecResult, ContainerError> {
-        if cmd.is_empty() {
-            return Err(ContainerError::InvalidArgument(
-                "ExecSync needs a command".into(),
-            ));
-        }
-        let r = self.must_get(id)?;
-        if r.state != ContainerState::Running {
-            return Err(ContainerError::FailedPrecondition(format!(
-                "container {} is not running",
-                r.id
-            )));
-        }
-        let agent = self.agent(&r.sandbox_id).await?;
-        let t = if timeout.is_zero() {
-            Duration::from_secs(3600)
-        } else {
-            timeout
-        };
-        let out = agent
-            .exec_sync(&r.id, cmd, t)
-            .await
-            .map_err(|s| agent_err(&r.id, s))?;
-        if out.timed_out {
-            return Err(ContainerError::Timeout(format!(
-                "command timed out after {} s",
-                t.as_secs_f64()
-            )));
-        }
-        Ok(ExecResult {
-            stdout: out.stdout,
-            stderr: out.stderr,
-            exit_code: out.exit_code,
-        })
-    }
-
-    /// Usage of a running container from its cgroup in the guest.
-    pub async fn stats(
-        &self,
-        id: &str,
-    ) -> Result<(ContainerRecord, Option<Usage>), ContainerError> {
-        let r = self.must_get(id)?;
-        if r.state != ContainerState::Running {
-            return Ok((r, None));
-        }
-        let agent = self.agent(&r.sandbox_id).await?;
-        let u = agent.stats(&r.id).await.map_err(|s| agent_err(&r.id, s))?;
-        Ok((r, Some(u)))
-    }
-
-    /// UpdateContainerResources: new CPU and memory limits for a running container.
-    pub async fn update_resources(
-        &self,
-        id: &str,
-        cpu: Option<(i64, i64)>,
-        memory: Option<i64>,
-    ) -> Result<(), ContainerError> {
-        let r = self.must_get(id)?;
-        if r.state != ContainerState::Running && r.state != ContainerState::Created {
-            return Err(ContainerError::FailedPrecondition(format!(
-                "container {} has exited",
-                r.id
-            )));
-        }
-        let agent = self.agent(&r.sandbox_id).await?;
-        agent
-            .update_resources(&r.id, cpu, memory)
-            .await
-            .map_err(|s| agent_err(&r.id, s))?;
-        info!(container = %r.id, ?cpu, ?memory, "container resources updated");
-        Ok(())
-    }
-
-    /// ReopenContainerLog.
-    pub async fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
-        let r = self.must_get(id)?;
-        if r.state != ContainerState::Running {
-            return Err(ContainerError::FailedPrecondition(format!(
-                "container {} is not running",
-                r.id
-            )));
-        }
-        let tx = self
-            .inner
-            .reopen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&r.id)
-            .cloned();
-        let Some(tx) = tx else {
-            return Err(ContainerError::FailedPrecondition(format!(
-                "container {} has no log copier",
-                r.id
-            )));
-        };
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        tx.send(done_tx)
-            .await
-            .map_err(|_| ContainerError::FailedPrecondition("the log copier has ended".into()))?;
-        match tokio::time::timeout(Duration::from_secs(5), done_rx).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(ContainerError::FailedPrecondition(format!(
-                "reopen {}: {e}",
-                r.log_path
-            ))),
-            _ => Err(ContainerError::Timeout(
-                "the log copier did not answer".into(),
-            )),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn attached_clients_get_bounded_pieces() {
-        let big = crate::guest::OutputRecord {
-            stderr: true,
-            data: vec![7u8; 4 << 20],
-            time: 5,
-        };
-        let pieces: Vec<_> = attach_pieces(&big).collect();
-        assert_eq!(pieces.len(), (4 << 20) / ATTACH_CHUNK);
-        assert!(
-            pieces
-                .iter()
-                .all(|p| p.data.len() == ATTACH_CHUNK && p.stderr && p.time == 5)
-        );
-        let joined: Vec<u8> = pieces.iter().flat_map(|p| p.data.clone()).collect();
-        assert_eq!(joined, big.data);
-    }
 
     #[test]
     fn log_paths_stay_in_the_pod_log_dir() {

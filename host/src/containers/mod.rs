@@ -4,11 +4,14 @@
 //! (`config`), stopping a container's process (`stop`), streaming sessions
 //! (`sessions`) and the manager (`manager`).
 
+mod calls;
 pub mod config;
 pub mod error;
+mod exit;
 pub mod log_writer;
 pub mod logs;
 pub mod manager;
+mod output;
 pub mod record;
 pub mod seccomp;
 pub mod sessions;

@@ -9,15 +9,11 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::error::SandboxError;
-use super::record::{PodMetadata, SandboxRecord, SandboxStore, VmRecord};
+use super::record::{PodMetadata, SandboxRecord, SandboxStore};
 use super::state::{Next, SandboxEvent, SandboxState};
-use super::vm::{self, LaunchSpec, RunningVm, VmPaths};
+use super::vm::{self, RunningVm, VmPaths};
 use crate::config::Config;
 use crate::guest::{Guest, GuestClient};
-use crate::hypervisor::builtin::Builtin;
-use crate::hypervisor::qemu::{Qemu, QemuConfig};
-use crate::hypervisor::select::{VmmKind, select_with};
-use crate::hypervisor::{HostCaps, Hypervisor};
 use crate::store::Store;
 use crate::sync::KeyedLocks;
 
@@ -87,155 +83,26 @@ pub struct RunRequest {
 }
 
 /// A sandbox's live VM and agent connection.
-struct Live {
-    vm: Arc<RunningVm>,
-    agent: Option<Arc<dyn Guest>>,
+pub(super) struct Live {
+    pub(super) vm: Arc<RunningVm>,
+    pub(super) agent: Option<Arc<dyn Guest>>,
 }
 
-struct Inner {
-    config: Config,
-    records: SandboxStore,
+pub(super) struct Inner {
+    pub(super) config: Config,
+    pub(super) records: SandboxStore,
     /// One hypervisor per runtime handler.
-    hypervisors: HashMap<String, HandlerVmm>,
-    live: Mutex<HashMap<String, Live>>,
-    locks: KeyedLocks,
-    create: tokio::sync::Mutex<()>,
-    network: crate::network::NetworkManager,
+    pub(super) hypervisors: HashMap<String, super::handlers::HandlerVmm>,
+    pub(super) live: Mutex<HashMap<String, Live>>,
+    pub(super) locks: KeyedLocks,
+    pub(super) create: tokio::sync::Mutex<()>,
+    pub(super) network: crate::network::NetworkManager,
 }
 
 /// The sandbox manager.
 #[derive(Clone)]
 pub struct SandboxManager {
-    inner: Arc<Inner>,
-}
-
-/// The guest's interface and routes for a pod network.
-fn guest_network(pn: &crate::network::PodNetwork) -> crate::guest::GuestNetwork {
-    crate::guest::GuestNetwork {
-        interfaces: vec![crate::guest::GuestInterface {
-            name: pn.interface.clone(),
-            mac: pn.mac.clone(),
-            mtu: pn.mtu,
-            addresses: pn.ips.iter().map(|ip| ip.to_string()).collect(),
-        }],
-        routes: pn
-            .routes
-            .iter()
-            .map(|r| crate::guest::GuestRoute {
-                destination: r.dst.to_string(),
-                gateway: r.gateway.map(|g| g.to_string()).unwrap_or_default(),
-                device: pn.interface.clone(),
-            })
-            .collect(),
-    }
-}
-
-/// A runtime handler's VMM.
-#[derive(Clone)]
-struct HandlerVmm {
-    hypervisor: Arc<dyn Hypervisor>,
-    kind: VmmKind,
-    /// Why this handler may not run pods (TCG forbidden), if so.
-    refused: Option<String>,
-    /// The choice as made at start-up, for Status's verbose info.
-    selection: crate::hypervisor::select::Selection,
-}
-
-/// The hypervisor of each runtime handler, as `select` picks it for this host (one log line
-/// each, with why): QEMU with the handler's acceleration override if it has one, or the
-/// built-in VMM.
-fn hypervisors(config: &Config) -> HashMap<String, HandlerVmm> {
-    let caps = HostCaps::probe();
-    config
-        .runtime
-        .handlers
-        .iter()
-        .map(|(name, h)| {
-            let choice = select_with(h.backend, crate::hypervisor::select::Qemu {
-                accel: h.accel.or(config.qemu.accel),
-                allow_tcg: config.qemu.allow_tcg,
-            }, &caps);
-            info!(handler = %name, configured = h.backend.name(), backend = choice.kind.name(), reason = %choice.reason, "runtime handler VMM");
-            if let Some(w) = &choice.warning {
-                warn!(handler = %name, "{w}");
-            }
-            let hypervisor: Arc<dyn Hypervisor> = match choice.kind {
-                VmmKind::Qemu => Arc::new(Qemu::new(
-                    QemuConfig {
-                        accel: h.accel.or(config.qemu.accel),
-                        ..config.qemu.clone()
-                    },
-                    caps.clone(),
-                )),
-                VmmKind::Builtin => {
-                    if h.accel.is_some() {
-                        warn!(handler = %name, "accel is a QEMU setting; the built-in VMM always uses KVM");
-                    }
-                    Arc::new(Builtin::new())
-                }
-            };
-            if let Some(r) = &choice.refused {
-                warn!(handler = %name, "pods refused: {r}");
-            }
-            let vmm = HandlerVmm {
-                hypervisor,
-                kind: choice.kind,
-                refused: choice.refused.clone(),
-                selection: choice,
-            };
-            (name.clone(), vmm)
-        })
-        .collect()
-}
-
-impl SandboxManager {
-    /// Each runtime handler's VMM as chosen at start-up, with why, for Status's verbose
-    /// info: backend, reason, whether QEMU runs in TCG, the warning and any refusal.
-    pub fn handlers_info(&self) -> serde_json::Value {
-        let mut out = serde_json::Map::new();
-        for (name, h) in &self.inner.hypervisors {
-            let s = &h.selection;
-            out.insert(
-                name.clone(),
-                serde_json::json!({
-                    "backend": s.kind.name(),
-                    "reason": s.reason,
-                    "tcg": s.tcg,
-                    "warning": s.warning,
-                    "refused": s.refused,
-                }),
-            );
-        }
-        serde_json::Value::Object(out)
-    }
-
-    /// Whether `handler`'s pods may have user namespaces: QEMU's (the `layers` back-end
-    /// shifts image owners for them); not yet the built-in VMM's.
-    pub fn handler_has_user_namespaces(&self, handler: &str) -> bool {
-        self.inner
-            .hypervisors
-            .get(handler)
-            .is_some_and(|h| h.kind == VmmKind::Qemu)
-    }
-}
-
-/// vCPUs and memory for a pod: from its limits, or the defaults, plus the overhead.
-pub fn size_vm(
-    config: &crate::config::SandboxConfig,
-    cpu: Option<(i64, i64)>,
-    mem: Option<i64>,
-) -> (u32, u64) {
-    let vcpus = match cpu {
-        Some((quota, period)) if quota > 0 && period > 0 => {
-            ((quota + period - 1) / period).clamp(1, 64) as u32
-        }
-        _ => config.default_vcpus,
-    };
-    let memory = match mem {
-        Some(b) if b > 0 => (b as u64).div_ceil(1 << 20).max(64) + config.memory_overhead_mib,
-        _ => config.default_memory_mib,
-    };
-    (vcpus, memory)
+    pub(super) inner: Arc<Inner>,
 }
 
 impl SandboxManager {
@@ -244,7 +111,7 @@ impl SandboxManager {
         let inner = Inner {
             config: config.clone(),
             records: SandboxStore::open(store)?,
-            hypervisors: hypervisors(config),
+            hypervisors: super::handlers::hypervisors(config),
             live: Mutex::new(HashMap::new()),
             locks: KeyedLocks::default(),
             create: tokio::sync::Mutex::new(()),
@@ -262,15 +129,15 @@ impl SandboxManager {
         Ok(m)
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+    pub(super) fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
         self.inner.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn paths(&self, id: &str) -> VmPaths {
+    pub(super) fn paths(&self, id: &str) -> VmPaths {
         VmPaths::new(&self.inner.config.run_dir, id)
     }
 
-    fn agent_timeout(&self) -> Duration {
+    pub(super) fn agent_timeout(&self) -> Duration {
         Duration::from_secs(self.inner.config.sandbox.agent_timeout_secs)
     }
 
@@ -345,7 +212,7 @@ impl SandboxManager {
     /// Marks the sandbox stopped when its VMM or one of its device back-ends exits on its
     /// own (a back-end killed by its seccomp filter, for instance: the VM cannot go on
     /// without its devices, so it is torn down too).
-    fn watch(&self, id: &str, vm: Arc<RunningVm>) {
+    pub(super) fn watch(&self, id: &str, vm: Arc<RunningVm>) {
         let this = self.clone();
         let id = id.to_owned();
         tokio::spawn(async move {
@@ -419,302 +286,13 @@ impl SandboxManager {
         Ok(v)
     }
 
-    /// RunPodSandbox: boots the VM, waits for the agent, sets the pod up. Returns the id.
-    pub async fn run(&self, req: RunRequest) -> Result<String, SandboxError> {
-        let md = &req.metadata;
-        if md.name.is_empty() || md.uid.is_empty() || md.namespace.is_empty() {
-            return Err(SandboxError::InvalidArgument(
-                "pod sandbox metadata needs name, uid and namespace".into(),
-            ));
-        }
-        for (wanted, what) in [
-            (req.host_network, "network namespace (hostNetwork)"),
-            (req.host_pid, "PID namespace (hostPID)"),
-            (req.host_ipc, "IPC namespace (hostIPC)"),
-        ] {
-            if wanted {
-                return Err(SandboxError::FailedPrecondition(format!(
-                    "a VM sandbox cannot share the host's {what}: run such pods with a runc-based RuntimeClass"
-                )));
-            }
-        }
-        super::identity::check_sysctls(&req.sysctls)?;
-        let handler = if req.runtime_handler.is_empty() {
-            self.inner.config.runtime.default_handler.clone()
-        } else {
-            req.runtime_handler.clone()
-        };
-        if !self.inner.config.runtime.handlers.contains_key(&handler) {
-            let known: Vec<&String> = self.inner.config.runtime.handlers.keys().collect();
-            return Err(SandboxError::InvalidArgument(format!(
-                "runtime handler {handler:?} is not configured; moatd has {known:?}"
-            )));
-        }
-        let handler_vmm = self
-            .inner
-            .hypervisors
-            .get(&handler)
-            .cloned()
-            .ok_or_else(|| {
-                SandboxError::InvalidArgument(format!(
-                    "runtime handler {handler:?} has no hypervisor"
-                ))
-            })?;
-        if let Some(r) = &handler_vmm.refused {
-            return Err(SandboxError::FailedPrecondition(format!(
-                "runtime handler {handler:?}: {r}"
-            )));
-        }
-        if req.userns.is_some() && handler_vmm.kind == VmmKind::Builtin {
-            return Err(SandboxError::FailedPrecondition(format!(
-                "runtime handler {handler:?} runs the built-in VMM, whose pods have no user \
-                 namespaces yet (its runtime handler features say user_namespaces: false); \
-                 use a QEMU handler or run the pod with hostUsers: true"
-            )));
-        }
-        let hostname = super::identity::hostname(&req.hostname)?;
-        let (vcpus, memory_mib) =
-            size_vm(&self.inner.config.sandbox, req.cpu, req.memory_limit_bytes);
-
-        let (id, record) = {
-            let _c = self.inner.create.lock().await;
-            let name = md.reserved_name();
-            if let Some(other) = self
-                .inner
-                .records
-                .list()?
-                .into_iter()
-                .find(|r| r.metadata.reserved_name() == name)
-            {
-                return Err(SandboxError::NameTaken { name, id: other.id });
-            }
-            let mut id = crate::ids::random_id();
-            while self.paths(&id).dir.exists() || self.get(&id[..12])?.is_some() {
-                id = crate::ids::random_id();
-            }
-            let record = SandboxRecord {
-                id: id.clone(),
-                metadata: md.clone(),
-                labels: req.labels.clone(),
-                annotations: req.annotations.clone(),
-                runtime_handler: handler.clone(),
-                state: SandboxState::Creating,
-                created_at: crate::time::now_nanos(),
-                hostname: hostname.clone(),
-                log_directory: req.log_directory.clone(),
-                vcpus,
-                memory_mib,
-                vm: None,
-                network: None,
-                userns: req.userns.clone(),
-            };
-            self.inner.records.put(&record)?;
-            (id, record)
-        };
-        let _g = self.inner.locks.lock(&id).await;
-        let mut guard = BootGuard::new(self.clone(), &id);
-        match self
-            .boot(&mut guard, record, &req, &handler_vmm, hostname)
-            .await
-        {
-            Ok(()) => {
-                guard.disarm();
-                Ok(id)
-            }
-            Err(e) => {
-                guard.unwind().await;
-                Err(e)
-            }
-        }
-    }
-
-    /// RunPodSandbox's boot of a new Creating sandbox: network, VM, agent set-up. What it
-    /// makes is recorded in `guard`, which undoes it if the boot does not finish.
-    async fn boot(
-        &self,
-        guard: &mut BootGuard,
-        mut record: SandboxRecord,
-        req: &RunRequest,
-        handler_vmm: &HandlerVmm,
-        hostname: String,
-    ) -> Result<(), SandboxError> {
-        let id = record.id.clone();
-        let (vcpus, memory_mib) = (record.vcpus, record.memory_mib);
-        let net = self.setup_network(&id, req).await?;
-        let cfg = &self.inner.config.sandbox;
-        let modules = cfg.modules();
-        let kernel = match handler_vmm.kind {
-            VmmKind::Qemu => cfg.kernel(),
-            VmmKind::Builtin => cfg.builtin_kernel(),
-        };
-        let launched = vm::launch(
-            handler_vmm.hypervisor.as_ref(),
-            self.paths(&id),
-            LaunchSpec {
-                id: &id,
-                vcpus,
-                memory_mib,
-                kernel: &kernel,
-                initramfs: &cfg.initramfs(),
-                kernel_args: cfg.kernel_args.clone(),
-                boot_timeout: Duration::from_secs(cfg.boot_timeout_secs),
-                share_layers: true,
-                agent_timeout: self.agent_timeout(),
-                net: net.as_ref().map(|(pn, fd)| crate::hypervisor::NetDevice {
-                    tap_fd: std::os::fd::AsRawFd::as_raw_fd(fd),
-                    mac: pn.mac.clone(),
-                }),
-                // Debian's kernel (QEMU) has modules; the built-in VMM's has none.
-                modules: (handler_vmm.kind == VmmKind::Qemu).then_some(modules.as_path()),
-                confinement: Some(self.inner.config.confinement.clone()).filter(|c| c.enabled),
-                console_log_max_bytes: cfg.console_log_max_bytes,
-                userns: req.userns.as_ref(),
-            },
-        )
-        .await;
-        // The VMM has its own copy of the tap now.
-        let network = net.map(|(pn, _fd)| pn);
-        let (vm, agent) = launched?;
-        let vm = Arc::new(vm);
-        guard.vm = Some(vm.clone());
-        record.network = network.clone();
-        record.vm = Some(VmRecord {
-            vmm_pid: vm.vmm.pid(),
-            backend_pid: vm.backends.vsock.as_ref().map(|p| p.pid()),
-            fs_backend_pids: vm.backends.fs.iter().map(|p| p.pid()).collect(),
-            run_dir: vm.paths.dir.clone(),
-        });
-        self.inner.records.put(&record)?;
-        let hosts = format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-        );
-        let setup = crate::guest::SandboxSetup {
-            hostname,
-            resolv_conf: req.dns.resolv_conf(),
-            hosts,
-            time_unix_nanos: crate::time::now_nanos(),
-            shares: vec![
-                crate::guest::ShareMount {
-                    tag: vm::LAYERS_TAG.into(),
-                    mount_point: vm::LAYERS_MOUNT.into(),
-                    read_only: true,
-                },
-                crate::guest::ShareMount {
-                    tag: crate::volumes::VOLUMES_TAG.into(),
-                    mount_point: crate::volumes::VOLUMES_MOUNT.into(),
-                    read_only: false,
-                },
-            ],
-            sysctls: req.sysctls.clone(),
-            userns: req.userns.clone(),
-        };
-        // The agent's InvalidArgument (a sysctl this kernel does not have) is the request's
-        // fault, and stays InvalidArgument; anything else is the VM's.
-        agent.setup(setup).await.map_err(|e| match e {
-            crate::guest::GuestError::BadRequest(_) => {
-                SandboxError::InvalidArgument(format!("setting the sandbox up: {e}"))
-            }
-            _ => SandboxError::Agent {
-                id: id.clone(),
-                detail: format!("setting the sandbox up: {e}"),
-            },
-        })?;
-        if let Some(pn) = &network {
-            agent
-                .setup_network(guest_network(pn))
-                .await
-                .map_err(|e| SandboxError::Agent {
-                    id: id.clone(),
-                    detail: format!("configuring the guest network: {e}"),
-                })?;
-        }
-        self.transition(&mut record, SandboxEvent::AgentReady)?;
-        self.watch(&id, vm.clone());
-        self.live().insert(
-            id.clone(),
-            Live {
-                vm,
-                agent: Some(Arc::new(agent)),
-            },
-        );
-        info!(sandbox = %id, pod = %record.metadata.name, namespace = %record.metadata.namespace, vcpus, memory_mib, ip = ?record.network.as_ref().and_then(|n| n.pod_ip()), "pod sandbox ready");
-        Ok(())
-    }
-
-    /// Sets the pod network up when the node has a CNI network; None (loopback only)
-    /// when it has none.
-    async fn setup_network(
-        &self,
-        id: &str,
-        req: &RunRequest,
-    ) -> Result<Option<(crate::network::PodNetwork, std::os::fd::OwnedFd)>, SandboxError> {
-        let conf_dir = &self.inner.config.cni.conf_dir;
-        if let Err(why) = crate::network::cni_config::default_network(conf_dir) {
-            warn!(sandbox = %id, %why, "no CNI network: the pod gets loopback only");
-            return Ok(None);
-        }
-        let r = crate::network::PodNetworkRequest {
-            sandbox_id: id.to_owned(),
-            pod_name: req.metadata.name.clone(),
-            pod_namespace: req.metadata.namespace.clone(),
-            pod_uid: req.metadata.uid.clone(),
-            port_mappings: req.port_mappings.clone(),
-            pod_cidr: req.pod_cidr.clone(),
-        };
-        let (pn, fd) =
-            self.inner
-                .network
-                .setup(&r)
-                .await
-                .map_err(|source| SandboxError::Network {
-                    id: id.to_owned(),
-                    source: Box::new(source),
-                })?;
-        info!(sandbox = %id, network = %pn.network_name, ip = ?pn.pod_ip(), "pod network set up");
-        Ok(Some((pn, fd)))
-    }
-
-    /// Tears the pod network down on a failure path, where the first error is what counts.
-    async fn teardown_network(&self, id: &str) {
-        if let Err(e) = self.inner.network.teardown(id).await {
-            warn!(sandbox = %id, error = %e, "tearing the pod network down failed");
-        }
-    }
-
-    /// Undoes a boot that did not finish: the VM (`vm`, or whatever processes name its
-    /// directory when the boot was cut short before the VM was known), its mounts and run
-    /// dir, the pod network (CNI DEL is idempotent), and the Creating record.
-    async fn undo_boot(&self, id: &str, vm: Option<Arc<RunningVm>>) -> Result<(), SandboxError> {
-        let paths = self.paths(id);
-        if let Some(vm) = vm {
-            vm::teardown(&vm).await;
-        }
-        let left = vm::processes_in(&paths.dir);
-        for p in &left {
-            let _ = p.terminate(Duration::from_secs(2)).await;
-        }
-        if !left.is_empty() {
-            warn!(sandbox = %id, processes = left.len(), "stopped the processes of an unfinished boot");
-        }
-        self.teardown_network(id).await;
-        paths.remove();
-        self.fail_boot(id)
-    }
-
-    /// Creating --BootFailed--> removed: nothing of a sandbox whose boot failed stays.
-    fn fail_boot(&self, id: &str) -> Result<(), SandboxError> {
-        match self.inner.records.get(id)? {
-            Some(mut r) if r.state == SandboxState::Creating => {
-                self.transition(&mut r, SandboxEvent::BootFailed)?;
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
-
     /// Every change of a sandbox's state: applies `ev` to `r` and stores the result, the
     /// new state or the record's deletion. Returns whether the record remains.
-    fn transition(&self, r: &mut SandboxRecord, ev: SandboxEvent) -> Result<bool, SandboxError> {
+    pub(super) fn transition(
+        &self,
+        r: &mut SandboxRecord,
+        ev: SandboxEvent,
+    ) -> Result<bool, SandboxError> {
         let next = r
             .state
             .apply(ev)
@@ -851,68 +429,9 @@ impl SandboxManager {
     }
 }
 
-/// Undoes a RunPodSandbox whose boot did not finish, so no half-made sandbox stays: the
-/// VM (processes, mounts, run dir), the pod network and the Creating record. `unwind` does
-/// it in order on an error; dropped still armed (a panic, or the call's future dropped when
-/// its client went away), it does the same in a task of its own.
-struct BootGuard {
-    manager: SandboxManager,
-    id: String,
-    /// The VM is running.
-    vm: Option<Arc<RunningVm>>,
-    armed: bool,
-}
-
-impl BootGuard {
-    fn new(manager: SandboxManager, id: &str) -> Self {
-        Self {
-            manager,
-            id: id.to_owned(),
-            vm: None,
-            armed: true,
-        }
-    }
-
-    /// The boot finished: keep everything.
-    fn disarm(&mut self) {
-        self.armed = false;
-    }
-
-    /// Undoes the boot now.
-    async fn unwind(mut self) {
-        self.armed = false;
-        let (id, vm) = (std::mem::take(&mut self.id), self.vm.take());
-        if let Err(e) = self.manager.undo_boot(&id, vm).await {
-            warn!(sandbox = %id, error = %e, "cannot forget the sandbox whose boot failed");
-        }
-    }
-}
-
-impl Drop for BootGuard {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        warn!(sandbox = %self.id, "RunPodSandbox ended before the boot finished; undoing it");
-        let (manager, id, vm) = (
-            self.manager.clone(),
-            std::mem::take(&mut self.id),
-            self.vm.take(),
-        );
-        let undo = async move {
-            if let Err(e) = manager.undo_boot(&id, vm).await {
-                warn!(sandbox = %id, error = %e, "cannot forget the sandbox whose boot failed");
-            }
-        };
-        // Without a runtime (moatd is exiting) the restart's recovery removes the sandbox.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(undo);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::handlers::size_vm;
     use super::*;
 
     #[test]
