@@ -2,7 +2,6 @@
 //! and how the platform manifest is picked out of an index.
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
-use sha2::{Digest as _, Sha256};
 
 use super::error::ImageError;
 
@@ -21,11 +20,6 @@ pub enum Fetched {
     Index(Box<ImageIndex>),
     /// An OCI or Docker schema 2 image manifest.
     Manifest(Box<ImageManifest>),
-}
-
-/// The sha256 digest of some bytes, as `sha256:<hex>`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// Parses a manifest or index. The kind is read from the document itself (schema 2

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use reqwest::header::ACCEPT;
 
 use super::error::{Cap, ImageError};
-use super::manifest::{ACCEPTED_MANIFEST_TYPES, sha256_digest};
+use super::manifest::ACCEPTED_MANIFEST_TYPES;
 use super::reference::ImageRef;
 use super::registry::{Endpoint, map_error, map_reqwest};
 
@@ -99,14 +99,7 @@ impl Fetcher<'_> {
             return Err(too_large());
         }
         if let Some(expected) = header_digest {
-            let actual = sha256_digest(&body);
-            if actual != expected {
-                return Err(ImageError::DigestMismatch {
-                    registry: ep.to_string(),
-                    expected,
-                    actual,
-                });
-            }
+            super::digest::check_bytes(&ep.to_string(), &expected, &body)?;
         }
         Ok(body)
     }

@@ -2,6 +2,7 @@
 //! `ImageManager` is the entry point; the CRI layer converts to and from its types.
 
 pub mod content;
+pub mod digest;
 pub mod error;
 pub mod leases;
 pub mod manifest;

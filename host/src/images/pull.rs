@@ -10,8 +10,9 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use oci_spec::image::{Descriptor, ImageConfiguration};
 use tracing::{debug, info, warn};
 
+use super::digest;
 use super::error::ImageError;
-use super::manifest::{self, Fetched, check_layer_media_type, sha256_digest};
+use super::manifest::{self, Fetched, check_layer_media_type};
 use super::metadata::{ImageRecord, LayerRecord};
 use super::reference::ImageRef;
 use super::registry::{Credentials, Endpoint, Session, StreamError, drain_stream};
@@ -62,21 +63,14 @@ pub async fn pull(
         async move {
             let bytes = session.manifest(&ep, r, None).await?;
             if let Some(want) = r.digest() {
-                let got = sha256_digest(&bytes);
-                if got != want {
-                    return Err(ImageError::DigestMismatch {
-                        registry: ep.to_string(),
-                        expected: want.into(),
-                        actual: got,
-                    });
-                }
+                digest::check_bytes(&ep.to_string(), want, &bytes)?;
             }
             Ok(bytes)
         }
         .boxed()
     })
     .await?;
-    let top_digest = sha256_digest(&top);
+    let top_digest = digest::of(&top);
     lease.extend([top_digest.clone()]);
 
     // 2. The platform manifest.
@@ -92,20 +86,13 @@ pub async fn pull(
                     }
                 })?;
                 let want = digest_of(desc);
-                super::content::validate_digest(&want)?;
+                digest::validate(&want)?;
                 lease.extend([want.clone()]);
                 let (bytes, i) = first_ok(&eps, ep_i, |ep| {
                     let (session, r, want) = (&session, &r, &want);
                     async move {
                         let bytes = session.manifest(&ep, r, Some(want)).await?;
-                        let got = sha256_digest(&bytes);
-                        if &got != want {
-                            return Err(ImageError::DigestMismatch {
-                                registry: ep.to_string(),
-                                expected: want.clone(),
-                                actual: got,
-                            });
-                        }
+                        digest::check_bytes(&ep.to_string(), want, &bytes)?;
                         Ok(bytes)
                     }
                     .boxed()
@@ -121,9 +108,9 @@ pub async fn pull(
         });
     };
     let config_digest = digest_of(m.config());
-    super::content::validate_digest(&config_digest)?;
+    digest::validate(&config_digest)?;
     for l in m.layers() {
-        super::content::validate_digest(&digest_of(l))?;
+        digest::validate(&digest_of(l))?;
         check_layer_media_type(l.media_type().as_ref()).map_err(|detail| {
             ImageError::Unsupported {
                 reference: r.canonical(),
@@ -161,7 +148,7 @@ pub async fn pull(
         });
     }
     for d in &diff_ids {
-        super::content::validate_digest(d)?;
+        digest::validate(d)?;
     }
     lease.extend(diff_ids.iter().cloned());
 
@@ -272,14 +259,7 @@ async fn fetch_small_blob(
                     detail: e.to_string(),
                 },
             })?;
-            let got = sha256_digest(&buf);
-            if got != digest {
-                return Err(ImageError::DigestMismatch {
-                    registry: ep.to_string(),
-                    expected: digest.into(),
-                    actual: got,
-                });
-            }
+            digest::check_bytes(&ep.to_string(), digest, &buf)?;
             Ok(buf)
         }
         .boxed()
@@ -381,8 +361,8 @@ mod tests {
 
     use std::path::{Path, PathBuf};
 
+    use super::super::digest;
     use super::super::error::{Cap, ImageError};
-    use super::super::manifest::sha256_digest;
     use super::super::test_registry::{Reply, TestRegistry, tar_of};
     use super::super::{Credentials, ImageManager};
     use crate::config::Config;
@@ -517,7 +497,7 @@ mod tests {
         // A small index whose platform manifest is too large.
         let mut manifest = br#"{"schemaVersion":2,"config":{},"layers":[]}"#.to_vec();
         manifest.resize(65537, b' ');
-        let digest = sha256_digest(&manifest);
+        let digest = digest::of(&manifest);
         reg.route(
             &format!("/v2/t/index/manifests/{digest}"),
             Reply::Body {

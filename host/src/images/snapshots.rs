@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use super::content::validate_digest;
 use super::error::ImageError;
 use super::unpack::{UnpackLimits, unpack_layer};
 
@@ -36,7 +35,7 @@ impl SnapshotStore {
 
     /// The directory of a snapshot (the layer's root).
     pub fn path(&self, diff_id: &str) -> Result<PathBuf, ImageError> {
-        Ok(self.dir.join(validate_digest(diff_id)?))
+        Ok(self.dir.join(super::digest::validate(diff_id)?))
     }
 
     /// Whether the layer is unpacked.
@@ -58,13 +57,11 @@ impl SnapshotStore {
         let root = work.path().join("fs");
         std::fs::create_dir(&root).map_err(|e| ImageError::io("create unpack dir", e))?;
         let unpacked = unpack_layer(blob, &root, layer_digest, self.limits)?;
-        if unpacked.diff_id != diff_id {
-            return Err(ImageError::DigestMismatch {
-                registry: format!("layer {layer_digest} (uncompressed)"),
-                expected: diff_id.into(),
-                actual: unpacked.diff_id,
-            });
-        }
+        super::digest::check(
+            &format!("layer {layer_digest} (uncompressed)"),
+            diff_id,
+            unpacked.diff_id,
+        )?;
         // The layer root takes the image's default mode for `/`.
         std::fs::rename(&root, &dest).map_err(|e| ImageError::io("publish snapshot", e))?;
         Ok(())

@@ -9,8 +9,6 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::manifest::sha256_digest;
-
 /// How the registry answers one path.
 #[derive(Clone)]
 pub enum Reply {
@@ -89,7 +87,7 @@ impl TestRegistry {
 
     /// Serves `bytes` as a blob of `repo` and returns its digest.
     pub fn blob(&self, repo: &str, content_type: &str, bytes: &[u8]) -> String {
-        let digest = sha256_digest(bytes);
+        let digest = super::digest::of(bytes);
         self.route(
             &format!("/v2/{repo}/blobs/{digest}"),
             Reply::Body {
@@ -112,7 +110,7 @@ impl TestRegistry {
             descriptors.push(serde_json::json!({
                 "mediaType": OCI_LAYER_GZIP, "digest": digest, "size": blob.len()
             }));
-            diff_ids.push(sha256_digest(tar));
+            diff_ids.push(super::digest::of(tar));
             blobs.push((digest, blob));
         }
         let config = serde_json::json!({
@@ -232,7 +230,7 @@ async fn answer(conn: &mut TcpStream, reply: Option<Reply>) -> std::io::Result<(
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nDocker-Content-Digest: {}\r\nConnection: close\r\n\r\n",
                 body.len(),
-                sha256_digest(&body)
+                super::digest::of(&body)
             );
             conn.write_all(head.as_bytes()).await?;
             conn.write_all(&body).await

@@ -147,7 +147,7 @@ pub fn unpack_layer(
     }
     let entries = written?;
     Ok(Unpacked {
-        diff_id: format!("sha256:{}", hex::encode(reader.hasher.finalize())),
+        diff_id: super::digest::finish(reader.hasher),
         entries,
     })
 }
