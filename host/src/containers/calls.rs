@@ -20,13 +20,13 @@ impl ContainerManager {
         timeout: Duration,
     ) -> Result<ExecResult, ContainerError> {
         if cmd.is_empty() {
-            return Err(ContainerError::InvalidArgument(
+            return Err(ContainerError::BadRequest(
                 "ExecSync needs a command".into(),
             ));
         }
         let r = self.must_get(id)?;
         if r.state != ContainerState::Running {
-            return Err(ContainerError::FailedPrecondition(format!(
+            return Err(ContainerError::WrongState(format!(
                 "container {} is not running",
                 r.id
             )));
@@ -42,7 +42,7 @@ impl ContainerManager {
             .await
             .map_err(|s| agent_err(&r.id, s))?;
         if out.timed_out {
-            return Err(ContainerError::Timeout(format!(
+            return Err(ContainerError::TimedOut(format!(
                 "command timed out after {} s",
                 t.as_secs_f64()
             )));
@@ -77,7 +77,7 @@ impl ContainerManager {
     ) -> Result<(), ContainerError> {
         let r = self.must_get(id)?;
         if r.state != ContainerState::Running && r.state != ContainerState::Created {
-            return Err(ContainerError::FailedPrecondition(format!(
+            return Err(ContainerError::WrongState(format!(
                 "container {} has exited",
                 r.id
             )));

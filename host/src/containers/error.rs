@@ -5,10 +5,10 @@
 pub enum ContainerError {
     /// The request is malformed.
     #[error("{0}")]
-    InvalidArgument(String),
+    BadRequest(String),
     /// No such container, sandbox or image.
     #[error("{0}")]
-    NotFound(String),
+    Unknown(String),
     /// The name is taken.
     #[error(
         "container name {0:?} is already in use in this pod; remove that container first or use another attempt"
@@ -16,10 +16,10 @@ pub enum ContainerError {
     NameTaken(String),
     /// The container or its pod is not in a state that allows the call.
     #[error("{0}")]
-    FailedPrecondition(String),
+    WrongState(String),
     /// A call into the guest timed out.
     #[error("{0}")]
-    Timeout(String),
+    TimedOut(String),
     /// The agent failed.
     #[error("container {id}: agent: {detail}")]
     Agent {

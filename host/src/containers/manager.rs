@@ -100,7 +100,7 @@ pub fn safe_log_path(dir: &str, rel: &str) -> Result<String, ContainerError> {
     }
     let p = Path::new(rel);
     if p.is_absolute() || p.components().any(|c| !matches!(c, Component::Normal(_))) {
-        return Err(ContainerError::InvalidArgument(format!(
+        return Err(ContainerError::BadRequest(format!(
             "log path {rel:?} must be relative to the pod's log directory and must not contain '..'"
         )));
     }
@@ -126,10 +126,10 @@ fn image_defaults(config: &[u8]) -> ImageDefaults {
 pub(super) fn agent_err(id: &str, e: GuestError) -> ContainerError {
     let msg = format!("container {id}: {e}");
     match e {
-        GuestError::NoAnswer(_) => ContainerError::Timeout(msg),
-        GuestError::BadRequest(_) => ContainerError::InvalidArgument(msg),
-        GuestError::WrongState(_) => ContainerError::FailedPrecondition(msg),
-        GuestError::Unknown(_) => ContainerError::NotFound(msg),
+        GuestError::NoAnswer(_) => ContainerError::TimedOut(msg),
+        GuestError::BadRequest(_) => ContainerError::BadRequest(msg),
+        GuestError::WrongState(_) => ContainerError::WrongState(msg),
+        GuestError::Unknown(_) => ContainerError::Unknown(msg),
         GuestError::Unreachable(_) | GuestError::Failed(_) => ContainerError::Agent {
             id: id.into(),
             detail: e.to_string(),
@@ -185,21 +185,19 @@ impl ContainerManager {
 
     pub(super) async fn agent(&self, sandbox_id: &str) -> Result<Arc<dyn Guest>, ContainerError> {
         self.inner.sandboxes.agent(sandbox_id).await.map_err(|e| {
-            ContainerError::FailedPrecondition(format!(
-                "pod sandbox {sandbox_id} is not running: {e}"
-            ))
+            ContainerError::WrongState(format!("pod sandbox {sandbox_id} is not running: {e}"))
         })
     }
 
     /// Finds a container by full id or unique prefix.
     pub fn get(&self, id: &str) -> Result<Option<ContainerRecord>, ContainerError> {
         crate::ids::by_prefix(self.inner.records.list()?, id, |r| r.id.as_str())
-            .map_err(|e| ContainerError::InvalidArgument(format!("container id: {e}")))
+            .map_err(|e| ContainerError::BadRequest(format!("container id: {e}")))
     }
 
     pub(super) fn must_get(&self, id: &str) -> Result<ContainerRecord, ContainerError> {
         self.get(id)?
-            .ok_or_else(|| ContainerError::NotFound(format!("container {id} not found")))
+            .ok_or_else(|| ContainerError::Unknown(format!("container {id} not found")))
     }
 
     /// Every container.
@@ -215,7 +213,7 @@ impl ContainerManager {
         ev: ContainerEvent,
     ) -> Result<bool, ContainerError> {
         match apply(r.state, ev)
-            .map_err(|t| ContainerError::FailedPrecondition(format!("container {}: {t}", r.id)))?
+            .map_err(|t| ContainerError::WrongState(format!("container {}: {t}", r.id)))?
         {
             Some(s) => {
                 r.state = s;
@@ -232,7 +230,7 @@ impl ContainerManager {
     /// CreateContainer.
     pub async fn create(&self, req: CreateRequest) -> Result<String, ContainerError> {
         if req.name.is_empty() {
-            return Err(ContainerError::InvalidArgument(
+            return Err(ContainerError::BadRequest(
                 "container metadata needs a name".into(),
             ));
         }
@@ -240,12 +238,12 @@ impl ContainerManager {
             .inner
             .sandboxes
             .get(&req.sandbox_id)
-            .map_err(|e| ContainerError::InvalidArgument(e.to_string()))?
+            .map_err(|e| ContainerError::BadRequest(e.to_string()))?
             .ok_or_else(|| {
-                ContainerError::NotFound(format!("pod sandbox {} not found", req.sandbox_id))
+                ContainerError::Unknown(format!("pod sandbox {} not found", req.sandbox_id))
             })?;
         if !sandbox.state.is_ready() {
-            return Err(ContainerError::FailedPrecondition(format!(
+            return Err(ContainerError::WrongState(format!(
                 "pod sandbox {} is not ready",
                 sandbox.id
             )));
@@ -254,9 +252,9 @@ impl ContainerManager {
             .inner
             .images
             .status(&req.image)
-            .map_err(|e| ContainerError::InvalidArgument(e.to_string()))?
+            .map_err(|e| ContainerError::BadRequest(e.to_string()))?
             .ok_or_else(|| {
-                ContainerError::NotFound(format!("image {:?} not found; pull it first", req.image))
+                ContainerError::Unknown(format!("image {:?} not found; pull it first", req.image))
             })?;
         let log_path = safe_log_path(&sandbox.log_directory, &req.log_path)?;
         let defaults =
@@ -265,7 +263,7 @@ impl ContainerManager {
         input.hostname = sandbox.hostname.clone();
         input.userns = match &req.userns {
             Some(asked) if *asked != sandbox.userns => {
-                return Err(ContainerError::InvalidArgument(format!(
+                return Err(ContainerError::BadRequest(format!(
                     "the container's user namespace ({}) is not its pod's ({}): a container \
                      lives in its pod's user namespace",
                     describe_userns(asked.as_ref()),
@@ -278,12 +276,12 @@ impl ContainerManager {
         let pid_namespace = match &req.pid_namespace {
             PidNamespace::Target(t) => {
                 let target = self.get(t)?.ok_or_else(|| {
-                    ContainerError::NotFound(format!(
+                    ContainerError::Unknown(format!(
                         "target container {t} (pid namespace TARGET) not found"
                     ))
                 })?;
                 if target.sandbox_id != sandbox.id || target.state == ContainerState::Exited {
-                    return Err(ContainerError::FailedPrecondition(format!(
+                    return Err(ContainerError::WrongState(format!(
                         "target container {t} must be a created or running container of pod {}",
                         sandbox.id
                     )));
@@ -320,14 +318,14 @@ impl ContainerManager {
                     .map(|p| (hex, p))
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ContainerError::FailedPrecondition(e.to_string()))?;
+            .map_err(|e| ContainerError::WrongState(e.to_string()))?;
         self.inner
             .sandboxes
             .expose_layers(&sandbox.id, &snapshots)
-            .map_err(|e| ContainerError::FailedPrecondition(e.to_string()))?;
+            .map_err(|e| ContainerError::WrongState(e.to_string()))?;
         let volumes = self.inner.sandboxes.volumes_dir(&sandbox.id);
         let binds = crate::volumes::prepare(&volumes, &id[..12], &req.mounts)
-            .map_err(|e| ContainerError::InvalidArgument(e.to_string()))?;
+            .map_err(|e| ContainerError::BadRequest(e.to_string()))?;
         input.binds = binds
             .iter()
             .map(|b| spec::Bind {
@@ -344,7 +342,7 @@ impl ContainerManager {
             Ok(b) => b,
             Err(e) => {
                 release();
-                return Err(ContainerError::InvalidArgument(e.0));
+                return Err(ContainerError::BadRequest(e.0));
             }
         };
         let agent = match self.agent(&sandbox.id).await {
@@ -357,7 +355,7 @@ impl ContainerManager {
         let create = ContainerCreate {
             id: id.clone(),
             spec_json: serde_json::to_vec(&built.spec)
-                .map_err(|e| ContainerError::InvalidArgument(e.to_string()))?,
+                .map_err(|e| ContainerError::BadRequest(e.to_string()))?,
             layers: image
                 .layers
                 .iter()
@@ -417,7 +415,7 @@ impl ContainerManager {
         let mut r = self.must_get(id)?;
         let _g = self.inner.locks.lock(&r.id).await;
         if r.state != ContainerState::Created {
-            return Err(ContainerError::FailedPrecondition(format!(
+            return Err(ContainerError::WrongState(format!(
                 "container {} is {:?}, not created",
                 r.id, r.state
             )));
@@ -431,7 +429,7 @@ impl ContainerManager {
             r.exit_code = 128;
             r.finished_at = now_nanos();
             self.transition(&mut r, ContainerEvent::StartFailed)?;
-            return Err(ContainerError::FailedPrecondition(format!(
+            return Err(ContainerError::WrongState(format!(
                 "container {} could not start: {}",
                 r.id, s
             )));
@@ -462,7 +460,7 @@ impl ContainerManager {
                 self.record_exit(&r.id, exit).await;
                 Ok(())
             }
-            None => Err(ContainerError::Timeout(format!(
+            None => Err(ContainerError::TimedOut(format!(
                 "container {} did not stop even after SIGKILL",
                 r.id
             ))),
@@ -517,7 +515,7 @@ impl ContainerManager {
     pub(super) fn must_run(&self, id: &str) -> Result<ContainerRecord, ContainerError> {
         let r = self.must_get(id)?;
         if r.state != ContainerState::Running {
-            return Err(ContainerError::FailedPrecondition(format!(
+            return Err(ContainerError::WrongState(format!(
                 "container {} is not running (it is {:?})",
                 r.id, r.state
             )));
@@ -541,7 +539,7 @@ mod tests {
             assert!(
                 matches!(
                     safe_log_path("/var/log/pods/p", bad),
-                    Err(ContainerError::InvalidArgument(_))
+                    Err(ContainerError::BadRequest(_))
                 ),
                 "{bad}"
             );

@@ -115,7 +115,7 @@ impl ContainerManager {
     pub async fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
         let r = self.must_get(id)?;
         if r.state != ContainerState::Running {
-            return Err(ContainerError::FailedPrecondition(format!(
+            return Err(ContainerError::WrongState(format!(
                 "container {} is not running",
                 r.id
             )));
@@ -128,7 +128,7 @@ impl ContainerManager {
             .get(&r.id)
             .cloned();
         let Some(tx) = tx else {
-            return Err(ContainerError::FailedPrecondition(format!(
+            return Err(ContainerError::WrongState(format!(
                 "container {} has no log copier",
                 r.id
             )));
@@ -136,14 +136,14 @@ impl ContainerManager {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         tx.send(done_tx)
             .await
-            .map_err(|_| ContainerError::FailedPrecondition("the log copier has ended".into()))?;
+            .map_err(|_| ContainerError::WrongState("the log copier has ended".into()))?;
         match tokio::time::timeout(Duration::from_secs(5), done_rx).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(ContainerError::FailedPrecondition(format!(
+            Ok(Ok(Err(e))) => Err(ContainerError::WrongState(format!(
                 "reopen {}: {e}",
                 r.log_path
             ))),
-            _ => Err(ContainerError::Timeout(
+            _ => Err(ContainerError::TimedOut(
                 "the log copier did not answer".into(),
             )),
         }
@@ -171,7 +171,7 @@ impl ContainerManager {
             .get(&r.id)
             .map(|tx| tx.subscribe())
             .ok_or_else(|| {
-                ContainerError::FailedPrecondition(format!(
+                ContainerError::WrongState(format!(
                     "container {} has no output to attach to (it is exiting)",
                     r.id
                 ))

@@ -39,11 +39,11 @@ impl From<crate::sandbox::SandboxError> for Status {
     fn from(e: crate::sandbox::SandboxError) -> Self {
         use crate::sandbox::SandboxError as E;
         let code = match &e {
-            E::InvalidArgument(_) => Code::InvalidArgument,
-            E::NotFound(_) => Code::NotFound,
+            E::BadRequest(_) => Code::InvalidArgument,
+            E::Unknown(_) => Code::NotFound,
             E::NameTaken { .. } => Code::AlreadyExists,
-            E::FailedPrecondition(_) | E::Transition { .. } => Code::FailedPrecondition,
-            E::Timeout { .. } => Code::DeadlineExceeded,
+            E::WrongState(_) | E::Transition { .. } => Code::FailedPrecondition,
+            E::DeadlineMissed { .. } => Code::DeadlineExceeded,
             E::Hypervisor {
                 source: crate::hypervisor::HypervisorError::MissingImage { .. },
                 ..
@@ -84,11 +84,11 @@ impl From<crate::containers::ContainerError> for Status {
     fn from(e: crate::containers::ContainerError) -> Self {
         use crate::containers::ContainerError as E;
         let code = match &e {
-            E::InvalidArgument(_) => Code::InvalidArgument,
-            E::NotFound(_) => Code::NotFound,
+            E::BadRequest(_) => Code::InvalidArgument,
+            E::Unknown(_) => Code::NotFound,
             E::NameTaken(_) => Code::AlreadyExists,
-            E::FailedPrecondition(_) => Code::FailedPrecondition,
-            E::Timeout(_) => Code::DeadlineExceeded,
+            E::WrongState(_) => Code::FailedPrecondition,
+            E::TimedOut(_) => Code::DeadlineExceeded,
             E::Agent { .. } | E::Store(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

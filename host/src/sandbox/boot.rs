@@ -41,7 +41,7 @@ impl SandboxManager {
     pub async fn run(&self, req: RunRequest) -> Result<String, SandboxError> {
         let md = &req.metadata;
         if md.name.is_empty() || md.uid.is_empty() || md.namespace.is_empty() {
-            return Err(SandboxError::InvalidArgument(
+            return Err(SandboxError::BadRequest(
                 "pod sandbox metadata needs name, uid and namespace".into(),
             ));
         }
@@ -51,7 +51,7 @@ impl SandboxManager {
             (req.host_ipc, "IPC namespace (hostIPC)"),
         ] {
             if wanted {
-                return Err(SandboxError::FailedPrecondition(format!(
+                return Err(SandboxError::WrongState(format!(
                     "a VM sandbox cannot share the host's {what}: run such pods with a runc-based RuntimeClass"
                 )));
             }
@@ -64,7 +64,7 @@ impl SandboxManager {
         };
         if !self.inner.config.runtime.handlers.contains_key(&handler) {
             let known: Vec<&String> = self.inner.config.runtime.handlers.keys().collect();
-            return Err(SandboxError::InvalidArgument(format!(
+            return Err(SandboxError::BadRequest(format!(
                 "runtime handler {handler:?} is not configured; moatd has {known:?}"
             )));
         }
@@ -74,17 +74,15 @@ impl SandboxManager {
             .get(&handler)
             .cloned()
             .ok_or_else(|| {
-                SandboxError::InvalidArgument(format!(
-                    "runtime handler {handler:?} has no hypervisor"
-                ))
+                SandboxError::BadRequest(format!("runtime handler {handler:?} has no hypervisor"))
             })?;
         if let Some(r) = &handler_vmm.refused {
-            return Err(SandboxError::FailedPrecondition(format!(
+            return Err(SandboxError::WrongState(format!(
                 "runtime handler {handler:?}: {r}"
             )));
         }
         if req.userns.is_some() && handler_vmm.kind == VmmKind::Builtin {
-            return Err(SandboxError::FailedPrecondition(format!(
+            return Err(SandboxError::WrongState(format!(
                 "runtime handler {handler:?} runs the built-in VMM, whose pods have no user \
                  namespaces yet (its runtime handler features say user_namespaces: false); \
                  use a QEMU handler or run the pod with hostUsers: true"
@@ -230,7 +228,7 @@ impl SandboxManager {
         // fault, and stays InvalidArgument; anything else is the VM's.
         agent.setup(setup).await.map_err(|e| match e {
             crate::guest::GuestError::BadRequest(_) => {
-                SandboxError::InvalidArgument(format!("setting the sandbox up: {e}"))
+                SandboxError::BadRequest(format!("setting the sandbox up: {e}"))
             }
             _ => SandboxError::Agent {
                 id: id.clone(),

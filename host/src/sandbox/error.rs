@@ -8,10 +8,10 @@ use crate::hypervisor::HypervisorError;
 pub enum SandboxError {
     /// The request is malformed.
     #[error("{0}")]
-    InvalidArgument(String),
+    BadRequest(String),
     /// No such sandbox.
     #[error("pod sandbox {0} not found")]
-    NotFound(String),
+    Unknown(String),
     /// A sandbox with the same name exists.
     #[error(
         "pod sandbox name {name:?} is already used by {id}; remove it first or use another attempt number"
@@ -24,12 +24,12 @@ pub enum SandboxError {
     },
     /// The request cannot be served by a VM sandbox.
     #[error("{0}")]
-    FailedPrecondition(String),
+    WrongState(String),
     /// The VM did not come up in time; everything was torn down.
     #[error(
         "pod sandbox {id}: {what} did not happen within {secs} s; the VM was torn down (guest console: {console})"
     )]
-    Timeout {
+    DeadlineMissed {
         /// The sandbox.
         id: String,
         /// What was awaited.

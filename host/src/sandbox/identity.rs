@@ -22,7 +22,7 @@ pub fn hostname(requested: &str) -> Result<String, SandboxError> {
         requested.to_owned()
     };
     if !valid_hostname(&name) {
-        return Err(SandboxError::InvalidArgument(format!(
+        return Err(SandboxError::BadRequest(format!(
             "hostname {name:?} cannot be set: it must be 1 to {MAX_HOSTNAME} characters of \
              letters, digits, '-' and '.' (or leave it empty for the node's hostname)"
         )));
@@ -42,12 +42,12 @@ fn valid_hostname(h: &str) -> bool {
 pub fn check_sysctls(sysctls: &BTreeMap<String, String>) -> Result<(), SandboxError> {
     for (key, value) in sysctls {
         if moat_proto::sysctl::sysctl_path(key).is_none() {
-            return Err(SandboxError::InvalidArgument(format!(
+            return Err(SandboxError::BadRequest(format!(
                 "sysctl {key:?} is not a sysctl name (e.g. net.ipv4.ip_local_port_range)"
             )));
         }
         if value.contains('\n') || value.contains('\0') {
-            return Err(SandboxError::InvalidArgument(format!(
+            return Err(SandboxError::BadRequest(format!(
                 "sysctl {key} has a value with a newline or NUL byte"
             )));
         }
@@ -67,7 +67,7 @@ mod tests {
         let long = "a".repeat(65);
         for bad in [long.as_str(), "bad host", "x/y"] {
             let e = hostname(bad).expect_err(bad);
-            assert!(matches!(e, SandboxError::InvalidArgument(_)), "{e:?}");
+            assert!(matches!(e, SandboxError::BadRequest(_)), "{e:?}");
         }
         assert_eq!(hostname(&"a".repeat(64)).expect("64 is fine").len(), 64);
     }

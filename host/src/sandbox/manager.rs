@@ -255,7 +255,7 @@ impl SandboxManager {
     /// Finds a record by full id or unique prefix.
     pub fn get(&self, id: &str) -> Result<Option<SandboxRecord>, SandboxError> {
         crate::ids::by_prefix(self.inner.records.list()?, id, |r| r.id.as_str())
-            .map_err(|e| SandboxError::InvalidArgument(format!("pod sandbox id: {e}")))
+            .map_err(|e| SandboxError::BadRequest(format!("pod sandbox id: {e}")))
     }
 
     /// Makes image layers visible in a sandbox's `layers` share (read-only binds of the
@@ -267,9 +267,8 @@ impl SandboxManager {
     ) -> Result<(), SandboxError> {
         let dir = self.paths(id).layers();
         for (name, src) in snapshots {
-            crate::volumes::bind_read_only(src, &dir.join(name)).map_err(|e| {
-                SandboxError::FailedPrecondition(format!("expose layer {name}: {e}"))
-            })?;
+            crate::volumes::bind_read_only(src, &dir.join(name))
+                .map_err(|e| SandboxError::WrongState(format!("expose layer {name}: {e}")))?;
         }
         Ok(())
     }
@@ -335,7 +334,7 @@ impl SandboxManager {
                 }
                 Ok(a)
             }
-            None => Err(SandboxError::FailedPrecondition(format!(
+            None => Err(SandboxError::WrongState(format!(
                 "pod sandbox {id} is not running"
             ))),
         }

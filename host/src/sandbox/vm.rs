@@ -238,7 +238,7 @@ async fn spawn_backend(
                 detail: format!("the {what} ended at start-up: {}", out.trim()),
             });
         }
-        return Err(SandboxError::Timeout {
+        return Err(SandboxError::DeadlineMissed {
             id: id.into(),
             what: format!("the {what} listening ({})", out.trim()),
             secs: 10,
@@ -507,7 +507,7 @@ async fn launch_inner(
         r = tokio::time::timeout(spec.boot_timeout, agent::wait_announce(&announce)) => Some(r),
         _ = exited => None,
     };
-    let fail = |what: String| SandboxError::Timeout {
+    let fail = |what: String| SandboxError::DeadlineMissed {
         id: id.clone(),
         what,
         secs: spec.boot_timeout.as_secs(),
