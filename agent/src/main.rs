@@ -9,9 +9,6 @@ use clap::Parser;
 
 mod containers;
 mod exec;
-// The OCI executor; the gRPC layer does not call it yet, so its API (re-exported for that
-// layer) is unused for now.
-#[allow(dead_code, unused_imports)]
 mod executor;
 mod init;
 mod modprobe;

@@ -234,7 +234,9 @@ impl Containers {
                         if let Some(linux) = spec.linux_mut()
                             && linux.seccomp().is_none()
                         {
-                            linux.set_seccomp(Some(executor::runtime_default_seccomp(&bounding)));
+                            let profile =
+                                executor::runtime_default_seccomp(&bounding).map_err(exec_err)?;
+                            linux.set_seccomp(Some(profile));
                         }
                     }
                     *process_slot.lock().unwrap_or_else(|p| p.into_inner()) =

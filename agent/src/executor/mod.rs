@@ -61,12 +61,19 @@ pub mod userns;
 #[cfg(test)]
 mod tests;
 
-pub use cgroup::{Cgroup, DEFAULT_ROOT as DEFAULT_CGROUP_ROOT, is_cgroup2};
-pub use container::{Container, ExecProcess, Options, State, Stdio};
-pub use error::{Error, Result};
+// Re-exported for the executor's tests only (`use super::*`).
+#[cfg_attr(not(test), allow(unused_imports))]
+pub use cgroup::is_cgroup2;
+#[cfg_attr(not(test), allow(unused_imports))]
+pub use container::State;
+pub use container::{Container, ExecProcess, Options, Stdio};
+pub use error::Error;
 pub use overlay::mount_overlay;
-pub use plan::DEFAULT_PATH;
 pub use pod_init::{PAUSE_ARG0, PodInit, pause_main};
-pub use process::{ExitStatus, reap_children};
+#[cfg_attr(not(test), allow(unused_imports))]
+pub use process::ExitStatus;
+pub use process::reap_children;
 pub use seccomp::runtime_default as runtime_default_seccomp;
-pub use user::{ResolvedUser, resolve_user};
+#[cfg_attr(not(test), allow(unused_imports))]
+pub use user::ResolvedUser;
+pub use user::resolve_user;

@@ -176,6 +176,7 @@ impl Proc {
     }
 
     /// Waits (asynchronously, on the tokio reactor) until the process ends.
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     pub(crate) async fn wait(&self) -> Result<i32> {
         if let Some(s) = self.try_wait()? {
             return Ok(s);

@@ -29,6 +29,7 @@ pub(crate) enum FileKind {
 /// An argv/envp vector: the C strings and the NULL-terminated pointer array `execve` wants,
 /// built before the fork.
 pub(crate) struct CVec<'a> {
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     strings: &'a [CString],
     ptrs: Vec<*const libc::c_char>,
 }
@@ -42,6 +43,7 @@ impl<'a> CVec<'a> {
     }
 
     /// The strings.
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     pub(crate) fn strings(&self) -> &[CString] {
         self.strings
     }

@@ -483,7 +483,7 @@ fn seccomp_blocks_a_system_call() {
     // ...and RuntimeDefault stops it before.
     let bounding = caps.bounding().clone().expect("bounding");
     let mut linux = spec.linux().clone().expect("linux");
-    linux.set_seccomp(Some(runtime_default_seccomp(&bounding)));
+    linux.set_seccomp(Some(runtime_default_seccomp(&bounding).expect("profile")));
     spec.set_linux(Some(linux));
     let out = run(&spec, dir.path());
     assert!(
@@ -515,7 +515,7 @@ fn runtime_default_runs_ordinary_programs() {
             .expect("bounding");
         process_mut(&mut spec).set_no_new_privileges(Some(nnp));
         let mut linux = spec.linux().clone().expect("linux");
-        linux.set_seccomp(Some(runtime_default_seccomp(&bounding)));
+        linux.set_seccomp(Some(runtime_default_seccomp(&bounding).expect("profile")));
         spec.set_linux(Some(linux));
         let out = run(&spec, dir.path());
         assert_eq!(
@@ -1043,7 +1043,7 @@ fn containers_and_their_execs_join_the_pod_user_namespace() {
             .expect("bounding");
         process_mut(&mut spec).set_no_new_privileges(Some(nnp));
         let mut linux = spec.linux().clone().expect("linux");
-        linux.set_seccomp(Some(runtime_default_seccomp(&bounding)));
+        linux.set_seccomp(Some(runtime_default_seccomp(&bounding).expect("profile")));
         spec.set_linux(Some(linux));
         let c = Container::create(&id("join"), &spec, dir.path()).expect("create");
         c.start().expect("start");

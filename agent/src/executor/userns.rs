@@ -29,8 +29,11 @@
 
 use std::fmt;
 
+// MAX_EXTENTS is re-exported for the tests only.
+#[cfg_attr(not(test), allow(unused_imports))]
+pub use moat_proto::userns::MAX_EXTENTS;
 use moat_proto::userns::to_host;
-pub use moat_proto::userns::{IdMap, MAX_EXTENTS, map_text};
+pub use moat_proto::userns::{IdMap, map_text};
 
 /// A user namespace's uid and gid mappings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

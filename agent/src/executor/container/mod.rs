@@ -27,7 +27,7 @@ mod handshake;
 mod stdio;
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -116,6 +116,7 @@ pub struct ExecProcess {
 impl Container {
     /// Creates the container `id` from `spec` on `rootfs` (already the overlay mount) with
     /// default options: see `create_with`.
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     pub fn create(id: &str, spec: &Spec, rootfs: &Path) -> Result<Container> {
         Self::create_with(id, spec, rootfs, &Options::default())
     }
@@ -327,11 +328,6 @@ impl Container {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The container's id.
-    pub fn id(&self) -> &str {
-        &self.id
-    }
-
     /// The init process's pid (in the agent's PID namespace).
     pub fn pid(&self) -> i32 {
         self.proc.pid()
@@ -415,6 +411,7 @@ impl Container {
     }
 
     /// Waits for the init process to end.
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     pub async fn wait(&self) -> Result<ExitStatus> {
         let raw = self.proc.wait().await?;
         Ok(self.exit_status(raw))
@@ -427,6 +424,7 @@ impl Container {
     }
 
     /// The exit status, if the init process has ended.
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     pub fn try_wait(&self) -> Result<Option<ExitStatus>> {
         Ok(self.proc.try_wait()?.map(|raw| self.exit_status(raw)))
     }
@@ -529,6 +527,7 @@ impl Container {
     }
 
     /// Kills whatever is left and removes the cgroup.
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     pub fn delete(self) -> Result<()> {
         self.proc.kill_and_reap();
         if let Some(cg) = &self.cgroup {
@@ -607,11 +606,6 @@ impl ExecProcess {
     /// Takes its stdio (once).
     pub fn take_stdio(&self) -> Option<Stdio> {
         self.stdio.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
-
-    /// Waits for it to end.
-    pub async fn wait(&self) -> Result<ExitStatus> {
-        Ok(ExitStatus::from_raw(self.proc.wait().await?, false))
     }
 
     /// Waits for it to end, blocking the thread.

@@ -64,6 +64,7 @@ impl Rule {
     }
 
     /// Whether it applies to the device `kind` (block or char) `major:minor`.
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     fn covers(&self, kind: Kind, major: u32, minor: u32) -> bool {
         (self.kind == Kind::Any || self.kind == kind)
             && self.major.is_none_or(|m| m == major)
@@ -221,6 +222,7 @@ impl Filter {
 
     /// Whether the filter lets `access` to the device `kind` (block or char)
     /// `major:minor` through: the meaning the program must have.
+    #[cfg_attr(not(test), allow(dead_code))] // used by the tests
     pub(super) fn allows(&self, kind: Kind, major: u32, minor: u32, access: u8) -> bool {
         let allowed = self
             .rules

@@ -23,7 +23,6 @@ use rootfs::rootfs_plan;
 
 pub(crate) use mounts::Fallback;
 pub(crate) use ns::{NsPlan, PidNs};
-pub use process::DEFAULT_PATH;
 pub(crate) use process::{ProcessPlan, SeccompPlan, process_plan};
 pub(crate) use rootfs::RootfsPlan;
 

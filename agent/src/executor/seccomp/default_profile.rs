@@ -8,13 +8,21 @@ use oci_spec::runtime::{
     LinuxSyscallBuilder,
 };
 
+use crate::executor::error::{Error, Result};
+
+/// A builder that cannot finish fails the profile: never a default, whose rule or
+/// profile would allow more than asked.
+fn built<T>(what: &str, r: std::result::Result<T, oci_spec::OciSpecError>) -> Result<T> {
+    r.map_err(|e| Error::Seccomp(format!("building the RuntimeDefault {what}: {e}")))
+}
+
 /// Names a syscall rule.
 pub(super) fn rule(
     names: &[&str],
     action: LinuxSeccompAction,
     errno: Option<u32>,
     args: Vec<LinuxSeccompArg>,
-) -> LinuxSyscall {
+) -> Result<LinuxSyscall> {
     let mut b = LinuxSyscallBuilder::default()
         .names(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .action(action);
@@ -24,7 +32,7 @@ pub(super) fn rule(
     if !args.is_empty() {
         b = b.args(args);
     }
-    b.build().unwrap_or_default()
+    built("rule", b.build())
 }
 
 pub(super) fn arg(
@@ -32,14 +40,16 @@ pub(super) fn arg(
     value: u64,
     value_two: u64,
     op: LinuxSeccompOperator,
-) -> LinuxSeccompArg {
-    LinuxSeccompArgBuilder::default()
-        .index(index)
-        .value(value)
-        .value_two(value_two)
-        .op(op)
-        .build()
-        .unwrap_or_default()
+) -> Result<LinuxSeccompArg> {
+    built(
+        "argument condition",
+        LinuxSeccompArgBuilder::default()
+            .index(index)
+            .value(value)
+            .value_two(value_two)
+            .op(op)
+            .build(),
+    )
 }
 
 /// The system calls RuntimeDefault allows to every container.
@@ -496,21 +506,21 @@ const BY_CAPABILITY: &[(Capability, &[&str])] = &[
 /// flags (and fully with CAP_SYS_ADMIN), and clone3 answers ENOSYS without CAP_SYS_ADMIN
 /// so that glibc falls back to clone (its flags sit behind a pointer the filter cannot
 /// read).
-pub fn runtime_default(bounding: &Capabilities) -> LinuxSeccomp {
+pub fn runtime_default(bounding: &Capabilities) -> Result<LinuxSeccomp> {
     use LinuxSeccompAction::{ScmpActAllow as Allow, ScmpActErrno as Errno};
-    let mut syscalls = vec![rule(ALLOWED, Allow, None, vec![])];
+    let mut syscalls = vec![rule(ALLOWED, Allow, None, vec![])?];
     // personality: only the usual domains (PER_LINUX, PER_LINUX32, UNAME26 forms, query).
     for v in [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff] {
         syscalls.push(rule(
             &["personality"],
             Allow,
             None,
-            vec![arg(0, v, 0, LinuxSeccompOperator::ScmpCmpEq)],
-        ));
+            vec![arg(0, v, 0, LinuxSeccompOperator::ScmpCmpEq)?],
+        )?);
     }
     for (cap, names) in BY_CAPABILITY {
         if bounding.contains(cap) {
-            syscalls.push(rule(names, Allow, None, vec![]));
+            syscalls.push(rule(names, Allow, None, vec![])?);
         }
     }
     if !bounding.contains(&Capability::SysAdmin) {
@@ -525,21 +535,23 @@ pub fn runtime_default(bounding: &Capabilities) -> LinuxSeccomp {
             &["clone"],
             Allow,
             None,
-            vec![arg(0, ns_flags, 0, LinuxSeccompOperator::ScmpCmpMaskedEq)],
-        ));
-        syscalls.push(rule(&["clone3"], Errno, Some(libc::ENOSYS as u32), vec![]));
+            vec![arg(0, ns_flags, 0, LinuxSeccompOperator::ScmpCmpMaskedEq)?],
+        )?);
+        syscalls.push(rule(&["clone3"], Errno, Some(libc::ENOSYS as u32), vec![])?);
     }
-    LinuxSeccompBuilder::default()
-        .default_action(Errno)
-        .default_errno_ret(libc::EPERM as u32)
-        .architectures(vec![
-            Arch::ScmpArchX86_64,
-            Arch::ScmpArchX86,
-            Arch::ScmpArchX32,
-        ])
-        .syscalls(syscalls)
-        .build()
-        .unwrap_or_default()
+    built(
+        "profile",
+        LinuxSeccompBuilder::default()
+            .default_action(Errno)
+            .default_errno_ret(libc::EPERM as u32)
+            .architectures(vec![
+                Arch::ScmpArchX86_64,
+                Arch::ScmpArchX86,
+                Arch::ScmpArchX32,
+            ])
+            .syscalls(syscalls)
+            .build(),
+    )
 }
 
 #[cfg(test)]
@@ -552,7 +564,7 @@ mod tests {
     fn runtime_default_allows_the_usual_and_refuses_the_dangerous() {
         let bounding: Capabilities =
             [Capability::Chown, Capability::Kill, Capability::Setuid].into();
-        let plan = compile(&runtime_default(&bounding)).expect("compile");
+        let plan = compile(&runtime_default(&bounding).expect("profile")).expect("compile");
         for name in [
             "read",
             "write",
@@ -627,7 +639,7 @@ mod tests {
             Capability::SysPtrace,
         ]
         .into();
-        let plan = compile(&runtime_default(&bounding)).expect("compile");
+        let plan = compile(&runtime_default(&bounding).expect("profile")).expect("compile");
         for name in ["mount", "unshare", "setns", "clone3", "chroot", "ptrace"] {
             assert_eq!(verdict(&plan, nr(name), [0; 6]), ALLOW, "{name}");
         }

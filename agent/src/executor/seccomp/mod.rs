@@ -341,25 +341,28 @@ mod tests {
         let profile = LinuxSeccompBuilder::default()
             .default_action(LinuxSeccompAction::ScmpActAllow)
             .syscalls(vec![
-                rule(&["swapoff"], LinuxSeccompAction::ScmpActErrno, None, vec![]),
+                rule(&["swapoff"], LinuxSeccompAction::ScmpActErrno, None, vec![]).expect("rule"),
                 rule(
                     &["mount"],
                     LinuxSeccompAction::ScmpActErrno,
                     Some(libc::EACCES as u32),
                     vec![],
-                ),
+                )
+                .expect("rule"),
                 rule(
                     &["kill"],
                     LinuxSeccompAction::ScmpActKillProcess,
                     None,
-                    vec![arg(1, 9, 0, LinuxSeccompOperator::ScmpCmpEq)],
-                ),
+                    vec![arg(1, 9, 0, LinuxSeccompOperator::ScmpCmpEq).expect("arg")],
+                )
+                .expect("rule"),
                 rule(
                     &["no_such_call", "chown32"],
                     LinuxSeccompAction::ScmpActErrno,
                     None,
                     vec![],
-                ),
+                )
+                .expect("rule"),
             ])
             .build()
             .expect("profile");
