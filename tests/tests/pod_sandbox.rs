@@ -242,47 +242,45 @@ async fn two_pods_run_at_once_and_survive_a_moatd_restart() {
     assert_nothing_left(&m, &b);
 }
 
-/// moatd killed (SIGKILL) in the middle of RunPodSandbox, once the VM's processes run but
-/// before the pod is ready: after its restart the half-made pod is gone, with every process
-/// it had started (the record named no pid yet), and the same RunPodSandbox succeeds.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_boot_cut_short_by_a_moatd_crash_leaves_nothing_running() {
-    let mut m = Moatd::start(&config("")).await;
-    let vm_root = m.root().with_file_name("run").join("vm");
-    let needle = format!("{}/", vm_root.display());
+/// A RunPodSandbox of `name` in flight, once its VM's processes run (the VMM among them)
+/// while the guest still boots; and the cmdline needle that finds that VM's processes.
+async fn boot_in_flight(
+    m: &Moatd,
+    name: &str,
+) -> (
+    tokio::task::JoinHandle<Result<tonic::Response<cri::RunPodSandboxResponse>, tonic::Status>>,
+    String,
+) {
+    let needle = format!("{}/", m.root().with_file_name("run").join("vm").display());
     let mut rt = m.runtime().await;
+    let config = pod(name);
     let call = tokio::spawn(async move {
         rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod("crashy")),
+            config: Some(config),
             runtime_handler: String::new(),
         })
         .await
     });
-    // The VM's processes are up (its VMM among them); the guest is still booting.
     let vmm = if on_builtin() { " vmm " } else { "qemu-system" };
     let started = moat_tests::wait_until(std::time::Duration::from_secs(30), || {
         processes_with(&needle).iter().any(|p| p.contains(vmm))
     })
     .await;
     assert!(started, "no VMM started:\n{}", m.log());
-    m.crash_and_restart().await;
-    assert!(
-        call.await.expect("join").is_err(),
-        "the call died with moatd"
-    );
-    let gone = moat_tests::wait_until(std::time::Duration::from_secs(15), || {
-        processes_with(&needle).is_empty()
+    (call, needle)
+}
+
+/// After an unfinished boot of `name`: within `within` none of its processes runs, no pod
+/// is listed, and the same RunPodSandbox succeeds.
+async fn assert_unfinished_boot_undone(m: &Moatd, needle: &str, name: &str, within: u64) {
+    let gone = moat_tests::wait_until(std::time::Duration::from_secs(within), || {
+        processes_with(needle).is_empty()
     })
     .await;
     assert!(
         gone,
-        "processes of the interrupted boot still run: {:?}\n{}",
-        processes_with(&needle),
-        m.log()
-    );
-    assert!(
-        m.log().contains("boot was interrupted by a restart"),
-        "{}",
+        "processes of the unfinished boot still run: {:?}\n{}",
+        processes_with(needle),
         m.log()
     );
     let list = m
@@ -294,10 +292,30 @@ async fn a_boot_cut_short_by_a_moatd_crash_leaves_nothing_running() {
         .into_inner()
         .items;
     assert!(list.is_empty(), "no half-made pod: {list:?}");
-    let id = run(&m, pod("crashy")).await.expect("the same call again");
-    assert_eq!(state(&m, &id).await.expect("state"), READY);
-    remove(&m, &id).await;
-    assert_nothing_left(&m, &id);
+    let id = run(m, pod(name)).await.expect("the same call again");
+    assert_eq!(state(m, &id).await.expect("state"), READY);
+    remove(m, &id).await;
+    assert_nothing_left(m, &id);
+}
+
+/// moatd killed (SIGKILL) in the middle of RunPodSandbox, once the VM's processes run but
+/// before the pod is ready: after its restart the half-made pod is gone, with every process
+/// it had started (the record named no pid yet), and the same RunPodSandbox succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_boot_cut_short_by_a_moatd_crash_leaves_nothing_running() {
+    let mut m = Moatd::start(&config("")).await;
+    let (call, needle) = boot_in_flight(&m, "crashy").await;
+    m.crash_and_restart().await;
+    assert!(
+        call.await.expect("join").is_err(),
+        "the call died with moatd"
+    );
+    assert_unfinished_boot_undone(&m, &needle, "crashy", 15).await;
+    assert!(
+        m.log().contains("boot was interrupted by a restart"),
+        "{}",
+        m.log()
+    );
 }
 
 /// A client that gives up on RunPodSandbox while the VM boots (a kubelet timeout, a
@@ -306,32 +324,17 @@ async fn a_boot_cut_short_by_a_moatd_crash_leaves_nothing_running() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_boot_whose_client_gives_up_leaves_nothing_running() {
     let m = Moatd::start(&config("")).await;
-    let vm_root = m.root().with_file_name("run").join("vm");
-    let needle = format!("{}/", vm_root.display());
-    let mut rt = m.runtime().await;
-    let call = tokio::spawn(async move {
-        rt.run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod("impatient")),
-            runtime_handler: String::new(),
-        })
-        .await
-    });
-    let vmm = if on_builtin() { " vmm " } else { "qemu-system" };
-    let started = moat_tests::wait_until(std::time::Duration::from_secs(30), || {
-        processes_with(&needle).iter().any(|p| p.contains(vmm))
-    })
-    .await;
-    assert!(started, "no VMM started:\n{}", m.log());
+    let (call, needle) = boot_in_flight(&m, "impatient").await;
     // Dropping the client's call resets its HTTP/2 stream: moatd's handler is dropped.
     call.abort();
-    let gone = moat_tests::wait_until(std::time::Duration::from_secs(20), || {
-        processes_with(&needle).is_empty()
+    let vm_root = m.root().with_file_name("run").join("vm");
+    let emptied = moat_tests::wait_until(std::time::Duration::from_secs(20), || {
+        std::fs::read_dir(&vm_root).map_or(true, |mut d| d.next().is_none())
     })
     .await;
     assert!(
-        gone,
-        "processes of the abandoned boot still run: {:?}\n{}",
-        processes_with(&needle),
+        emptied,
+        "the run dir of the abandoned boot stays:\n{}",
         m.log()
     );
     assert!(
@@ -340,26 +343,7 @@ async fn a_boot_whose_client_gives_up_leaves_nothing_running() {
         "{}",
         m.log()
     );
-    let emptied = moat_tests::wait_until(std::time::Duration::from_secs(10), || {
-        std::fs::read_dir(&vm_root).map_or(true, |mut d| d.next().is_none())
-    })
-    .await;
-    assert!(emptied, "the run dir of the abandoned boot stays");
-    let list = m
-        .runtime()
-        .await
-        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
-        .await
-        .expect("list")
-        .into_inner()
-        .items;
-    assert!(list.is_empty(), "no half-made pod: {list:?}");
-    let id = run(&m, pod("impatient"))
-        .await
-        .expect("the same call again");
-    assert_eq!(state(&m, &id).await.expect("state"), READY);
-    remove(&m, &id).await;
-    assert_nothing_left(&m, &id);
+    assert_unfinished_boot_undone(&m, &needle, "impatient", 10).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
