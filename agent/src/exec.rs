@@ -5,7 +5,7 @@
 //! connection reset or the call was cancelled) or the output can no longer be delivered,
 //! the process is killed. A clean end of the input stream only closes stdin.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,22 +56,14 @@ fn pump(
     proc: Arc<ExecProcess>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut f = std::fs::File::from(fd);
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match f.read(&mut buf) {
-                // EIO: the terminal's last slave closed.
-                Ok(0) => break,
-                Ok(n) => {
-                    if tx.blocking_send(output(wrap(buf[..n].to_vec()))).is_err() {
-                        let _ = proc.signal(libc::SIGKILL);
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
+        // EIO ends a terminal's output: its last slave closed.
+        crate::chunks::read_chunks(fd, |data| {
+            if tx.blocking_send(output(wrap(data))).is_err() {
+                let _ = proc.signal(libc::SIGKILL);
+                return false;
             }
-        }
+            true
+        })
     })
 }
 

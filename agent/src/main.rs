@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+mod chunks;
 mod containers;
 mod exec;
 mod executor;

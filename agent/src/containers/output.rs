@@ -28,26 +28,16 @@ pub type PortForwardStream = std::pin::Pin<
 /// Copies a pipe into the output channel until EOF.
 pub(super) fn pump(fd: OwnedFd, stream: output_chunk::Stream, tx: mpsc::Sender<OutputChunk>) {
     std::thread::spawn(move || {
-        let mut f = std::fs::File::from(fd);
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match f.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    let chunk = OutputChunk {
-                        stream: stream as i32,
-                        data: buf[..n].to_vec(),
-                        time: now_nanos(),
-                    };
-                    if tx.blocking_send(chunk).is_err() {
-                        // Nobody listens: keep draining so the process never blocks on a full pipe.
-                        continue;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
+        crate::chunks::read_chunks(fd, |data| {
+            let chunk = OutputChunk {
+                stream: stream as i32,
+                data,
+                time: now_nanos(),
+            };
+            // Nobody listens: keep draining so the process never blocks on a full pipe.
+            let _ = tx.blocking_send(chunk);
+            true
+        })
     });
 }
 

@@ -77,6 +77,15 @@ pub enum State {
     Stopped,
 }
 
+/// The parent's handle on the child it just forked; a child it cannot get one for is
+/// killed, so it never runs unwatched.
+fn adopt(pid: i32, proc: Result<Proc>) -> Result<Proc> {
+    proc.inspect_err(|_| {
+        // SAFETY: plain kill of the child we just forked.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    })
+}
+
 fn open_ns(path: &Path) -> Result<File> {
     File::open(path).map_err(|e| Error::io(format!("open namespace {}", path.display()), e))
 }
@@ -213,14 +222,7 @@ impl Container {
             console,
         } = stdio;
         drop(child_stdio);
-        let mut proc = match proc {
-            Ok(p) => p,
-            Err(e) => {
-                // SAFETY: plain kill of the child we just forked.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                return Err(e);
-            }
-        };
+        let mut proc = adopt(pid, proc)?;
         let joins = plan.ns.described_joins();
         let failed = |f: Failure| failure::describe(f, &joins, Some(&plan.root), &plan.process);
         if let Some(cg) = cgroup {
@@ -487,14 +489,7 @@ impl Container {
             console,
         } = stdio;
         drop(child_stdio);
-        let proc = match Proc::new(child_pid) {
-            Ok(p) => p,
-            Err(e) => {
-                // SAFETY: plain kill of the child we just forked.
-                unsafe { libc::kill(child_pid, libc::SIGKILL) };
-                return Err(e);
-            }
-        };
+        let proc = adopt(child_pid, Proc::new(child_pid))?;
         let fail = |e: Error| {
             proc.kill_and_reap();
             e
