@@ -83,6 +83,8 @@ pub(super) struct Inner {
     pub(super) reopen:
         Mutex<HashMap<String, mpsc::Sender<tokio::sync::oneshot::Sender<std::io::Result<()>>>>>,
     /// The output of running containers, for Attach: the log copier publishes every chunk.
+    /// Lifecycle events, for GetContainerEvents.
+    pub(super) events: super::events::Events,
     pub(super) attached:
         Mutex<HashMap<String, tokio::sync::broadcast::Sender<crate::guest::OutputRecord>>>,
 }
@@ -155,6 +157,7 @@ impl ContainerManager {
                 create: tokio::sync::Mutex::new(()),
                 reopen: Mutex::new(HashMap::new()),
                 attached: Mutex::new(HashMap::new()),
+                events: super::events::Events::default(),
             }),
         })
     }
@@ -207,24 +210,33 @@ impl ContainerManager {
         Ok(v)
     }
 
+    /// Every change of a container's state: applies `ev` to `r`, stores the result (the
+    /// new state or the record's deletion) and publishes the lifecycle event it makes.
+    /// Returns whether the record remains.
     pub(super) fn transition(
         &self,
         r: &mut ContainerRecord,
         ev: ContainerEvent,
     ) -> Result<bool, ContainerError> {
-        match apply(r.state, ev)
-            .map_err(|t| ContainerError::WrongState(format!("container {}: {t}", r.id)))?
-        {
+        let from = r.state;
+        let to = apply(from, ev)
+            .map_err(|t| ContainerError::WrongState(format!("container {}: {t}", r.id)))?;
+        match to {
             Some(s) => {
                 r.state = s;
                 self.inner.records.put(r)?;
-                Ok(true)
             }
-            None => {
-                self.inner.records.delete(&r.id)?;
-                Ok(false)
-            }
+            None => self.inner.records.delete(&r.id)?,
         }
+        if let Some(kind) = super::events::EventKind::of(Some(from), to) {
+            self.inner.events.publish(&r.id, &r.sandbox_id, kind);
+        }
+        Ok(to.is_some())
+    }
+
+    /// A subscriber to every container's lifecycle events from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<super::events::LifecycleEvent> {
+        self.inner.events.subscribe()
     }
 
     /// CreateContainer.
@@ -406,6 +418,9 @@ impl ContainerManager {
             user: Some(user),
         };
         self.inner.records.put(&record)?;
+        self.inner
+            .events
+            .publish(&id, &sandbox.id, super::events::EventKind::Created);
         info!(container = %id, sandbox = %sandbox.id, name = %record.name, "container created");
         Ok(id)
     }
@@ -506,6 +521,9 @@ impl ContainerManager {
             if remove {
                 let _g = self.inner.locks.lock(&r.id).await;
                 self.inner.records.delete(&r.id)?;
+                self.inner
+                    .events
+                    .publish(&r.id, &r.sandbox_id, super::events::EventKind::Deleted);
             }
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! listen on, and the mapping of typed errors to gRPC statuses.
 
 pub mod container;
+pub mod events;
 pub mod image_service;
 pub mod pod_sandbox;
 pub mod runtime_service;

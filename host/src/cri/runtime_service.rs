@@ -4,13 +4,13 @@
 //! stats, metrics and checkpoints answer Unimplemented (`status::not_yet`).
 
 use std::collections::HashMap;
-use std::pin::Pin;
 
 use k8s_cri::v1 as cri;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::container;
+use super::events::EventStream;
 use super::pod_sandbox;
 use super::status::not_yet;
 use crate::config::{CgroupDriver, Config};
@@ -121,9 +121,6 @@ impl CriRuntimeService {
     }
 }
 
-type EventStream =
-    Pin<Box<dyn futures::Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
     type GetContainerEventsStream = EventStream;
@@ -214,11 +211,16 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
+    #[instrument(skip_all)]
     async fn get_container_events(
         &self,
         _request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(not_yet("GetContainerEvents"))
+        let rx = self.containers.subscribe();
+        let (sandboxes, containers) = (self.sandboxes.clone(), self.containers.clone());
+        Ok(Response::new(super::events::stream(
+            rx, sandboxes, containers,
+        )))
     }
 
     #[instrument(skip_all, fields(pod, sandbox))]
