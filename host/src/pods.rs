@@ -1,8 +1,13 @@
 //! The one owner of what spans a pod and its containers, so the CRI layer asks once:
 //! stopping a pod exits its containers before its VM goes, removing it forgets both.
-//! Pod-wide events and stats build on this owner.
+//! Pod sandbox stats gather the pod's containers' usage and its network traffic here.
 
+use crate::containers::record::ContainerRecord;
+use crate::containers::state::ContainerState;
 use crate::containers::{ContainerError, ContainerManager};
+use crate::guest::Usage;
+use crate::network::usage::InterfaceUsage;
+use crate::sandbox::record::SandboxRecord;
 use crate::sandbox::{SandboxError, SandboxManager};
 
 /// A call on a whole pod failed in its sandbox or in one of its containers.
@@ -14,6 +19,19 @@ pub enum PodError {
     /// One of its containers.
     #[error(transparent)]
     Container(#[from] ContainerError),
+}
+
+/// A pod's figures, for PodSandboxStats.
+#[derive(Debug, Clone)]
+pub struct PodStats {
+    /// The pod.
+    pub sandbox: SandboxRecord,
+    /// Its running containers and their usage in the guest.
+    pub containers: Vec<(ContainerRecord, Option<Usage>)>,
+    /// Its CNI interface's traffic, when it has a pod network.
+    pub network: Option<InterfaceUsage>,
+    /// When the figures were read, ns since the epoch.
+    pub at: i64,
 }
 
 /// Pods: their sandboxes and containers together.
@@ -50,5 +68,60 @@ impl Pods {
         }
         self.sandboxes.remove(id).await?;
         Ok(())
+    }
+
+    /// PodSandboxStats of one pod: NotFound for an unknown one.
+    pub async fn stats(&self, id: &str) -> Result<PodStats, PodError> {
+        let r = self
+            .sandboxes
+            .get(id)?
+            .ok_or_else(|| SandboxError::Unknown(id.to_owned()))?;
+        self.stats_of(r).await
+    }
+
+    /// ListPodSandboxStats: the ready pods that `keep` accepts.
+    pub async fn list_stats(
+        &self,
+        keep: impl Fn(&SandboxRecord) -> bool,
+    ) -> Result<Vec<PodStats>, PodError> {
+        let mut out = Vec::new();
+        for r in self.sandboxes.list()? {
+            if r.state.is_ready() && keep(&r) {
+                out.push(self.stats_of(r).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn stats_of(&self, r: SandboxRecord) -> Result<PodStats, PodError> {
+        let at = crate::time::now_nanos();
+        let mut containers = Vec::new();
+        if r.state.is_ready() {
+            for c in self.containers.list()? {
+                if c.sandbox_id != r.id || c.state != ContainerState::Running {
+                    continue;
+                }
+                // A container that exits meanwhile is left out.
+                if let Ok((c, usage)) = self.containers.stats(&c.id).await {
+                    containers.push((c, usage));
+                }
+            }
+        }
+        let network = match (&r.network, r.state.is_ready()) {
+            (Some(pn), true) => match self.sandboxes.network_usage(&r.id, &pn.interface).await {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    tracing::warn!(sandbox = %r.id, error = %e, "no network figures for the pod");
+                    None
+                }
+            },
+            _ => None,
+        };
+        Ok(PodStats {
+            sandbox: r,
+            containers,
+            network,
+            at,
+        })
     }
 }

@@ -315,3 +315,134 @@ async fn a_pod_whose_cni_add_fails_is_cleaned_up_and_says_why() {
     assert_eq!(p.pod_ip(&p.id).await, "");
     stop_and_remove(&p, &p.id).await;
 }
+
+/// PodSandboxStats and ListPodSandboxStats: the pod's traffic is its CNI interface's, its
+/// CPU, memory and processes its containers'; filters by id and labels work; an unknown or
+/// empty id is refused with the right code.
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_sandbox_stats_count_the_pods_traffic_and_containers() {
+    if skip("pod_sandbox_stats_count_the_pods_traffic_and_containers") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    scrub_leftovers("moat-stats", "moatst0", "10.88.77.");
+    let p = pod_on_network(
+        "stats",
+        "",
+        Some(&conflist("moat-stats", "moatst0", "10.88.77.0/24")),
+        |c| {
+            c.labels.insert("app".into(), "stats".into());
+        },
+    )
+    .await;
+    let id = p.create("idle", &["sleep", "300"]).await.expect("create");
+    p.start(&id).await;
+    p.wait_state(&id, cri::ContainerState::ContainerRunning)
+        .await;
+    let ping = p
+        .exec(
+            &id,
+            &["/bin/busybox", "ping", "-c", "3", "-W", "2", "10.88.77.1"],
+        )
+        .await;
+    assert_eq!(ping.exit_code, 0, "{ping:?}");
+
+    let mut rt = p.m.runtime().await;
+    let s = rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await
+        .expect("stats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    assert_eq!(s.attributes.as_ref().expect("attributes").id, p.id);
+    let linux = s.linux.expect("linux");
+    let net = linux.network.expect("network");
+    let eth = net.default_interface.expect("default interface");
+    assert_eq!(eth.name, "eth0");
+    // Three pings and their answers, at least.
+    assert!(eth.rx_bytes.expect("rx").value >= 3 * 98, "{eth:?}");
+    assert!(eth.tx_bytes.expect("tx").value >= 3 * 98, "{eth:?}");
+    assert!(
+        linux
+            .cpu
+            .expect("cpu")
+            .usage_core_nano_seconds
+            .expect("cpu")
+            .value
+            > 0
+    );
+    assert!(
+        linux
+            .memory
+            .expect("memory")
+            .working_set_bytes
+            .expect("ws")
+            .value
+            > 0
+    );
+    assert!(
+        linux
+            .process
+            .expect("process")
+            .process_count
+            .expect("n")
+            .value
+            >= 1
+    );
+    assert_eq!(linux.containers.len(), 1);
+    assert_eq!(
+        linux.containers[0]
+            .attributes
+            .as_ref()
+            .expect("attributes")
+            .id,
+        id
+    );
+
+    let list = |filter: cri::PodSandboxStatsFilter| {
+        let mut rt = rt.clone();
+        async move {
+            rt.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
+                filter: Some(filter),
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .stats
+            .len()
+        }
+    };
+    assert_eq!(list(cri::PodSandboxStatsFilter::default()).await, 1);
+    assert_eq!(
+        list(cri::PodSandboxStatsFilter {
+            id: p.id[..12].into(),
+            ..Default::default()
+        })
+        .await,
+        1
+    );
+    let labels = |v: &str| cri::PodSandboxStatsFilter {
+        label_selector: [("app".to_owned(), v.to_owned())].into(),
+        ..Default::default()
+    };
+    assert_eq!(list(labels("stats")).await, 1);
+    assert_eq!(list(labels("other")).await, 0);
+
+    for (bad, code) in [
+        ("", tonic::Code::InvalidArgument),
+        ("0123456789ab", tonic::Code::NotFound),
+    ] {
+        let e = rt
+            .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+                pod_sandbox_id: bad.into(),
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(e.code(), code, "{e:?}");
+    }
+    stop_and_remove(&p, &p.id).await;
+    let _ = Command::new("ip").args(["link", "del", "moatst0"]).status();
+}

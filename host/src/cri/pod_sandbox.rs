@@ -222,6 +222,73 @@ pub fn item(r: &SandboxRecord) -> cri::PodSandbox {
     }
 }
 
+/// Whether a sandbox passes a ListPodSandboxStats filter.
+pub fn stats_match(r: &SandboxRecord, f: &cri::PodSandboxStatsFilter) -> bool {
+    (f.id.is_empty() || r.id.starts_with(&f.id))
+        && f.label_selector
+            .iter()
+            .all(|(k, v)| r.labels.get(k) == Some(v))
+}
+
+/// PodSandboxStats: the pod's CPU, memory and processes are its running containers' (read
+/// from their cgroups in the guest), its network is its CNI interface's on the host.
+pub fn stats(s: &crate::pods::PodStats) -> cri::PodSandboxStats {
+    let v = |value| Some(cri::UInt64Value { value });
+    let sum = |f: fn(&crate::guest::Usage) -> u64| -> u64 {
+        s.containers
+            .iter()
+            .filter_map(|(_, u)| u.as_ref().map(f))
+            .sum()
+    };
+    let r = &s.sandbox;
+    let network = s.network.as_ref().map(|n| {
+        let i = cri::NetworkInterfaceUsage {
+            name: n.name.clone(),
+            rx_bytes: v(n.rx_bytes),
+            rx_errors: v(n.rx_errors),
+            tx_bytes: v(n.tx_bytes),
+            tx_errors: v(n.tx_errors),
+        };
+        cri::NetworkUsage {
+            timestamp: s.at,
+            default_interface: Some(i.clone()),
+            interfaces: vec![i],
+        }
+    });
+    cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: r.id.clone(),
+            metadata: Some(metadata(&r.metadata)),
+            labels: map(&r.labels),
+            annotations: map(&r.annotations),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu: Some(cri::CpuUsage {
+                timestamp: s.at,
+                usage_core_nano_seconds: v(sum(|u| u.cpu_nanos)),
+                usage_nano_cores: None,
+            }),
+            memory: Some(cri::MemoryUsage {
+                timestamp: s.at,
+                working_set_bytes: v(sum(|u| u.working_set_bytes)),
+                usage_bytes: v(sum(|u| u.memory_bytes)),
+                ..Default::default()
+            }),
+            network,
+            process: Some(cri::ProcessUsage {
+                timestamp: s.at,
+                process_count: v(sum(|u| u.pids)),
+            }),
+            containers: s
+                .containers
+                .iter()
+                .map(|(c, u)| super::container::stats(c, u.as_ref()))
+                .collect(),
+        }),
+        windows: None,
+    }
+}
+
 /// Whether a sandbox passes a ListPodSandbox filter.
 pub fn matches(r: &SandboxRecord, f: &cri::PodSandboxFilter) -> bool {
     if !f.id.is_empty() && !r.id.starts_with(&f.id) {

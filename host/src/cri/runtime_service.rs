@@ -533,18 +533,37 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
+    #[instrument(skip_all, fields(sandbox))]
     async fn pod_sandbox_stats(
         &self,
-        _request: Request<cri::PodSandboxStatsRequest>,
+        request: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        Err(not_yet("PodSandboxStats"))
+        let id = request.into_inner().pod_sandbox_id;
+        tracing::Span::current().record("sandbox", id.as_str());
+        if id.is_empty() {
+            return Err(Status::invalid_argument(
+                "PodSandboxStats needs a pod_sandbox_id",
+            ));
+        }
+        let s = self.pods.stats(&id).await?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(pod_sandbox::stats(&s)),
+        }))
     }
 
+    #[instrument(skip_all)]
     async fn list_pod_sandbox_stats(
         &self,
-        _request: Request<cri::ListPodSandboxStatsRequest>,
+        request: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        Err(not_yet("ListPodSandboxStats"))
+        let f = request.into_inner().filter.unwrap_or_default();
+        let all = self
+            .pods
+            .list_stats(|r| pod_sandbox::stats_match(r, &f))
+            .await?;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse {
+            stats: all.iter().map(pod_sandbox::stats).collect(),
+        }))
     }
 
     async fn checkpoint_container(

@@ -31,7 +31,7 @@ impl From<ImageError> for Status {
 /// The answer for a CRI method this moatd does not serve yet.
 pub fn not_yet(method: &str) -> Status {
     Status::unimplemented(format!(
-        "{method} is not implemented by this version of moatd; it serves the image service, pod sandboxes, containers, container events, container stats, ExecSync and Exec, Attach and PortForward streaming, but not yet pod sandbox stats, metrics or checkpoints"
+        "{method} is not implemented by this version of moatd; it serves the image service, pod sandboxes, containers, container events, container and pod sandbox stats, ExecSync and Exec, Attach and PortForward streaming, but not yet metrics or checkpoints"
     ))
 }
 

@@ -20,6 +20,7 @@ pub mod netns;
 pub mod pod;
 pub mod pod_cidr;
 pub mod tap;
+pub mod usage;
 
 pub use cni::conf::PortMapping;
 pub use default_conf::write_default_conflist;

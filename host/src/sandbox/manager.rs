@@ -312,6 +312,21 @@ impl SandboxManager {
         }
     }
 
+    /// The traffic counters of a pod's CNI interface `ifname` (in its network namespace).
+    pub async fn network_usage(
+        &self,
+        id: &str,
+        ifname: &str,
+    ) -> Result<crate::network::usage::InterfaceUsage, SandboxError> {
+        let netns = self.inner.network.netns_path(id);
+        crate::network::usage::interface_usage(&netns, ifname)
+            .await
+            .map_err(|source| SandboxError::Network {
+                id: id.to_owned(),
+                source: Box::new(source),
+            })
+    }
+
     /// The agent client of a live sandbox, connecting if needed (after a restart).
     pub async fn agent(&self, id: &str) -> Result<Arc<dyn Guest>, SandboxError> {
         let existing = self
