@@ -38,8 +38,8 @@ pub async fn pod_with_image(name: &str) -> Pod {
     pod_with(name, "", |_| {}).await
 }
 
-/// A pod named `name` on a fresh moatd with `extra_config` (TOML) added, its sandbox config
-/// adjusted by `adjust`.
+/// A pod named `name` on a fresh moatd with `extra_config` (TOML: bare keys set `[sandbox]`
+/// settings, or tables) added, its sandbox config adjusted by `adjust`.
 pub async fn pod_with(
     name: &str,
     extra_config: &str,
@@ -67,8 +67,9 @@ pub async fn pod_on_network(
         "",
     );
     reg.push_image("t/busybox", "v1", &img).await;
+    // After the [sandbox] header: bare keys in `extra_config` are sandbox settings.
     let m = Moatd::start(&format!(
-        "{extra_config}\n[sandbox]\nguest_dir = \"{}\"\n",
+        "[sandbox]\nguest_dir = \"{}\"\n{extra_config}\n",
         guest_dir().display()
     ))
     .await;

@@ -471,12 +471,16 @@ impl ContainerManager {
             return Ok(());
         };
         match super::stop::stop_process(agent.as_ref(), &r.id, timeout).await {
-            Some(exit) => {
+            Ok(Some(exit)) => {
                 self.record_exit(&r.id, exit).await;
                 Ok(())
             }
-            None => Err(ContainerError::TimedOut(format!(
+            Ok(None) => Err(ContainerError::TimedOut(format!(
                 "container {} did not stop even after SIGKILL",
+                r.id
+            ))),
+            Err(e) => Err(ContainerError::TimedOut(format!(
+                "container {}: {e}; it may still run",
                 r.id
             ))),
         }
@@ -508,16 +512,20 @@ impl ContainerManager {
 
     /// Marks every container of a sandbox exited (its VM is going away) or removes them.
     pub async fn sandbox_gone(&self, sandbox_id: &str, remove: bool) -> Result<(), ContainerError> {
-        for r in self
+        let all: Vec<ContainerRecord> = self
             .list()?
             .into_iter()
             .filter(|r| r.sandbox_id == sandbox_id)
-        {
-            if r.state == ContainerState::Running {
-                self.stop(&r.id, Duration::from_secs(2)).await.ok();
-                self.mark_exited(&r.id, 137, "Error", "the pod was stopped")
-                    .await;
-            }
+            .collect();
+        // All at once: each is bounded by its own stop, and the VM goes after them.
+        let running = all.iter().filter(|r| r.state == ContainerState::Running);
+        futures::future::join_all(running.map(|r| async move {
+            self.stop(&r.id, Duration::from_secs(2)).await.ok();
+            self.mark_exited(&r.id, 137, "Error", "the pod was stopped")
+                .await;
+        }))
+        .await;
+        for r in all {
             if remove {
                 let _g = self.inner.locks.lock(&r.id).await;
                 self.inner.records.delete(&r.id)?;

@@ -37,8 +37,10 @@ impl GuestError {
             tonic::Code::InvalidArgument | tonic::Code::OutOfRange => Self::BadRequest(msg),
             tonic::Code::NotFound => Self::Unknown(msg),
             tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists => Self::WrongState(msg),
-            tonic::Code::DeadlineExceeded => Self::NoAnswer(deadline),
-            tonic::Code::Unavailable | tonic::Code::Cancelled => Self::Unreachable(msg),
+            // tonic ends a call whose grpc-timeout passed with Cancelled ("Timeout
+            // expired"): the guest did not answer in time either way.
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => Self::NoAnswer(deadline),
+            tonic::Code::Unavailable => Self::Unreachable(msg),
             _ => Self::Failed(msg),
         }
     }
@@ -75,6 +77,11 @@ mod tests {
             e(tonic::Code::Unavailable, "broken pipe"),
             GuestError::Unreachable(_)
         ));
+        assert_eq!(
+            e(tonic::Code::Cancelled, "Timeout expired"),
+            GuestError::NoAnswer(Duration::from_secs(5)),
+            "tonic's own request timeout"
+        );
         assert_eq!(
             e(tonic::Code::DeadlineExceeded, "late"),
             GuestError::NoAnswer(Duration::from_secs(5))

@@ -18,6 +18,8 @@ pub enum Behaviour {
     IgnoresTerm,
     /// Never exits: the VM does not answer waits.
     Hangs,
+    /// Survives every signal; the guest answers that it still runs.
+    Immortal,
 }
 
 /// A guest whose containers behave as told.
@@ -112,7 +114,7 @@ impl Guest for FakeGuest {
         let dies = match b {
             Behaviour::ExitsOnSignal => true,
             Behaviour::IgnoresTerm => signal == libc::SIGKILL,
-            Behaviour::Hangs => false,
+            Behaviour::Hangs | Behaviour::Immortal => false,
         };
         if dies && exit.is_none() {
             *exit = Some(128 + signal);
