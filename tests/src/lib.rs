@@ -51,3 +51,30 @@ where
     }
     f().await
 }
+
+/// The pids of the processes whose command line contains every one of `needles`.
+pub fn pids_with(needles: &[&str]) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if needles.iter().all(|n| cmd.contains(n)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// The VMM's command-line mark for the e2e backend in use (MOAT_E2E_BACKEND).
+pub fn vmm_mark() -> &'static str {
+    if std::env::var("MOAT_E2E_BACKEND").is_ok_and(|b| b == "builtin") {
+        " vmm "
+    } else {
+        "qemu-system"
+    }
+}

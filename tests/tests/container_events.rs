@@ -131,24 +131,6 @@ async fn every_lifecycle_change_reaches_every_subscriber() {
     }
 }
 
-/// The processes whose command line names `needle`.
-fn pids_with(needle: &str, and: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains(needle) && cmd.contains(and) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_containers_of_a_vm_that_dies_are_reported_stopped() {
     let p = pod_with_image("doomed").await;
@@ -157,12 +139,8 @@ async fn the_containers_of_a_vm_that_dies_are_reported_stopped() {
     p.wait_state(&id, cri::ContainerState::ContainerRunning)
         .await;
     let mut s = subscribe(&p).await;
-    let vmm = if std::env::var("MOAT_E2E_BACKEND").is_ok_and(|b| b == "builtin") {
-        " vmm "
-    } else {
-        "qemu-system"
-    };
-    let pids = pids_with(&p.id, vmm);
+    let vmm = moat_tests::vmm_mark();
+    let pids = moat_tests::pids_with(&[&p.id, vmm]);
     assert!(!pids.is_empty(), "no VMM found for {}", p.id);
     for pid in pids {
         // SAFETY: kill(2) on a pid read from /proc.

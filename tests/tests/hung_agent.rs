@@ -9,24 +9,6 @@ use k8s_cri::v1 as cri;
 use moat_tests::pod::pod_with;
 use tonic::Code;
 
-/// The processes whose command line has both `a` and `b`.
-fn pids_with(a: &str, b: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd);
-        if cmd.contains(a) && cmd.contains(b) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_guest_costs_its_own_calls_their_deadline_and_nothing_else() {
     const AGENT_TIMEOUT: u64 = 3;
@@ -44,12 +26,8 @@ async fn a_hung_guest_costs_its_own_calls_their_deadline_and_nothing_else() {
         p.wait_state(id, cri::ContainerState::ContainerRunning)
             .await;
     }
-    let vmm = if std::env::var("MOAT_E2E_BACKEND").is_ok_and(|b| b == "builtin") {
-        " vmm "
-    } else {
-        "qemu-system"
-    };
-    let vmms = pids_with(&p.id, vmm);
+    let vmm = moat_tests::vmm_mark();
+    let vmms = moat_tests::pids_with(&[&p.id, vmm]);
     assert!(!vmms.is_empty(), "no VMM for {}", p.id);
     for &pid in &vmms {
         // SAFETY: kill(2) on a pid read from /proc.
@@ -119,7 +97,7 @@ async fn a_hung_guest_costs_its_own_calls_their_deadline_and_nothing_else() {
     let st = p.status(&a).await;
     assert_eq!(st.state, cri::ContainerState::ContainerExited as i32);
     assert!(
-        pids_with(&p.id, vmm).is_empty(),
+        moat_tests::pids_with(&[&p.id, vmm]).is_empty(),
         "the VMM still runs after StopPodSandbox"
     );
     rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
