@@ -79,33 +79,40 @@ impl Pods {
         self.stats_of(r).await
     }
 
-    /// ListPodSandboxStats: the ready pods that `keep` accepts.
+    /// ListPodSandboxStats: the ready pods that `keep` accepts. Pods are asked at once, so
+    /// a pod whose guest hangs costs the list one agent deadline, not one per container.
     pub async fn list_stats(
         &self,
         keep: impl Fn(&SandboxRecord) -> bool,
     ) -> Result<Vec<PodStats>, PodError> {
-        let mut out = Vec::new();
-        for r in self.sandboxes.list()? {
-            if r.state.is_ready() && keep(&r) {
-                out.push(self.stats_of(r).await?);
-            }
-        }
-        Ok(out)
+        let pods = self
+            .sandboxes
+            .list()?
+            .into_iter()
+            .filter(|r| r.state.is_ready() && keep(r));
+        futures::future::join_all(pods.map(|r| self.stats_of(r)))
+            .await
+            .into_iter()
+            .collect()
     }
 
     async fn stats_of(&self, r: SandboxRecord) -> Result<PodStats, PodError> {
         let at = crate::time::now_nanos();
         let mut containers = Vec::new();
         if r.state.is_ready() {
-            for c in self.containers.list()? {
-                if c.sandbox_id != r.id || c.state != ContainerState::Running {
-                    continue;
-                }
-                // A container that exits meanwhile is left out.
-                if let Ok((c, usage)) = self.containers.stats(&c.id).await {
-                    containers.push((c, usage));
-                }
-            }
+            let running: Vec<ContainerRecord> = self
+                .containers
+                .list()?
+                .into_iter()
+                .filter(|c| c.sandbox_id == r.id && c.state == ContainerState::Running)
+                .collect();
+            let asked = running.iter().map(|c| self.containers.stats(&c.id));
+            // A container that exits meanwhile, or whose guest does not answer, is left out.
+            containers = futures::future::join_all(asked)
+                .await
+                .into_iter()
+                .filter_map(Result::ok)
+                .collect();
         }
         let network = match (&r.network, r.state.is_ready()) {
             (Some(pn), true) => match self.sandboxes.network_usage(&r.id, &pn.interface).await {

@@ -73,6 +73,27 @@ async fn a_hung_guest_costs_its_own_calls_their_deadline_and_nothing_else() {
             t.elapsed()
         );
     }
+    // Calls that ask every container answer within one agent deadline, not one per
+    // container, leaving out what the hung guest did not report.
+    let t = Instant::now();
+    let cs = rt
+        .list_container_stats(cri::ListContainerStatsRequest { filter: None })
+        .await
+        .expect("container stats");
+    let ps = rt
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+        .await
+        .expect("pod stats");
+    assert!(
+        t.elapsed() < Duration::from_secs(2 * AGENT_TIMEOUT + 2),
+        "the stats lists took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        cs.into_inner().stats.is_empty(),
+        "no figures from a hung guest"
+    );
+    assert_eq!(ps.into_inner().stats.len(), 1, "the pod is still listed");
     let (r, took) = exec.await.expect("join");
     let e = r.expect_err("the guest does not answer");
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
