@@ -66,6 +66,61 @@ pub struct Config {
     pub containers: crate::containers::config::ContainersConfig,
     /// Confinement of the host processes that serve a pod (QEMU, the vhost-user back-ends).
     pub confinement: crate::confine::ConfinementConfig,
+    /// moatd's Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// moatd's Prometheus endpoint (`GET /metrics`, plain HTTP).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve it; on unless the operator turns it off.
+    pub enabled: bool,
+    /// Address to bind (port 0 picks a free one, logged at start). Loopback by default:
+    /// a Prometheus agent on the node scrapes it; expose it wider on purpose only.
+    pub address: std::net::SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], 9380)),
+        }
+    }
+}
+
+/// The socket path of a CRI endpoint as operators write it: a plain path, or a
+/// `unix://` URL as kubelet and crictl take (`unix:///run/moat/moat.sock`).
+pub fn endpoint_path(endpoint: &Path) -> Result<PathBuf, ConfigError> {
+    let text = endpoint
+        .to_str()
+        .ok_or_else(|| ConfigError::Invalid(format!("listen {endpoint:?} is not valid UTF-8")))?;
+    let path = match text.split_once("://") {
+        Some(("unix", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(ConfigError::Invalid(format!(
+                "listen {text:?}: moatd serves the CRI on a Unix socket only; write a path or unix:///path (not {scheme}://)"
+            )));
+        }
+        None if text.starts_with("unix:") => {
+            return Err(ConfigError::Invalid(format!(
+                "listen {text:?}: write unix:///absolute/path or a plain path"
+            )));
+        }
+        None => text,
+    };
+    if path.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "listen {text:?} names no socket path"
+        )));
+    }
+    if text.contains("://") && !path.starts_with('/') {
+        return Err(ConfigError::Invalid(format!(
+            "listen {text:?}: a unix:// URL takes an absolute path (unix:///run/moat/moat.sock)"
+        )));
+    }
+    Ok(PathBuf::from(path))
 }
 
 /// Where the streaming server listens.
@@ -198,6 +253,7 @@ impl Default for Config {
             streaming: StreamingConfig::default(),
             containers: Default::default(),
             confinement: Default::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -369,7 +425,11 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks the values (also after command-line flags changed them).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(l) = &self.listen {
+            endpoint_path(l)?;
+        }
         if self.images.max_concurrent_downloads == 0 {
             return Err(ConfigError::Invalid(
                 "images.max_concurrent_downloads must be at least 1".into(),
@@ -415,15 +475,38 @@ impl Config {
 
     /// The CRI socket path.
     pub fn socket_path(&self) -> PathBuf {
-        self.listen
-            .clone()
-            .unwrap_or_else(|| self.run_dir.join("moat.sock"))
+        match &self.listen {
+            // `validate` refused what is not an endpoint.
+            Some(l) => endpoint_path(l).unwrap_or_else(|_| l.clone()),
+            None => self.run_dir.join("moat.sock"),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_are_paths_or_unix_urls() {
+        let ok = |s: &str| endpoint_path(Path::new(s)).map_err(|e| e.to_string());
+        assert_eq!(ok("/run/x.sock"), Ok(PathBuf::from("/run/x.sock")));
+        assert_eq!(ok("run/x.sock"), Ok(PathBuf::from("run/x.sock")));
+        assert_eq!(ok("unix:///run/x.sock"), Ok(PathBuf::from("/run/x.sock")));
+        for bad in [
+            "tcp://127.0.0.1:1",
+            "unix://run/x.sock",
+            "unix:/x.sock",
+            "unix://",
+            "",
+        ] {
+            let e = ok(bad).expect_err(bad);
+            assert!(e.contains("listen"), "{bad}: {e}");
+        }
+        let c = Config::parse("listen = \"unix:///tmp/m.sock\"").expect("parse");
+        assert_eq!(c.socket_path(), PathBuf::from("/tmp/m.sock"));
+        assert!(Config::parse("listen = \"http://x\"").is_err());
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

@@ -31,6 +31,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         images.clone(),
     )?;
     containers.recover().await?;
+    let _metrics = if config.metrics.enabled {
+        let addr = config.metrics.address;
+        let pods = crate::pods::Pods::new(sandboxes.clone(), containers.clone());
+        let server = crate::metrics::server::MetricsServer::start(addr, std::sync::Arc::new(pods))
+            .await
+            .with_context(|| {
+                format!("serve /metrics on {addr}: choose another metrics.address, or set metrics.enabled = false")
+            })?;
+        Some(server)
+    } else {
+        info!("metrics endpoint off (metrics.enabled = false)");
+        None
+    };
     let socket: PathBuf = config.socket_path();
     info!(version = env!("CARGO_PKG_VERSION"), root = %config.root_dir.display(), "moatd starting");
     crate::cri::serve(

@@ -30,6 +30,7 @@ pub mod hypervisor;
 pub mod ids;
 pub mod images;
 pub mod logging;
+pub mod metrics;
 pub mod network;
 pub mod pods;
 pub mod sandbox;

@@ -13,7 +13,7 @@ struct Args {
     /// Configuration file (TOML).
     #[arg(long)]
     config: Option<PathBuf>,
-    /// CRI socket path (overrides `listen` in the config).
+    /// CRI socket: a path or a unix:// URL (overrides `listen` in the config).
     #[arg(long)]
     listen: Option<PathBuf>,
     /// State directory (overrides `root_dir`).
@@ -259,6 +259,10 @@ fn main() -> ExitCode {
         } else {
             LogFormat::Text
         };
+    }
+    if let Err(e) = config.validate() {
+        eprintln!("moatd: {e}");
+        return ExitCode::from(2);
     }
     if matches!(args.command, Some(Sub::Check { .. })) {
         return check(&config);

@@ -6,6 +6,7 @@ use crate::containers::record::ContainerRecord;
 use crate::containers::state::ContainerState;
 use crate::containers::{ContainerError, ContainerManager};
 use crate::guest::Usage;
+use crate::hypervisor::usage::{HostUsage, ProcessTable};
 use crate::network::usage::InterfaceUsage;
 use crate::sandbox::record::SandboxRecord;
 use crate::sandbox::{SandboxError, SandboxManager};
@@ -30,6 +31,9 @@ pub struct PodStats {
     pub containers: Vec<(ContainerRecord, Option<Usage>)>,
     /// Its CNI interface's traffic, when it has a pod network.
     pub network: Option<InterfaceUsage>,
+    /// What its VM's host processes cost (the whole VM: the guest's work and memory, and
+    /// the VMM's own); none when the pod is not running.
+    pub host: Option<HostUsage>,
     /// When the figures were read, ns since the epoch.
     pub at: i64,
 }
@@ -76,7 +80,7 @@ impl Pods {
             .sandboxes
             .get(id)?
             .ok_or_else(|| SandboxError::Unknown(id.to_owned()))?;
-        self.stats_of(r).await
+        self.stats_of(r, &processes().await).await
     }
 
     /// ListPodSandboxStats: the ready pods that `keep` accepts. Pods are asked at once, so
@@ -90,13 +94,18 @@ impl Pods {
             .list()?
             .into_iter()
             .filter(|r| r.state.is_ready() && keep(r));
-        futures::future::join_all(pods.map(|r| self.stats_of(r)))
+        let table = processes().await;
+        futures::future::join_all(pods.map(|r| self.stats_of(r, &table)))
             .await
             .into_iter()
             .collect()
     }
 
-    async fn stats_of(&self, r: SandboxRecord) -> Result<PodStats, PodError> {
+    async fn stats_of(
+        &self,
+        r: SandboxRecord,
+        processes: &ProcessTable,
+    ) -> Result<PodStats, PodError> {
         let at = crate::time::now_nanos();
         let mut containers = Vec::new();
         if r.state.is_ready() {
@@ -124,11 +133,70 @@ impl Pods {
             },
             _ => None,
         };
+        let pids = self.sandboxes.host_pids(&r.id);
+        let host = (!pids.is_empty()).then(|| processes.usage(&pids));
         Ok(PodStats {
             sandbox: r,
             containers,
             network,
+            host,
             at,
         })
+    }
+}
+
+/// The host's processes, read off the async threads.
+async fn processes() -> ProcessTable {
+    tokio::task::spawn_blocking(ProcessTable::read)
+        .await
+        .unwrap_or_default()
+}
+
+impl crate::metrics::server::CensusSource for Pods {
+    fn census(&self) -> crate::metrics::Census {
+        use crate::sandbox::state::SandboxState;
+        let sandboxes = self.sandboxes.list().unwrap_or_default();
+        let containers = self.containers.list().unwrap_or_default();
+        let count = |states: &[&'static str], of: &mut dyn Iterator<Item = &'static str>| {
+            let mut n: Vec<(&'static str, u64)> = states.iter().map(|s| (*s, 0)).collect();
+            for s in of {
+                if let Some(row) = n.iter_mut().find(|(k, _)| *k == s) {
+                    row.1 += 1;
+                }
+            }
+            n
+        };
+        let pods_by_state = count(
+            &["creating", "ready", "notready"],
+            &mut sandboxes.iter().map(|r| match r.state {
+                SandboxState::Creating => "creating",
+                SandboxState::Ready => "ready",
+                SandboxState::Stopped => "notready",
+            }),
+        );
+        let containers_by_state = count(
+            &["created", "running", "exited"],
+            &mut containers.iter().map(|c| match c.state {
+                ContainerState::Created => "created",
+                ContainerState::Running => "running",
+                ContainerState::Exited => "exited",
+            }),
+        );
+        let table = crate::hypervisor::usage::ProcessTable::read();
+        let pods = sandboxes
+            .iter()
+            .filter(|r| r.state.is_ready())
+            .map(|r| crate::metrics::PodCost {
+                id: r.id.clone(),
+                namespace: r.metadata.namespace.clone(),
+                name: r.metadata.name.clone(),
+                usage: table.usage(&self.sandboxes.host_pids(&r.id)),
+            })
+            .collect();
+        crate::metrics::Census {
+            pods_by_state,
+            containers_by_state,
+            pods,
+        }
     }
 }

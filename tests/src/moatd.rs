@@ -99,8 +99,14 @@ impl Moatd {
         } else {
             format!("[runtime.handlers.moat]\nbackend = \"{}\"\n", e2e_backend())
         };
+        // Test daemons run side by side: each /metrics on a free port unless asked.
+        let metrics = if self.extra_config.contains("[metrics]") {
+            ""
+        } else {
+            "[metrics]\naddress = \"127.0.0.1:0\"\n"
+        };
         let cfg = format!(
-            "root_dir = \"{}\"\nrun_dir = \"{}\"\n{log}[cni]\nconf_dir = \"{}\"\n{}\n{handler}",
+            "root_dir = \"{}\"\nrun_dir = \"{}\"\n{log}{metrics}[cni]\nconf_dir = \"{}\"\n{}\n{handler}",
             d.join("root").display(),
             d.join("run").display(),
             d.join("cni").display(),

@@ -191,31 +191,45 @@ async fn pod_cidr_is_validated_and_kept_across_restarts() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn calls_not_served_yet_say_so_by_name() {
+async fn checkpoints_are_refused_plainly_and_metrics_are_described() {
     let m = Moatd::start("").await;
     let e = m
         .runtime()
         .await
         .checkpoint_container(cri::CheckpointContainerRequest::default())
         .await
-        .expect_err("not served yet");
+        .expect_err("not served");
     assert_eq!(e.code(), Code::Unimplemented);
     assert!(
-        e.message().contains("CheckpointContainer"),
+        e.message().contains("CheckpointContainer is not supported"),
         "{}",
         e.message()
     );
-    let e = m
+    let d = m
         .runtime()
         .await
         .list_metric_descriptors(cri::ListMetricDescriptorsRequest::default())
         .await
-        .expect_err("not served yet");
-    assert!(
-        e.message().contains("ListMetricDescriptors"),
-        "{}",
-        e.message()
+        .expect("descriptors")
+        .into_inner()
+        .descriptors;
+    let cpu = d
+        .iter()
+        .find(|d| d.name == "container_cpu_usage_seconds_total")
+        .expect("cAdvisor's CPU counter");
+    assert_eq!(
+        cpu.label_keys,
+        ["container", "id", "image", "name", "namespace", "pod"]
     );
+    // No pods: no series, and no error.
+    let none = m
+        .runtime()
+        .await
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest::default())
+        .await
+        .expect("metrics")
+        .into_inner();
+    assert!(none.pod_metrics.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -346,4 +360,53 @@ async fn json_logs_carry_one_span_per_request() {
     let spans = v["spans"].to_string();
     assert!(spans.contains("UpdateRuntimeConfig"), "{line}");
     assert!(spans.contains("10.9.0.0/16"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_takes_unix_urls_as_kubelet_writes_them_and_refuses_the_rest() {
+    let d = tempfile::tempdir().expect("tmp");
+    let cfg = d.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "root_dir = \"{0}/root\"\nrun_dir = \"{0}/run\"\n[metrics]\naddress = \"127.0.0.1:0\"\n",
+            d.path().display()
+        ),
+    )
+    .expect("config");
+    let socket = d.path().join("crio-like.sock");
+    let mut child = Command::new(moatd_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--listen")
+        .arg(format!("unix://{}", socket.display()))
+        .current_dir(d.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("moatd");
+    let up = moat_tests::wait_until(std::time::Duration::from_secs(20), || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "moatd serves on the URL's path");
+    assert!(
+        !d.path().join("unix:").exists(),
+        "no folder named after the scheme"
+    );
+    for bad in ["tcp://127.0.0.1:1234", "unix:relative.sock"] {
+        let out = Command::new(moatd_bin())
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--listen")
+            .arg(bad)
+            .arg("check")
+            .output()
+            .expect("moatd");
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("listen") && err.contains(bad), "{bad}: {err}");
+    }
 }

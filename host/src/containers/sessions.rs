@@ -45,6 +45,7 @@ async fn send(to: &Option<mpsc::Sender<Vec<u8>>>, data: Vec<u8>) {
 #[tonic::async_trait]
 impl Backend for Sessions {
     async fn exec(&self, req: &ExecRequest, io: Io) -> Result<i32, BackendError> {
+        let _open = crate::metrics::get().streaming_session("exec");
         let Io {
             input,
             stdout,
@@ -80,6 +81,7 @@ impl Backend for Sessions {
     }
 
     async fn attach(&self, req: &AttachRequest, io: Io) -> Result<(), BackendError> {
+        let _open = crate::metrics::get().streaming_session("attach");
         let Io {
             input,
             stdout,
@@ -143,6 +145,7 @@ impl Backend for Sessions {
         input: mpsc::Receiver<Vec<u8>>,
         output: mpsc::Sender<Vec<u8>>,
     ) -> Result<(), BackendError> {
+        let _open = crate::metrics::get().streaming_session("portforward");
         let agent = self
             .sandboxes
             .agent(sandbox_id)

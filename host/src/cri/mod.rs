@@ -4,6 +4,7 @@
 pub mod container;
 pub mod events;
 pub mod image_service;
+pub mod metrics;
 pub mod pod_sandbox;
 pub mod runtime_service;
 pub mod socket;

@@ -230,8 +230,12 @@ pub fn stats_match(r: &SandboxRecord, f: &cri::PodSandboxStatsFilter) -> bool {
             .all(|(k, v)| r.labels.get(k) == Some(v))
 }
 
-/// PodSandboxStats: the pod's CPU, memory and processes are its running containers' (read
-/// from their cgroups in the guest), its network is its CNI interface's on the host.
+/// PodSandboxStats. The pod's CPU and memory are what its VM costs the host (its VMM and
+/// back-ends: the guest's work and memory and the VMM's own), as a VM pod's cgroup shows
+/// them under containerd; the containers inside are read from their cgroups in the guest,
+/// so the pod's figure less its containers' is the sandbox's overhead. A pod whose host
+/// processes cannot be read reports its containers' sum. Processes are the guest's; the
+/// network is the CNI interface's on the host.
 pub fn stats(s: &crate::pods::PodStats) -> cri::PodSandboxStats {
     let v = |value| Some(cri::UInt64Value { value });
     let sum = |f: fn(&crate::guest::Usage) -> u64| -> u64 {
@@ -265,13 +269,19 @@ pub fn stats(s: &crate::pods::PodStats) -> cri::PodSandboxStats {
         linux: Some(cri::LinuxPodSandboxStats {
             cpu: Some(cri::CpuUsage {
                 timestamp: s.at,
-                usage_core_nano_seconds: v(sum(|u| u.cpu_nanos)),
+                usage_core_nano_seconds: v(s
+                    .host
+                    .map_or_else(|| sum(|u| u.cpu_nanos), |h| h.cpu_nanos)),
                 usage_nano_cores: None,
             }),
             memory: Some(cri::MemoryUsage {
                 timestamp: s.at,
-                working_set_bytes: v(sum(|u| u.working_set_bytes)),
-                usage_bytes: v(sum(|u| u.memory_bytes)),
+                working_set_bytes: v(s
+                    .host
+                    .map_or_else(|| sum(|u| u.working_set_bytes), |h| h.memory_bytes)),
+                usage_bytes: v(s
+                    .host
+                    .map_or_else(|| sum(|u| u.memory_bytes), |h| h.memory_bytes)),
                 ..Default::default()
             }),
             network,

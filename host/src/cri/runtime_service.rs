@@ -1,7 +1,7 @@
 //! CRI v1 RuntimeService: each call checks and translates its request, asks the owner
 //! (`Pods`, the sandbox and container managers, the pod CIDR, the streaming server) and
-//! translates the answer; errors map to gRPC codes in `status`. Container events, pod
-//! stats, metrics and checkpoints answer Unimplemented (`status::not_yet`).
+//! translates the answer; errors map to gRPC codes in `status`. Pod metrics are shaped in
+//! `metrics`; CheckpointContainer alone answers Unimplemented.
 
 use std::collections::HashMap;
 
@@ -12,7 +12,7 @@ use tracing::instrument;
 use super::container;
 use super::events::EventStream;
 use super::pod_sandbox;
-use super::status::not_yet;
+use super::status::checkpoint_unsupported;
 use crate::config::{CgroupDriver, Config};
 use crate::containers::ContainerManager;
 use crate::network::cni_config::default_network;
@@ -573,20 +573,25 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         &self,
         _request: Request<cri::CheckpointContainerRequest>,
     ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
-        Err(not_yet("CheckpointContainer"))
+        Err(checkpoint_unsupported())
     }
 
     async fn list_metric_descriptors(
         &self,
         _request: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        Err(not_yet("ListMetricDescriptors"))
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: super::metrics::descriptors(),
+        }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _request: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        Err(not_yet("ListPodSandboxMetrics"))
+        let all = self.pods.list_stats(|_| true).await?;
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics: all.iter().map(super::metrics::pod_metrics).collect(),
+        }))
     }
 }

@@ -28,11 +28,11 @@ impl From<ImageError> for Status {
     }
 }
 
-/// The answer for a CRI method this moatd does not serve yet.
-pub fn not_yet(method: &str) -> Status {
-    Status::unimplemented(format!(
-        "{method} is not implemented by this version of moatd; it serves the image service, pod sandboxes, containers, container events, container and pod sandbox stats, ExecSync and Exec, Attach and PortForward streaming, but not yet metrics or checkpoints"
-    ))
+/// CheckpointContainer's answer: moatd serves every other CRI v1 method.
+pub fn checkpoint_unsupported() -> Status {
+    Status::unimplemented(
+        "CheckpointContainer is not supported by moatd: it cannot checkpoint a container inside a pod VM (every other CRI v1 method is served)",
+    )
 }
 
 impl From<crate::sandbox::SandboxError> for Status {

@@ -34,17 +34,28 @@ impl GuestClient {
         ))
     }
 
-    pub(super) async fn call<T, F>(&self, extra: Duration, f: F) -> Result<T, GuestError>
+    /// One unary call (or a stream's opening) named `method`, under the deadline, timed
+    /// for /metrics.
+    pub(super) async fn call<T, F>(
+        &self,
+        method: &'static str,
+        extra: Duration,
+        f: F,
+    ) -> Result<T, GuestError>
     where
         F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = self.timeout + extra;
-        match tokio::time::timeout(deadline, f).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(deadline, f).await {
             Ok(r) => r
                 .map(tonic::Response::into_inner)
                 .map_err(|s| GuestError::from_status(&s, deadline)),
             Err(_) => Err(GuestError::NoAnswer(deadline)),
-        }
+        };
+        let error = result.as_ref().err().map(GuestError::kind);
+        crate::metrics::get().agent_call(method, started.elapsed(), error);
+        result
     }
 
     /// The error of a stream item, read against this client's deadline.
@@ -62,7 +73,7 @@ impl GuestClient {
     pub async fn health(&self) -> Result<AgentHealth, GuestError> {
         let r = self.req(pb::HealthRequest {}, Duration::ZERO);
         let mut c = self.client.clone();
-        let h = self.call(Duration::ZERO, c.health(r)).await?;
+        let h = self.call("health", Duration::ZERO, c.health(r)).await?;
         Ok(AgentHealth {
             version: h.version,
             rss_kib: h.rss_kib,
@@ -94,7 +105,7 @@ impl GuestClient {
         };
         let r = self.req(msg, Duration::ZERO);
         let mut c = self.client.clone();
-        self.call(Duration::ZERO, c.setup_sandbox(r))
+        self.call("setup_sandbox", Duration::ZERO, c.setup_sandbox(r))
             .await
             .map(|_| ())
     }
@@ -103,7 +114,9 @@ impl GuestClient {
     pub async fn shutdown(&self) -> Result<(), GuestError> {
         let r = self.req(pb::ShutdownRequest {}, Duration::ZERO);
         let mut c = self.client.clone();
-        self.call(Duration::ZERO, c.shutdown(r)).await.map(|_| ())
+        self.call("shutdown", Duration::ZERO, c.shutdown(r))
+            .await
+            .map(|_| ())
     }
 
     /// CreateContainer; returns the user the main process runs as.
@@ -129,7 +142,9 @@ impl GuestClient {
         let extra = Duration::from_secs(20);
         let r = self.req(msg, extra);
         let mut c = self.client.clone();
-        let made = self.call(extra, c.create_container(r)).await?;
+        let made = self
+            .call("create_container", extra, c.create_container(r))
+            .await?;
         // The guest's word, kept in the record and reported to kubelet: no more groups than
         // Linux lets a process have (NGROUPS_MAX).
         Ok(ContainerUser {
@@ -148,7 +163,7 @@ impl GuestClient {
             Duration::ZERO,
         );
         let mut c = self.client.clone();
-        self.call(Duration::ZERO, c.start_container(r))
+        self.call("start_container", Duration::ZERO, c.start_container(r))
             .await
             .map(|_| ())
     }
@@ -168,7 +183,9 @@ impl GuestClient {
             wait,
         );
         let mut c = self.client.clone();
-        let w = self.call(wait, c.wait_container(r)).await?;
+        let w = self
+            .call("wait_container", wait, c.wait_container(r))
+            .await?;
         Ok(w.exited.then_some(ExitInfo {
             code: w.exit_code,
             oom_killed: w.oom_killed,
@@ -187,7 +204,7 @@ impl GuestClient {
             Duration::ZERO,
         );
         let mut c = self.client.clone();
-        self.call(Duration::ZERO, c.signal_container(r))
+        self.call("signal_container", Duration::ZERO, c.signal_container(r))
             .await
             .map(|_| ())
     }
@@ -201,7 +218,7 @@ impl GuestClient {
             Duration::ZERO,
         );
         let mut c = self.client.clone();
-        self.call(Duration::ZERO, c.remove_container(r))
+        self.call("remove_container", Duration::ZERO, c.remove_container(r))
             .await
             .map(|_| ())
     }
@@ -223,7 +240,7 @@ impl GuestClient {
             timeout,
         );
         let mut c = self.client.clone();
-        let x = self.call(timeout, c.exec_sync(r)).await?;
+        let x = self.call("exec_sync", timeout, c.exec_sync(r)).await?;
         Ok(ExecOutcome {
             stdout: x.stdout,
             stderr: x.stderr,
@@ -239,7 +256,7 @@ impl GuestClient {
             container_id: id.into(),
         });
         let mut c = self.client.clone();
-        let s = self.call(Duration::ZERO, c.output(r)).await?;
+        let s = self.call("output", Duration::ZERO, c.output(r)).await?;
         let timeout = self.timeout;
         Ok(Box::pin(futures::StreamExt::map(s, move |chunk| {
             chunk
@@ -277,7 +294,7 @@ impl GuestClient {
         };
         let r = self.req(msg, Duration::ZERO);
         let mut c = self.client.clone();
-        self.call(Duration::ZERO, c.setup_network(r))
+        self.call("setup_network", Duration::ZERO, c.setup_network(r))
             .await
             .map(|_| ())
     }
@@ -298,7 +315,7 @@ impl GuestClient {
         };
         let r = self.req(msg, Duration::ZERO);
         let mut c = self.client.clone();
-        self.call(Duration::ZERO, c.update_resources(r))
+        self.call("update_resources", Duration::ZERO, c.update_resources(r))
             .await
             .map(|_| ())
     }
@@ -312,7 +329,7 @@ impl GuestClient {
             Duration::ZERO,
         );
         let mut c = self.client.clone();
-        let s = self.call(Duration::ZERO, c.stats(r)).await?;
+        let s = self.call("stats", Duration::ZERO, c.stats(r)).await?;
         Ok(Usage {
             timestamp: s.timestamp,
             cpu_nanos: s.cpu_usage_nanos,

@@ -28,6 +28,18 @@ pub enum GuestError {
 }
 
 impl GuestError {
+    /// The error's kind, as /metrics labels it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NoAnswer(_) => "no_answer",
+            Self::Unreachable(_) => "unreachable",
+            Self::BadRequest(_) => "bad_request",
+            Self::Unknown(_) => "unknown",
+            Self::WrongState(_) => "wrong_state",
+            Self::Failed(_) => "failed",
+        }
+    }
+
     /// Reads an agent's gRPC status for a call whose deadline was `deadline`. Its message
     /// is the guest's (untrusted) text: it is shown to the user as the agent's word and
     /// never parsed.

@@ -92,7 +92,7 @@ impl GuestClient {
         });
         let requests = futures::stream::iter([start]).chain(rest);
         let mut c = self.client.clone();
-        let s = self.call(Duration::ZERO, c.exec(requests)).await?;
+        let s = self.call("exec", Duration::ZERO, c.exec(requests)).await?;
         let timeout = self.timeout;
         Ok(Box::pin(s.filter_map(move |m| async move {
             match m {
@@ -174,7 +174,7 @@ impl GuestClient {
                         Duration::ZERO,
                     );
                     let mut c = self.client.clone();
-                    self.call(Duration::ZERO, c.resize(r)).await?;
+                    self.call("resize", Duration::ZERO, c.resize(r)).await?;
                 }
             }
         }
@@ -209,7 +209,9 @@ impl GuestClient {
             }]));
         let requests = futures::stream::iter([first]).chain(rest);
         let mut c = self.client.clone();
-        let s = self.call(Duration::ZERO, c.port_forward(requests)).await?;
+        let s = self
+            .call("port_forward", Duration::ZERO, c.port_forward(requests))
+            .await?;
         let timeout = self.timeout;
         Ok(Box::pin(s.flat_map(move |m| {
             let items: Vec<Result<Option<Vec<u8>>, GuestError>> = match m {

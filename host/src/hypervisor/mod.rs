@@ -7,6 +7,7 @@ pub mod console;
 pub mod process;
 pub mod qemu;
 pub mod select;
+pub mod usage;
 
 use std::path::PathBuf;
 

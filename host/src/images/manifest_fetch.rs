@@ -129,6 +129,7 @@ async fn read_up_to(
     let max = usize::try_from(max).unwrap_or(usize::MAX);
     let mut body = Vec::new();
     while let Some(chunk) = res.chunk().await? {
+        crate::metrics::get().pulled_bytes(chunk.len() as u64);
         let room = max.saturating_sub(body.len());
         if chunk.len() > room {
             body.extend_from_slice(&chunk[..room]);

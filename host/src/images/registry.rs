@@ -207,6 +207,7 @@ pub async fn drain_stream(
 ) -> Result<(), StreamError> {
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| StreamError::Transport(map_io(e, ep, what)))?;
+        crate::metrics::get().pulled_bytes(chunk.len() as u64);
         sink(&chunk).map_err(StreamError::Local)?;
     }
     Ok(())

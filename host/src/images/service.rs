@@ -101,7 +101,9 @@ impl ImageManager {
         let image = image.to_owned();
         let this = self.clone();
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let result = super::pull::pull(inner, &image, credentials).await;
+            crate::metrics::get().image_pull(started.elapsed(), result.is_ok());
             if let Err(e) = &result {
                 warn!(image = %image, error = %e, "pull failed; removing what it left");
                 if let Err(gc) = this.collect_garbage().await {

@@ -2,6 +2,7 @@
 //! VM, agent set-up). What the boot makes is held by a `BootGuard`, which undoes all of it
 //! if the boot does not finish, whether it failed or its call was dropped.
 
+use crate::metrics::BootPhase;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,7 +157,9 @@ impl SandboxManager {
     ) -> Result<(), SandboxError> {
         let id = record.id.clone();
         let (vcpus, memory_mib) = (record.vcpus, record.memory_mib);
+        let begun = std::time::Instant::now();
         let net = self.setup_network(&id, req).await?;
+        let network_took = begun.elapsed();
         let cfg = &self.inner.config.sandbox;
         let modules = cfg.modules();
         let kernel = match handler_vmm.kind {
@@ -190,7 +193,8 @@ impl SandboxManager {
         .await;
         // The VMM has its own copy of the tap now.
         let network = net.map(|(pn, _fd)| pn);
-        let (vm, agent) = launched?;
+        let (vm, agent, times) = launched?;
+        let set_up = std::time::Instant::now();
         let vm = Arc::new(vm);
         guard.vm = Some(vm.clone());
         record.network = network.clone();
@@ -245,6 +249,19 @@ impl SandboxManager {
                 })?;
         }
         self.transition(&mut record, SandboxEvent::AgentReady)?;
+        let phases = [
+            (BootPhase::Network, network_took),
+            (BootPhase::VmmStart, times.vmm_start),
+            (BootPhase::KernelBoot, times.kernel_boot),
+            (BootPhase::Setup, set_up.elapsed()),
+            (BootPhase::Total, begun.elapsed()),
+        ];
+        let m = crate::metrics::get();
+        for (phase, took) in phases {
+            m.boot_phase(phase, took);
+        }
+        let ms = |i: usize| phases[i].1.as_millis() as u64;
+        info!(sandbox = %id, network_ms = ms(0), vmm_start_ms = ms(1), kernel_boot_ms = ms(2), setup_ms = ms(3), total_ms = ms(4), "boot phases");
         self.watch(&id, vm.clone());
         self.live().insert(
             id.clone(),

@@ -312,6 +312,19 @@ impl SandboxManager {
         }
     }
 
+    /// The host processes of a running sandbox: its VMM and device back-ends (each the
+    /// root of a tree: a confined process is its jail's child). Empty when not running.
+    pub fn host_pids(&self, id: &str) -> Vec<i32> {
+        self.live()
+            .get(id)
+            .map(|l| {
+                std::iter::once(l.vm.vmm.pid())
+                    .chain(l.vm.backends.iter().map(|(_, p)| p.pid()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The traffic counters of a pod's CNI interface `ifname` (in its network namespace).
     pub async fn network_usage(
         &self,

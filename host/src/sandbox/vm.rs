@@ -248,12 +248,21 @@ async fn spawn_backend(
     Ok(p)
 }
 
+/// How long a launch's phases took.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LaunchTimes {
+    /// The device back-ends and the VMM started.
+    pub vmm_start: Duration,
+    /// From the VMM's start to the agent's health answer: the kernel and init.
+    pub kernel_boot: Duration,
+}
+
 /// Boots the VM and waits for its agent. On any failure everything started is torn down.
 pub async fn launch(
     hypervisor: &dyn Hypervisor,
     paths: VmPaths,
     spec: LaunchSpec<'_>,
-) -> Result<(RunningVm, agent::GuestClient), SandboxError> {
+) -> Result<(RunningVm, agent::GuestClient, LaunchTimes), SandboxError> {
     paths.remove();
     for d in [
         paths.volumes(),
@@ -455,7 +464,8 @@ async fn launch_inner(
     paths: &VmPaths,
     spec: &LaunchSpec<'_>,
     jail: Option<&crate::confine::PodJail>,
-) -> Result<(RunningVm, agent::GuestClient), SandboxError> {
+) -> Result<(RunningVm, agent::GuestClient, LaunchTimes), SandboxError> {
+    let begun = std::time::Instant::now();
     let id = spec.id.to_owned();
     let announce_path = paths.vsock_port(agent::ANNOUNCE_PORT);
     let announce = tokio::net::UnixListener::bind(&announce_path)
@@ -502,6 +512,7 @@ async fn launch_inner(
         paths: paths.clone(),
     };
     let started = std::time::Instant::now();
+    let vmm_start = begun.elapsed();
     let exited = async { while !vm.vmm.wait_timeout(Duration::from_secs(3600)).await {} };
     let ready = tokio::select! {
         r = tokio::time::timeout(spec.boot_timeout, agent::wait_announce(&announce)) => Some(r),
@@ -546,7 +557,14 @@ async fn launch_inner(
         Ok::<_, String>(c)
     };
     match tokio::time::timeout(call_timeout, client).await {
-        Ok(Ok(c)) => Ok((vm, c)),
+        Ok(Ok(c)) => Ok((
+            vm,
+            c,
+            LaunchTimes {
+                vmm_start,
+                kernel_boot: started.elapsed(),
+            },
+        )),
         Ok(Err(detail)) => {
             teardown(&vm).await;
             Err(SandboxError::Agent { id, detail })

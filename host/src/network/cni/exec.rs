@@ -99,6 +99,25 @@ impl PluginRunner {
         att: &Attachment,
         stdin: &[u8],
     ) -> Result<Vec<u8>, CniError> {
+        let started = std::time::Instant::now();
+        let out = self.exec_once(plugin, network, command, att, stdin).await;
+        let op = match command {
+            CniCommand::Add => "add",
+            CniCommand::Check => "check",
+            CniCommand::Del => "del",
+        };
+        crate::metrics::get().cni_call(op, started.elapsed(), out.is_ok());
+        out
+    }
+
+    async fn exec_once(
+        &self,
+        plugin: &str,
+        network: &str,
+        command: CniCommand,
+        att: &Attachment,
+        stdin: &[u8],
+    ) -> Result<Vec<u8>, CniError> {
         let path = self.find(plugin, network)?;
         let mut cmd = Command::new(&path);
         cmd.env_clear()
