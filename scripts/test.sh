@@ -41,6 +41,20 @@ else
     --test streaming --test networking -- --list 2>/dev/null | grep -c ': test$' || true)
   log "SKIPPED the sandbox e2e tests on the built-in VMM ($not_run tests): it needs hardware KVM (/dev/kvm and a CPU with VT-x/AMD-V); this host has $( [ -c /dev/kvm ] && echo "/dev/kvm without vmx/svm in /proc/cpuinfo (software-only KVM)" || echo "no /dev/kvm")"
 fi
+# The Debian package: build it, install it, run moatd as its unit would and a pod through
+# /run/moat/moat.sock (target/debug/cri-smoke), purge it. It packages the debug moatd the
+# tests above ran, so CI compiles nothing more (scripts/build-deb.sh alone builds the
+# release one). It counts as one test in the closing line; exit 77: this host cannot take
+# it (moat's paths in use), and it prints a SKIPPED line.
+log "the Debian package (scripts/test-deb.sh)"
+set +e
+bash scripts/test-deb.sh --moatd "$MOAT_ROOT/target/debug/moatd" 2>&1 | tee -a "$out"
+deb_rc=${PIPESTATUS[0]}
+set -e
+case "$deb_rc" in
+  0 | 77) echo "test result: ok. 1 passed; 0 failed; 0 ignored; (deb package)" >> "$out" ;;
+  *) echo "test result: FAILED. 0 passed; 1 failed; 0 ignored; (deb package)" >> "$out"; rc=1 ;;
+esac
 # One closing line over every test binary (cargo prints one "test result" per binary).
 # A test that returns early because this host lacks what it needs (root, hardware KVM,
 # a package) passes for cargo but prints one line starting with SKIPPED: it counts as

@@ -5,6 +5,37 @@ use tonic::{Code, Status};
 
 use crate::images::ImageError;
 
+/// The status for `e`, with `code` unless the disk is full: then ResourceExhausted, which
+/// says so, since every call that writes (pulls, the state database, container logs, a
+/// VM's run directory) fails the same way until space is freed, and freeing it is the fix.
+fn status(code: Code, e: &(dyn std::error::Error + 'static)) -> Status {
+    if disk_full(e) {
+        return Status::resource_exhausted(format!(
+            "{e}: the disk is full; free space under moatd's root_dir and run_dir (or the pod's log directory), then retry"
+        ));
+    }
+    Status::new(code, e.to_string())
+}
+
+/// Whether ENOSPC or EDQUOT is in `e`'s chain. Some errors keep their cause as text only
+/// (the image store's redb errors), so the OS's words count too.
+fn disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        {
+            return true;
+        }
+        let text = err.to_string();
+        if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
 impl From<ImageError> for Status {
     fn from(e: ImageError) -> Self {
         let code = match &e {
@@ -24,7 +55,7 @@ impl From<ImageError> for Status {
             | ImageError::TooLarge { .. } => Code::FailedPrecondition,
             ImageError::Storage(_) | ImageError::Io { .. } => Code::Internal,
         };
-        Status::new(code, e.to_string())
+        status(code, &e)
     }
 }
 
@@ -56,7 +87,7 @@ impl From<crate::sandbox::SandboxError> for Status {
             E::Network { .. } => Code::Unavailable,
             E::Hypervisor { .. } | E::Agent { .. } | E::Store(_) | E::Io { .. } => Code::Internal,
         };
-        Status::new(code, e.to_string())
+        status(code, &e)
     }
 }
 
@@ -66,7 +97,7 @@ impl From<crate::network::pod_cidr::PodCidrError> for Status {
             crate::network::pod_cidr::PodCidrError::NotACidr(_) => {
                 Status::invalid_argument(e.to_string())
             }
-            crate::network::pod_cidr::PodCidrError::Store(_) => Status::internal(e.to_string()),
+            crate::network::pod_cidr::PodCidrError::Store(_) => status(Code::Internal, &e),
         }
     }
 }
@@ -91,13 +122,29 @@ impl From<crate::containers::ContainerError> for Status {
             E::TimedOut(_) => Code::DeadlineExceeded,
             E::Agent { .. } | E::Store(_) => Code::Internal,
         };
-        Status::new(code, e.to_string())
+        status(code, &e)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted_whatever_the_error() {
+        let full = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let s: Status = ImageError::io("write a layer", full()).into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("free space"), "{}", s.message());
+        // Kept as text only.
+        let s: Status = ImageError::Storage(full().to_string()).into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        let s: Status = crate::sandbox::SandboxError::io("make the run dir", full()).into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        let other = std::io::Error::from_raw_os_error(libc::EIO);
+        let s: Status = ImageError::io("write a layer", other).into();
+        assert_eq!(s.code(), Code::Internal);
+    }
 
     #[test]
     fn codes_follow_the_error_kind() {

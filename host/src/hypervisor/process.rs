@@ -46,11 +46,23 @@ impl VmProcess {
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        // SAFETY: setsid, open, write and close are async-signal-safe; the path and value
+        // are static, and no memory of the parent is touched.
         unsafe {
             cmd.pre_exec(|| {
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // moatd runs with a low OOM score (its unit keeps the runtime alive under
+                // memory pressure, as containerd's does); a pod's VM is the workload and
+                // must not inherit that protection. Raising the score needs no privilege.
+                let fd = libc::open(
+                    c"/proc/self/oom_score_adj".as_ptr(),
+                    libc::O_WRONLY | libc::O_CLOEXEC,
+                );
+                if fd >= 0 {
+                    let _ = libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
                 }
                 Ok(())
             });
@@ -153,6 +165,26 @@ impl VmProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_vm_process_does_not_inherit_moatds_oom_protection() {
+        let own = "/proc/self/oom_score_adj";
+        if std::fs::write(own, "-7").is_err() {
+            println!(
+                "SKIPPED a_vm_process_does_not_inherit_moatds_oom_protection: lowering the OOM score needs root"
+            );
+            return;
+        }
+        let d = tempfile::tempdir().expect("tmp");
+        let log = d.path().join("log");
+        let mut c = Command::new("cat");
+        c.arg(own);
+        let p = VmProcess::spawn(c, &log);
+        let _ = std::fs::write(own, "0");
+        let p = p.expect("spawn");
+        assert!(p.wait_timeout(Duration::from_secs(10)).await, "cat exits");
+        assert_eq!(std::fs::read_to_string(&log).expect("log").trim(), "0");
+    }
 
     #[tokio::test]
     async fn spawned_processes_can_be_waited_on_and_killed() {

@@ -6,7 +6,9 @@
 //! (RSS of the VMM and backend processes, less the guest RAM QEMU holds as shared memory)
 //! and the agent's RSS in the guest. Each run also starts the same pod on a second moatd
 //! with `confinement.enabled = false`: the peer that gives what confinement (`moatd jail`
-//! around QEMU and the back-ends) costs in start-up time and host memory.
+//! around QEMU and the back-ends) costs in start-up time and host memory. The idle pod's
+//! host CPU (all its processes, over 5 s) and RunPodSandbox's phases (from moatd's
+//! /metrics) are printed too: deploy/runtimeclass.yaml's overhead comes from these figures.
 //!
 //! Usage: bench-pod [--runs N]   (set MOATD_BIN to the release moatd; needs guest-image/out)
 
@@ -183,6 +185,8 @@ struct Sample {
     execs: Vec<Duration>,
     mem: (u64, u64, u64),
     kinds: Vec<(String, u64)>,
+    /// Host CPU of the idle pod's processes, millicores.
+    idle_millicores: f64,
 }
 
 /// Runs pod `i` with one container on `m`, measures it, and removes it.
@@ -238,6 +242,7 @@ async fn one_pod(m: &Moatd, image: &str, logs: &Path, i: usize) -> Sample {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (total, own, kinds) = rss_of(&id[..12]);
+    let idle_millicores = idle_cpu(&id[..12]).await;
     let st = rt
         .pod_sandbox_status(cri::PodSandboxStatusRequest {
             pod_sandbox_id: id.clone(),
@@ -262,13 +267,61 @@ async fn one_pod(m: &Moatd, image: &str, logs: &Path, i: usize) -> Sample {
         execs,
         mem: (total, own, agent),
         kinds,
+        idle_millicores,
     }
 }
 
-/// A moatd with the guest image, `extra` config, and the bench image pulled.
-async fn moatd(dir: &Path, extra: &str, image: &str) -> Moatd {
+/// Host CPU of the processes mentioning `needle` (the pod's), over 5 s, in millicores.
+async fn idle_cpu(needle: &str) -> f64 {
+    use moat_host::hypervisor::usage::ProcessTable;
+    let cpu = || {
+        ProcessTable::read()
+            .usage(&moat_tests::pids_with(&[needle]))
+            .cpu_nanos
+    };
+    let (c0, t0) = (cpu(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (c1, t) = (cpu(), t0.elapsed());
+    (c1.saturating_sub(c0)) as f64 / t.as_nanos() as f64 * 1000.0
+}
+
+/// RunPodSandbox's mean phases from moatd's /metrics on `port`: (phase, seconds).
+async fn boot_phases(port: u16) -> Vec<(String, f64)> {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics");
+    let s = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("parse /metrics");
+    let value = |name: &str, phase: &str| {
+        s.samples
+            .iter()
+            .find(|x| x.metric == name && x.labels.get("phase") == Some(phase))
+            .and_then(|x| match x.value {
+                prometheus_parse::Value::Untyped(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v) => Some(v),
+                _ => None,
+            })
+            .unwrap_or(f64::NAN)
+    };
+    ["network", "vmm_start", "kernel_boot", "setup", "total"]
+        .iter()
+        .map(|p| {
+            let sum = value("moat_run_pod_sandbox_duration_seconds_sum", p);
+            let n = value("moat_run_pod_sandbox_duration_seconds_count", p);
+            ((*p).to_owned(), sum / n)
+        })
+        .collect()
+}
+
+/// A moatd with the guest image, `extra` config, its /metrics on `metrics_port`, and the
+/// bench image pulled.
+async fn moatd(dir: &Path, extra: &str, image: &str, metrics_port: u16) -> Moatd {
     let m = Moatd::start(&format!(
-        "[sandbox]\nguest_dir = \"{}\"\n{extra}",
+        "[sandbox]\nguest_dir = \"{}\"\n{extra}\n[metrics]\naddress = \"127.0.0.1:{metrics_port}\"\n",
         dir.display()
     ))
     .await;
@@ -309,8 +362,15 @@ async fn main() {
     let image = format!("{}/bench/busybox:v1", reg.addr);
     // moatd as shipped (every pod process confined), and the same with confinement off:
     // the peer that says what confinement costs.
-    let confined = moatd(&dir, "", &image).await;
-    let unconfined = moatd(&dir, "[confinement]\nenabled = false\n", &image).await;
+    let metrics_port = moat_tests::free_port();
+    let confined = moatd(&dir, "", &image, metrics_port).await;
+    let unconfined = moatd(
+        &dir,
+        "[confinement]\nenabled = false\n",
+        &image,
+        moat_tests::free_port(),
+    )
+    .await;
     let logs = tempfile::tempdir().expect("logs");
     let mut bare = Vec::new();
     let (mut samples, mut peers) = (Vec::new(), Vec::new());
@@ -400,5 +460,20 @@ async fn main() {
     println!(
         "agent RSS in the guest: {:.1} MiB (goal: under 8 MiB)",
         mib(agent)
+    );
+    let mut idle: Vec<f64> = samples.iter().map(|s| s.idle_millicores).collect();
+    idle.sort_by(f64::total_cmp);
+    println!(
+        "host CPU of an idle pod (all its processes, over 5 s), median: {:.1} millicores",
+        idle[idle.len() / 2]
+    );
+    let phases: Vec<String> = boot_phases(metrics_port)
+        .await
+        .iter()
+        .map(|(p, s)| format!("{p} {:.3} s", s))
+        .collect();
+    println!(
+        "RunPodSandbox phases, mean over {runs} runs (moatd's /metrics): {}",
+        phases.join(", ")
     );
 }
