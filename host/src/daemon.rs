@@ -31,6 +31,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         images.clone(),
     )?;
     containers.recover().await?;
+    containers.follow_vm_deaths();
     let _metrics = if config.metrics.enabled {
         let addr = config.metrics.address;
         let pods = crate::pods::Pods::new(sandboxes.clone(), containers.clone());

@@ -79,6 +79,11 @@ impl Moatd {
         self.dir.path().join("root")
     }
 
+    /// Its run_dir (sockets, the VMs' directories).
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
     /// The config file path.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("config.toml")

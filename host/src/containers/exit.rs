@@ -37,7 +37,7 @@ impl ContainerManager {
                         }
                         warn!(container = %id, error = %s, "waiting for the container failed");
                         if this.inner.sandboxes.agent(&sandbox).await.is_err() {
-                            this.mark_exited(&id, 255, "Unknown", "the pod's VM is gone")
+                            this.vm_gone(&id, "the pod's VM died: its agent is gone")
                                 .await;
                             return;
                         }

@@ -139,6 +139,9 @@ pub(super) fn agent_err(id: &str, e: GuestError) -> ContainerError {
     }
 }
 
+/// The reason of a container whose pod's VM died under it.
+pub const VM_DIED: &str = "VMDied";
+
 impl ContainerManager {
     /// Opens the records.
     pub fn open(
@@ -162,6 +165,40 @@ impl ContainerManager {
         })
     }
 
+    /// Marks the running containers of every pod whose VM dies as exited, at once, as the
+    /// sandbox manager hears of it (their exit waiters would only notice at their next
+    /// call into the gone agent).
+    pub fn follow_vm_deaths(&self) {
+        let mut deaths = self.inner.sandboxes.vm_deaths();
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let gone = match deaths.recv().await {
+                    Ok(g) => g,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                };
+                let Ok(all) = this.list() else { continue };
+                let running = all.into_iter().filter(|r| {
+                    r.sandbox_id == gone.sandbox_id && r.state == ContainerState::Running
+                });
+                let detail = format!("the pod's VM died: its {} exited on its own", gone.what);
+                futures::future::join_all(running.map(|r| {
+                    let detail = detail.clone();
+                    let this = this.clone();
+                    async move { this.vm_gone(&r.id, &detail).await }
+                }))
+                .await;
+            }
+        });
+    }
+
+    /// Records that a running container ended with its pod's VM: exit code 137, as a
+    /// killed container's, reason `VMDied`, and what happened.
+    pub(super) async fn vm_gone(&self, id: &str, detail: &str) {
+        self.mark_exited(id, 137, VM_DIED, detail).await;
+    }
+
     /// After a moatd restart: picks up the output and the exit of containers still running.
     pub async fn recover(&self) -> Result<(), ContainerError> {
         for r in self
@@ -170,7 +207,7 @@ impl ContainerManager {
             .filter(|r| r.state == ContainerState::Running)
         {
             let Ok(agent) = self.agent(&r.sandbox_id).await else {
-                self.mark_exited(&r.id, 255, "Unknown", "the pod's VM is gone")
+                self.vm_gone(&r.id, "the pod's VM died while moatd was not running")
                     .await;
                 continue;
             };
@@ -466,8 +503,7 @@ impl ContainerManager {
             return Ok(());
         }
         let Ok(agent) = self.agent(&r.sandbox_id).await else {
-            self.mark_exited(&r.id, 255, "Unknown", "the pod's VM is gone")
-                .await;
+            self.vm_gone(&r.id, "the pod's VM died").await;
             return Ok(());
         };
         match super::stop::stop_process(agent.as_ref(), &r.id, timeout).await {

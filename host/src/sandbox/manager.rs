@@ -97,6 +97,17 @@ pub(super) struct Inner {
     pub(super) locks: KeyedLocks,
     pub(super) create: tokio::sync::Mutex<()>,
     pub(super) network: crate::network::NetworkManager,
+    /// Tells whoever listens that a sandbox's VM died on its own.
+    pub(super) gone: tokio::sync::broadcast::Sender<VmGone>,
+}
+
+/// A sandbox's VM died on its own (a process of it exited or was killed).
+#[derive(Debug, Clone)]
+pub struct VmGone {
+    /// The sandbox.
+    pub sandbox_id: String,
+    /// Which of its processes ended first: `VMM`, or a back-end.
+    pub what: &'static str,
 }
 
 /// The sandbox manager.
@@ -121,6 +132,7 @@ impl SandboxManager {
                 config.root_dir.join("cni"),
             )
             .with_plugin_timeout(Duration::from_secs(config.cni.plugin_timeout_secs.max(1))),
+            gone: tokio::sync::broadcast::channel(256).0,
         };
         let m = Self {
             inner: Arc::new(inner),
@@ -249,7 +261,17 @@ impl SandboxManager {
             if let Err(e) = this.transition(&mut r, SandboxEvent::VmExited) {
                 warn!(sandbox = %id, error = %e, "cannot record that the VM exited");
             }
+            // No one listening is fine (no containers manager yet, in unit tests).
+            let _ = this.inner.gone.send(VmGone {
+                sandbox_id: id.clone(),
+                what,
+            });
         });
+    }
+
+    /// Hears of every VM that dies on its own from now on.
+    pub fn vm_deaths(&self) -> tokio::sync::broadcast::Receiver<VmGone> {
+        self.inner.gone.subscribe()
     }
 
     /// Finds a record by full id or unique prefix.
