@@ -19,11 +19,22 @@ use tonic::{Request, Response, Status};
 
 use crate::system::System;
 
+/// Runs a call that changes the guest as its own task, so that the host going away (the
+/// call's future dropped) cannot cut it short.
+async fn run_to_end<T: Send + 'static>(
+    call: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<Response<T>, Status> {
+    match tokio::spawn(call).await {
+        Ok(r) => r.map(Response::new),
+        Err(e) => Err(Status::internal(format!("the call's task failed: {e}"))),
+    }
+}
+
 /// The service state.
 pub struct AgentService {
     started: Instant,
     system: Arc<dyn System>,
-    containers: crate::containers::Containers,
+    containers: Arc<crate::containers::Containers>,
 }
 
 impl AgentService {
@@ -32,7 +43,7 @@ impl AgentService {
         Self {
             started: Instant::now(),
             system,
-            containers: crate::containers::Containers::default(),
+            containers: Arc::new(crate::containers::Containers::default()),
         }
     }
 
@@ -189,20 +200,21 @@ impl Agent for AgentService {
         &self,
         request: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
-        self.containers
-            .create(request.into_inner())
-            .await
-            .map(Response::new)
+        // Run to the end even if moatd goes away meanwhile: a create cut short would leave
+        // a process in no one's list; finished, it is listed (ListContainers) and the
+        // host reconciles it.
+        let containers = self.containers.clone();
+        let req = request.into_inner();
+        run_to_end(async move { containers.create(req).await }).await
     }
 
     async fn start_container(
         &self,
         request: Request<ContainerRequest>,
     ) -> Result<Response<StartContainerResponse>, Status> {
-        self.containers
-            .start(&request.into_inner().container_id)
-            .await
-            .map(Response::new)
+        let containers = self.containers.clone();
+        let id = request.into_inner().container_id;
+        run_to_end(async move { containers.start(&id).await }).await
     }
 
     async fn wait_container(
@@ -233,6 +245,15 @@ impl Agent for AgentService {
             .remove(&request.into_inner().container_id)
             .await
             .map(Response::new)
+    }
+
+    async fn list_containers(
+        &self,
+        _request: Request<moat_proto::agent::ListContainersRequest>,
+    ) -> Result<Response<moat_proto::agent::ListContainersResponse>, Status> {
+        Ok(Response::new(moat_proto::agent::ListContainersResponse {
+            containers: self.containers.list(),
+        }))
     }
 
     async fn exec_sync(
@@ -459,10 +480,10 @@ mod tests {
         let svc = AgentService {
             started: Instant::now(),
             system: rec.clone(),
-            containers: crate::containers::Containers::with_dirs(
+            containers: Arc::new(crate::containers::Containers::with_dirs(
                 "/nonexistent".into(),
                 "/nonexistent".into(),
-            ),
+            )),
         };
         let mapping = |host_id, length| moat_proto::agent::IdMapping {
             container_id: 0,

@@ -154,7 +154,22 @@ impl Pod {
         cmd: &[&str],
         adjust: impl FnOnce(&mut cri::ContainerConfig),
     ) -> Result<String, tonic::Status> {
-        let mut cfg = cri::ContainerConfig {
+        let mut cfg = self.container_config(name, cmd);
+        adjust(&mut cfg);
+        let mut rt = self.m.runtime().await;
+        Box::pin(rt.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: sandbox_id.to_owned(),
+            config: Some(cfg),
+            sandbox_config: None,
+        }))
+        .await
+        .map(|r| r.into_inner().container_id)
+    }
+
+    /// The config of container `name` running `cmd` in the busybox image, logging to
+    /// `<name>/0.log`, with nothing else filled in (as crictl sends it).
+    pub fn container_config(&self, name: &str, cmd: &[&str]) -> cri::ContainerConfig {
+        cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata {
                 name: name.into(),
                 attempt: 0,
@@ -166,16 +181,7 @@ impl Pod {
             command: cmd.iter().map(|s| s.to_string()).collect(),
             log_path: format!("{name}/0.log"),
             ..Default::default()
-        };
-        adjust(&mut cfg);
-        let mut rt = self.m.runtime().await;
-        Box::pin(rt.create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: sandbox_id.to_owned(),
-            config: Some(cfg),
-            sandbox_config: None,
-        }))
-        .await
-        .map(|r| r.into_inner().container_id)
+        }
     }
 
     /// The IP PodSandboxStatus reports for pod `sandbox_id` ("" without a network).

@@ -239,3 +239,168 @@ async fn a_full_disk_under_root_dir_is_resource_exhausted_until_space_is_freed()
     m.stop();
     drop(disk);
 }
+
+/// The containers the pod's guest holds (PodSandboxStatus's verbose info), sorted.
+async fn guest_containers(p: &moat_tests::pod::Pod) -> Vec<String> {
+    let st =
+        p.m.runtime()
+            .await
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: p.id.clone(),
+                verbose: true,
+            })
+            .await
+            .expect("status")
+            .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&st.info["info"]).expect("json");
+    let mut ids: Vec<String> = info["guestContainers"]
+        .as_array()
+        .expect("the guest's list")
+        .iter()
+        .map(|c| c["id"].as_str().expect("id").to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The containers moatd records for the pod, sorted.
+async fn recorded(p: &moat_tests::pod::Pod) -> Vec<cri::Container> {
+    let mut all =
+        p.m.runtime()
+            .await
+            .list_containers(cri::ListContainersRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .containers;
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    all
+}
+
+/// moatd killed while CreateContainer, then StartContainer, are in flight, at several
+/// points of each call: after the restart the guest holds exactly what moatd records,
+/// what exists works, and a retry of what is missing succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn moatd_killed_during_create_and_start_leaves_no_half_made_container() {
+    let mut p = pod_with_image("crash-mid-call").await;
+    for (i, delay) in [0u64, 100, 250, 400].into_iter().enumerate() {
+        let name = format!("c{i}");
+        // CreateContainer in flight, then moatd dies.
+        let pending = {
+            let channel = p.m.channel().await;
+            let cfg = p.container_config(&name, &["sleep", "300"]);
+            let sandbox = p.id.clone();
+            tokio::spawn(async move {
+                cri::runtime_service_client::RuntimeServiceClient::new(channel)
+                    .create_container(cri::CreateContainerRequest {
+                        pod_sandbox_id: sandbox,
+                        config: Some(cfg),
+                        sandbox_config: None,
+                    })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        p.m.crash_and_restart().await;
+        let answered = pending.await.expect("task");
+        let records = recorded(&p).await;
+        let ids: Vec<String> = records.iter().map(|c| c.id.clone()).collect();
+        assert_eq!(
+            guest_containers(&p).await,
+            ids,
+            "create killed after {delay} ms (answer {answered:?}): the guest holds what moatd records"
+        );
+        let id = match records
+            .iter()
+            .find(|c| c.metadata.as_ref().is_some_and(|m| m.name == name))
+        {
+            Some(c) => c.id.clone(),
+            None => p
+                .create(&name, &["sleep", "300"])
+                .await
+                .expect("a retried create"),
+        };
+        // StartContainer in flight, then moatd dies.
+        let pending = {
+            let channel = p.m.channel().await;
+            let id = id.clone();
+            tokio::spawn(async move {
+                cri::runtime_service_client::RuntimeServiceClient::new(channel)
+                    .start_container(cri::StartContainerRequest { container_id: id })
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(delay / 4)).await;
+        p.m.crash_and_restart().await;
+        let answered = pending.await.expect("task");
+        let st = p.status(&id).await;
+        println!(
+            "kill after {delay} ms: create then start answered {answered:?}; the container is {:?}",
+            cri::ContainerState::try_from(st.state)
+        );
+        if st.state == cri::ContainerState::ContainerCreated as i32 {
+            p.start(&id).await;
+        }
+        let st = p
+            .wait_state(&id, cri::ContainerState::ContainerRunning)
+            .await;
+        assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+        let r = p.exec(&id, &["echo", "ok"]).await;
+        assert_eq!(
+            (r.exit_code, r.stdout.as_slice()),
+            (0, &b"ok\n"[..]),
+            "{r:?}"
+        );
+        let ids: Vec<String> = recorded(&p).await.iter().map(|c| c.id.clone()).collect();
+        assert_eq!(guest_containers(&p).await, ids);
+    }
+}
+
+/// moatd killed while RemovePodSandbox is in flight: after the restart the pod is either
+/// whole or gone, a retried remove succeeds, and nothing of the VM is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn moatd_killed_during_remove_pod_sandbox_then_a_retry_cleans_up() {
+    let mut p = pod_with_image("crash-mid-remove").await;
+    let id = p.create("c", &["sleep", "300"]).await.expect("create");
+    p.start(&id).await;
+    let pending = {
+        let channel = p.m.channel().await;
+        let sandbox = p.id.clone();
+        tokio::spawn(async move {
+            cri::runtime_service_client::RuntimeServiceClient::new(channel)
+                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                    pod_sandbox_id: sandbox,
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    p.m.crash_and_restart().await;
+    println!(
+        "RemovePodSandbox answered {:?}",
+        pending.await.expect("task")
+    );
+    let mut rt = p.m.runtime().await;
+    rt.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+        pod_sandbox_id: p.id.clone(),
+    })
+    .await
+    .expect("a retried remove");
+    assert!(
+        rt.list_pod_sandbox(cri::ListPodSandboxRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .items
+            .is_empty()
+    );
+    assert!(recorded(&p).await.is_empty());
+    let short = &p.id[..12];
+    assert!(
+        moat_tests::wait_until(Duration::from_secs(10), || moat_tests::pids_with(&[short])
+            .is_empty())
+        .await,
+        "no process of the removed pod is left"
+    );
+    assert!(!p.m.run_dir().join("vm").join(short).exists());
+}

@@ -307,9 +307,45 @@ impl Containers {
         })
     }
 
+    /// ListContainers: every container, started or not, exited or not.
+    pub fn list(&self) -> Vec<moat_proto::agent::ContainerEntry> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = map
+            .iter()
+            .map(|(id, e)| moat_proto::agent::ContainerEntry {
+                container_id: id.clone(),
+                started: e
+                    .exit_tx
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_none(),
+                exited: e.exit.borrow().is_some(),
+            })
+            .collect();
+        all.sort_by(|a, b| a.container_id.cmp(&b.container_id));
+        all
+    }
+
     /// StartContainer; a process that cannot exec is reported here and by WaitContainer.
+    /// Starting a started container answers as its first start did (a host that lost the
+    /// first answer asks again).
     pub async fn start(&self, id: &str) -> Result<StartContainerResponse, Status> {
         let e = self.get(id)?;
+        if e.exit_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+        {
+            let error = e
+                .start_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if error.is_empty() {
+                return Ok(StartContainerResponse {});
+            }
+            return Err(Status::failed_precondition(error));
+        }
         let c = e.container.clone();
         let started = blocking(move || c.start()).await?;
         let exit_tx = e.exit_tx.lock().unwrap_or_else(|p| p.into_inner()).take();

@@ -317,3 +317,58 @@ async fn unknown_containers_and_bad_requests() {
         tonic::Code::InvalidArgument
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_list_says_how_far_each_container_got_and_a_second_start_is_harmless() {
+    let Some(layers) =
+        busybox_layer("the_list_says_how_far_each_container_got_and_a_second_start_is_harmless")
+    else {
+        return;
+    };
+    let root = tempfile::tempdir().expect("root");
+    let c = Containers::with_dirs(layers.path().into(), root.path().into());
+    let req = |id: &str, args: &[&str]| CreateContainerRequest {
+        container_id: id.into(),
+        spec_json: spec_json(args, false),
+        layers: vec!["aa".into()],
+        ..Default::default()
+    };
+    // a1 is made only, b2 runs, c3 has ended.
+    c.create(req("a1", &["sleep", "30"])).await.expect("create");
+    c.create(req("b2", &["sleep", "30"])).await.expect("create");
+    c.create(req("c3", &["sh", "-c", "exit 0"]))
+        .await
+        .expect("create");
+    c.start("b2").await.expect("start");
+    c.start("c3").await.expect("start");
+    let w = c
+        .wait(WaitContainerRequest {
+            container_id: "c3".into(),
+            timeout_ms: 10_000,
+        })
+        .await
+        .expect("wait");
+    assert!(w.exited);
+    let got: Vec<(String, bool, bool)> = c
+        .list()
+        .into_iter()
+        .map(|e| (e.container_id, e.started, e.exited))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("a1".to_owned(), false, false),
+            ("b2".to_owned(), true, false),
+            ("c3".to_owned(), true, true),
+        ]
+    );
+    // A host that lost the first answer asks again: same answer, one process.
+    c.start("b2").await.expect("a second start");
+    c.start("c3")
+        .await
+        .expect("a second start of an exited one");
+    for id in ["a1", "b2", "c3"] {
+        c.remove(id).await.expect("remove");
+    }
+    assert!(c.list().is_empty());
+}

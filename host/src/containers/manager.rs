@@ -139,6 +139,16 @@ pub(super) fn agent_err(id: &str, e: GuestError) -> ContainerError {
     }
 }
 
+/// The result of a call run as its own task; a panic there is this call's.
+async fn finish<T>(
+    task: tokio::task::JoinHandle<Result<T, ContainerError>>,
+) -> Result<T, ContainerError> {
+    match task.await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// The reason of a container whose pod's VM died under it.
 pub const VM_DIED: &str = "VMDied";
 
@@ -220,7 +230,65 @@ impl ContainerManager {
             self.spawn_waiter(&r, agent);
             info!(container = %r.id, "container taken back after restart");
         }
+        for sandbox in self
+            .inner
+            .sandboxes
+            .list()
+            .map_err(|e| ContainerError::WrongState(format!("listing pod sandboxes: {e}")))?
+        {
+            if sandbox.state.is_ready() {
+                self.reconcile(&sandbox.id).await;
+            }
+        }
         Ok(())
+    }
+
+    /// What calls cut short by moatd's death left in a pod's guest: a container the guest
+    /// has and no record names (its create's record was never written) is removed with
+    /// its volume binds; one recorded as created that the guest started (its start's
+    /// answer was lost) is running, followed as any started container.
+    async fn reconcile(&self, sandbox_id: &str) {
+        let Ok(agent) = self.agent(sandbox_id).await else {
+            return;
+        };
+        let guest = match agent.list_containers().await {
+            Ok(g) => g,
+            Err(e) => {
+                warn!(sandbox = %sandbox_id, error = %e, "cannot list the guest's containers");
+                return;
+            }
+        };
+        let Ok(records) = self.list() else { return };
+        for g in guest {
+            match records.iter().find(|r| r.id == g.id) {
+                None => {
+                    if let Err(e) = agent.remove_container(&g.id).await {
+                        warn!(container = %g.id, error = %e, "cannot remove a container whose creation was cut short");
+                        continue;
+                    }
+                    let volumes = self.inner.sandboxes.volumes_dir(sandbox_id);
+                    let _ = crate::volumes::release(&volumes, &g.id[..12]);
+                    info!(sandbox = %sandbox_id, container = %g.id, "removed a container whose creation was cut short by moatd's death");
+                }
+                Some(r) if r.state == ContainerState::Created && g.started => {
+                    let mut r = r.clone();
+                    let _g = self.inner.locks.lock(&r.id).await;
+                    r.started_at = now_nanos();
+                    if self.transition(&mut r, ContainerEvent::Started).is_err() {
+                        continue;
+                    }
+                    match agent.output(&r.id).await {
+                        Ok(out) => self.spawn_log_copier(&r, out),
+                        Err(e) => {
+                            warn!(container = %r.id, error = %e, "cannot follow the container's output")
+                        }
+                    }
+                    self.spawn_waiter(&r, agent.clone());
+                    info!(container = %r.id, "a container whose start was cut short by moatd's death is running");
+                }
+                Some(_) => {}
+            }
+        }
     }
 
     pub(super) async fn agent(&self, sandbox_id: &str) -> Result<Arc<dyn Guest>, ContainerError> {
@@ -278,6 +346,13 @@ impl ContainerManager {
 
     /// CreateContainer.
     pub async fn create(&self, req: CreateRequest) -> Result<String, ContainerError> {
+        // Runs to its end even if the caller goes away: a create cut short between the
+        // guest's answer and the record would leave a container no one knows of.
+        let this = self.clone();
+        finish(tokio::spawn(async move { this.create_now(req).await })).await
+    }
+
+    async fn create_now(&self, req: CreateRequest) -> Result<String, ContainerError> {
         if req.name.is_empty() {
             return Err(ContainerError::BadRequest(
                 "container metadata needs a name".into(),
@@ -464,6 +539,13 @@ impl ContainerManager {
 
     /// StartContainer.
     pub async fn start(&self, id: &str) -> Result<(), ContainerError> {
+        // As `create`: the guest's start and the record's change happen together or not.
+        let this = self.clone();
+        let id = id.to_owned();
+        finish(tokio::spawn(async move { this.start_now(&id).await })).await
+    }
+
+    async fn start_now(&self, id: &str) -> Result<(), ContainerError> {
         let mut r = self.must_get(id)?;
         let _g = self.inner.locks.lock(&r.id).await;
         if r.state != ContainerState::Created {

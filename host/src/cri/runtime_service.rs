@@ -277,12 +277,19 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
         if req.verbose {
             let mut agent_rss = None;
             let mut agent_root = None;
+            let mut guest_containers = None;
             if r.state.is_ready()
                 && let Ok(a) = self.sandboxes.agent(&r.id).await
                 && let Ok(h) = a.health().await
             {
                 agent_rss = Some(h.rss_kib);
                 agent_root = Some(h.root_fs);
+                // What the guest itself holds, to hold against ListContainers.
+                guest_containers = a.list_containers().await.ok().map(|l| {
+                    l.into_iter()
+                        .map(|c| serde_json::json!({"id": c.id, "started": c.started, "exited": c.exited}))
+                        .collect::<Vec<_>>()
+                });
             }
             let v = serde_json::json!({
                 "vcpus": r.vcpus,
@@ -291,6 +298,7 @@ impl cri::runtime_service_server::RuntimeService for CriRuntimeService {
                 "hostname": r.hostname,
                 "agentRssKiB": agent_rss,
                 "agentRootFs": agent_root,
+                "guestContainers": guest_containers,
             });
             info.insert("info".to_owned(), v.to_string());
         }

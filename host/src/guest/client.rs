@@ -209,6 +209,27 @@ impl GuestClient {
             .map(|_| ())
     }
 
+    /// ListContainers. The guest's answer is bounded by the message cap; ids that are not
+    /// container ids (64 hex digits) are dropped.
+    pub async fn list_containers(&self) -> Result<Vec<GuestContainer>, GuestError> {
+        let r = self.req(pb::ListContainersRequest {}, Duration::ZERO);
+        let mut c = self.client.clone();
+        let l = self
+            .call("list_containers", Duration::ZERO, c.list_containers(r))
+            .await?;
+        Ok(l.containers
+            .into_iter()
+            .filter(|e| {
+                e.container_id.len() == 64 && e.container_id.bytes().all(|b| b.is_ascii_hexdigit())
+            })
+            .map(|e| GuestContainer {
+                id: e.container_id,
+                started: e.started,
+                exited: e.exited,
+            })
+            .collect())
+    }
+
     /// RemoveContainer.
     pub async fn remove_container(&self, id: &str) -> Result<(), GuestError> {
         let r = self.req(

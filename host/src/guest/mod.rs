@@ -57,6 +57,8 @@ pub trait Guest: Send + Sync {
     async fn signal_container(&self, id: &str, signal: i32) -> Result<(), GuestError>;
     /// Frees a container in the guest.
     async fn remove_container(&self, id: &str) -> Result<(), GuestError>;
+    /// ListContainers: what the guest has, and how far each got.
+    async fn list_containers(&self) -> Result<Vec<GuestContainer>, GuestError>;
     /// Runs a command in a container to its end or `timeout`.
     async fn exec_sync(
         &self,
@@ -127,6 +129,9 @@ impl Guest for GuestClient {
     }
     async fn remove_container(&self, id: &str) -> Result<(), GuestError> {
         GuestClient::remove_container(self, id).await
+    }
+    async fn list_containers(&self) -> Result<Vec<GuestContainer>, GuestError> {
+        GuestClient::list_containers(self).await
     }
     async fn exec_sync(
         &self,

@@ -126,6 +126,17 @@ impl Guest for FakeGuest {
         self.containers.lock().expect("lock").remove(id);
         Ok(())
     }
+    async fn list_containers(&self) -> Result<Vec<GuestContainer>, GuestError> {
+        let map = self.containers.lock().expect("lock");
+        Ok(map
+            .iter()
+            .map(|(id, (_, exit))| GuestContainer {
+                id: id.clone(),
+                started: true,
+                exited: exit.is_some(),
+            })
+            .collect())
+    }
     async fn exec_sync(
         &self,
         _id: &str,

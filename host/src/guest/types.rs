@@ -175,3 +175,14 @@ pub struct OutputRecord {
 /// A stream of output records.
 pub type OutputStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<OutputRecord, super::GuestError>> + Send>>;
+
+/// A container the guest has, as its agent lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestContainer {
+    /// Its id (the guest's word: checked against moatd's records, never used as a path).
+    pub id: String,
+    /// StartContainer reached it.
+    pub started: bool,
+    /// Its process has ended.
+    pub exited: bool,
+}
