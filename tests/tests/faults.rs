@@ -404,3 +404,39 @@ async fn moatd_killed_during_remove_pod_sandbox_then_a_retry_cleans_up() {
     );
     assert!(!p.m.run_dir().join("vm").join(short).exists());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_log_directory_refuses_new_containers_until_space_is_freed() {
+    let p = pod_with_image("full-logs").await;
+    let disk = SmallDisk::mount(p.logs.path(), 8);
+    let filler = disk.fill();
+    let e = p
+        .create("talker", &["sh", "-c", "echo hello; sleep 300"])
+        .await
+        .expect_err("no room for its log");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(
+        e.message().contains("log directory") && e.message().contains("free space"),
+        "{}",
+        e.message()
+    );
+    std::fs::remove_file(filler).expect("free the space");
+    let id = p
+        .create("talker", &["sh", "-c", "echo hello; sleep 300"])
+        .await
+        .expect("create once space is freed");
+    p.start(&id).await;
+    assert!(
+        moat_tests::wait_until(Duration::from_secs(20), || p
+            .log("talker")
+            .contains("hello"))
+        .await,
+        "the container's log is written"
+    );
+    p.m.runtime()
+        .await
+        .remove_container(cri::RemoveContainerRequest { container_id: id })
+        .await
+        .expect("remove");
+    drop(disk);
+}

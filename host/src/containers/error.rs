@@ -28,6 +28,9 @@ pub enum ContainerError {
         /// What failed.
         detail: String,
     },
+    /// The disk that would hold the container's files is full.
+    #[error("{0} is full; free space there, then retry")]
+    DiskFull(String),
     /// The state database failed.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),

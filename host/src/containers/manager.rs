@@ -139,6 +139,16 @@ pub(super) fn agent_err(id: &str, e: GuestError) -> ContainerError {
     }
 }
 
+/// Whether the filesystem of `dir` has less than 1 MiB left for unprivileged writers
+/// (kubelet's log directory is written by root, but a disk at its reserve is full for
+/// logs in all but name). A directory that cannot be asked is not called full.
+fn disk_full(dir: &Path) -> bool {
+    match nix::sys::statvfs::statvfs(dir) {
+        Ok(s) => s.blocks_available().saturating_mul(s.fragment_size()) < 1 << 20,
+        Err(_) => false,
+    }
+}
+
 /// The result of a call run as its own task; a panic there is this call's.
 async fn finish<T>(
     task: tokio::task::JoinHandle<Result<T, ContainerError>>,
@@ -381,6 +391,12 @@ impl ContainerManager {
                 ContainerError::Unknown(format!("image {:?} not found; pull it first", req.image))
             })?;
         let log_path = safe_log_path(&sandbox.log_directory, &req.log_path)?;
+        if !sandbox.log_directory.is_empty() && disk_full(Path::new(&sandbox.log_directory)) {
+            return Err(ContainerError::DiskFull(format!(
+                "the pod's log directory {}",
+                sandbox.log_directory
+            )));
+        }
         let defaults =
             image_defaults(&self.inner.images.config_blob(&image.id).unwrap_or_default());
         let mut input = req.input.clone();

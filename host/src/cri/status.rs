@@ -120,6 +120,7 @@ impl From<crate::containers::ContainerError> for Status {
             E::NameTaken(_) => Code::AlreadyExists,
             E::WrongState(_) => Code::FailedPrecondition,
             E::TimedOut(_) => Code::DeadlineExceeded,
+            E::DiskFull(_) => Code::ResourceExhausted,
             E::Agent { .. } | E::Store(_) => Code::Internal,
         };
         status(code, &e)
