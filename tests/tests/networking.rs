@@ -416,6 +416,30 @@ async fn pod_sandbox_stats_count_the_pods_traffic_and_containers() {
         }
     };
     assert_eq!(list(cri::PodSandboxStatsFilter::default()).await, 1);
+    // The same traffic under cAdvisor's names, on the pod's series.
+    let metrics = rt
+        .clone()
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await
+        .expect("metrics")
+        .into_inner()
+        .pod_metrics;
+    let rx = metrics[0]
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_network_receive_bytes_total")
+        .expect("the pod's received bytes");
+    assert_eq!(rx.label_values.last().map(String::as_str), Some("eth0"));
+    assert!(rx.value.as_ref().expect("value").value >= 3 * 98, "{rx:?}");
+    let packets = metrics[0]
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_network_transmit_packets_total")
+        .expect("the pod's sent packets");
+    assert!(
+        packets.value.as_ref().expect("value").value >= 3,
+        "{packets:?}"
+    );
     assert_eq!(
         list(cri::PodSandboxStatsFilter {
             id: p.id[..12].into(),

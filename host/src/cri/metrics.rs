@@ -16,7 +16,7 @@ use crate::pods::PodStats;
 const LABELS: [&str; 6] = ["container", "id", "image", "name", "namespace", "pod"];
 
 /// (name, help, type, has an `interface` label)
-const METRICS: [(&str, &str, cri::MetricType, bool); 11] = [
+const METRICS: [(&str, &str, cri::MetricType, bool); 15] = [
     (
         "container_cpu_usage_seconds_total",
         "Cumulative cpu time consumed in seconds.",
@@ -74,6 +74,30 @@ const METRICS: [(&str, &str, cri::MetricType, bool); 11] = [
     (
         "container_network_transmit_errors_total",
         "Cumulative count of errors encountered while transmitting.",
+        cri::MetricType::Counter,
+        true,
+    ),
+    (
+        "container_network_receive_packets_total",
+        "Cumulative count of packets received.",
+        cri::MetricType::Counter,
+        true,
+    ),
+    (
+        "container_network_transmit_packets_total",
+        "Cumulative count of packets transmitted.",
+        cri::MetricType::Counter,
+        true,
+    ),
+    (
+        "container_network_receive_packets_dropped_total",
+        "Cumulative count of packets dropped while receiving.",
+        cri::MetricType::Counter,
+        true,
+    ),
+    (
+        "container_network_transmit_packets_dropped_total",
+        "Cumulative count of packets dropped while transmitting.",
         cri::MetricType::Counter,
         true,
     ),
@@ -150,6 +174,16 @@ pub fn pod_metrics(s: &PodStats) -> cri::PodSandboxMetrics {
             ("container_network_transmit_bytes_total", n.tx_bytes),
             ("container_network_receive_errors_total", n.rx_errors),
             ("container_network_transmit_errors_total", n.tx_errors),
+            ("container_network_receive_packets_total", n.rx_packets),
+            ("container_network_transmit_packets_total", n.tx_packets),
+            (
+                "container_network_receive_packets_dropped_total",
+                n.rx_dropped,
+            ),
+            (
+                "container_network_transmit_packets_dropped_total",
+                n.tx_dropped,
+            ),
         ] {
             pod_series.add_on(name, value, &n.name);
         }

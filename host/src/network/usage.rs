@@ -17,10 +17,18 @@ pub struct InterfaceUsage {
     pub rx_bytes: u64,
     /// Receive errors.
     pub rx_errors: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Received packets dropped.
+    pub rx_dropped: u64,
     /// Bytes sent.
     pub tx_bytes: u64,
     /// Send errors.
     pub tx_errors: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Packets dropped on sending.
+    pub tx_dropped: u64,
 }
 
 /// The counters of `name` in a `/proc/net/dev` text.
@@ -39,9 +47,13 @@ pub fn parse_net_dev(text: &str, name: &str) -> Option<InterfaceUsage> {
         (f.len() >= 11).then(|| InterfaceUsage {
             name: name.to_owned(),
             rx_bytes: f[0],
+            rx_packets: f[1],
             rx_errors: f[2],
+            rx_dropped: f[3],
             tx_bytes: f[8],
+            tx_packets: f[9],
             tx_errors: f[10],
+            tx_dropped: f.get(11).copied().unwrap_or(0),
         })
     })
 }
@@ -77,7 +89,7 @@ mod tests {
 Inter-|   Receive                                                |  Transmit
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
     lo:     100       2    0    0    0     0          0         0      100       2    0    0    0     0       0          0
-  eth0: 123456     789    1    0    0     0          0         0    65432     321    2    0    0     0       0          0
+  eth0: 123456     789    1    4    0     0          0         0    65432     321    2    5    0     0       0          0
 ";
 
     #[test]
@@ -87,9 +99,13 @@ Inter-|   Receive                                                |  Transmit
             Some(InterfaceUsage {
                 name: "eth0".into(),
                 rx_bytes: 123456,
+                rx_packets: 789,
                 rx_errors: 1,
+                rx_dropped: 4,
                 tx_bytes: 65432,
+                tx_packets: 321,
                 tx_errors: 2,
+                tx_dropped: 5,
             })
         );
         assert_eq!(parse_net_dev(NET_DEV, "eth1"), None);
