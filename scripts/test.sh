@@ -55,6 +55,24 @@ case "$deb_rc" in
   0 | 77) echo "test result: ok. 1 passed; 0 failed; 0 ignored; (deb package)" >> "$out" ;;
   *) echo "test result: FAILED. 0 passed; 1 failed; 0 ignored; (deb package)" >> "$out"; rc=1 ;;
 esac
+# Fuzzing: every cargo-fuzz target in fuzz/ for MOAT_FUZZ_SECONDS (20) each, after the
+# inputs that once crashed it (fuzz/regressions/); a crash, hang or OOM fails the run and
+# names the saved input (fuzz/artifacts/<target>/). cargo-fuzz needs a nightly toolchain.
+log "fuzzing (scripts/fuzz.sh)"
+if rustup run nightly rustc --version >/dev/null 2>&1; then
+  set +e
+  bash scripts/fuzz.sh "${MOAT_FUZZ_SECONDS:-20}" 2>&1 | tee -a "$out"
+  fuzz_rc=${PIPESTATUS[0]}
+  set -e
+  if [ "$fuzz_rc" -eq 0 ]; then
+    echo "test result: ok. 1 passed; 0 failed; 0 ignored; (fuzzing)" >> "$out"
+  else
+    echo "test result: FAILED. 0 passed; 1 failed; 0 ignored; (fuzzing)" >> "$out"; rc=1
+  fi
+else
+  echo "SKIPPED fuzzing: no nightly Rust toolchain here (rustup toolchain install nightly), which cargo-fuzz needs" | tee -a "$out"
+  echo "test result: ok. 1 passed; 0 failed; 0 ignored; (fuzzing)" >> "$out"
+fi
 # One closing line over every test binary (cargo prints one "test result" per binary).
 # A test that returns early because this host lacks what it needs (root, hardware KVM,
 # a package) passes for cargo but prints one line starting with SKIPPED: it counts as

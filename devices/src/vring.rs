@@ -34,7 +34,11 @@ pub fn drain(
     vring: &Vring,
     mut work: impl FnMut(&mut Queue, &GuestMemoryMmap) -> (bool, bool),
 ) -> io::Result<()> {
-    loop {
+    // The guest writes the rings: a round that used nothing cannot be followed by one that
+    // does (an avail index the queue refuses, say), and a ring laid over another can make
+    // work appear without end, so the rounds are bounded too. Past the bound the guest's
+    // next kick brings the back-end here again.
+    for _ in 0..MAX_ROUNDS {
         let (used, again) = {
             let mut state = vring.get_mut();
             if !state.is_enabled() || !state.get_queue().ready() {
@@ -44,7 +48,7 @@ pub fn drain(
             queue.disable_notification(mem).map_err(io::Error::other)?;
             let (used, wants_more) = work(queue, mem);
             let more_avail = queue.enable_notification(mem).map_err(io::Error::other)?;
-            (used, wants_more && more_avail)
+            (used, used && wants_more && more_avail)
         };
         if used && vring.needs_notification().map_err(io::Error::other)? {
             vring.signal_used_queue()?;
@@ -53,4 +57,19 @@ pub fn drain(
             return Ok(());
         }
     }
+    crate::warn_limited!(
+        rounds = MAX_ROUNDS,
+        "a queue kept the back-end busy; yielding"
+    );
+    Ok(())
+}
+
+/// Rounds of `drain` for one event.
+const MAX_ROUNDS: usize = 64;
+
+/// The most chains a queue handler serves in one call: the queue's size. A guest that lays
+/// the used ring over the avail ring makes each returned chain look like a new one; past
+/// this the handler returns and says it wants more.
+pub fn chain_budget(queue: &Queue) -> usize {
+    usize::from(queue.size()).max(1)
 }

@@ -192,7 +192,8 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut parts = s.split(':');
     for b in &mut out {
         let p = parts.next()?;
-        if p.len() != 2 {
+        // Two hex digits exactly (from_str_radix alone would take a sign: "+0").
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
             return None;
         }
         *b = u8::from_str_radix(p, 16).ok()?;
@@ -282,5 +283,7 @@ mod tests {
         assert_eq!(parse_mac("02:42:ac:11:00"), None);
         assert_eq!(parse_mac("02:42:ac:11:00:02:03"), None);
         assert_eq!(parse_mac("zz:42:ac:11:00:02"), None);
+        // The fuzzer's find: a sign is not a hex digit.
+        assert_eq!(parse_mac("02:00:00:02:00:+0"), None);
     }
 }

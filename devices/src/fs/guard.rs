@@ -63,6 +63,13 @@ pub struct GuardedFs<F> {
     read_only: bool,
     /// Owners shifted for a pod's user namespace (read-only shares only: `owners`).
     owners: Option<Owners>,
+    /// The open flags of each file handle OPEN or CREATE gave. READ and WRITE pass these
+    /// down, not the guest's, so the passthrough never changes a descriptor's flags: in
+    /// fuse-backend-rs 0.14 a failing `fcntl(F_SETFL)` there closes the handle's
+    /// descriptor while the handle keeps its number (a guest could then reach whatever
+    /// the back-end opens next under it). A handle not in here (a directory's) is not
+    /// read or written.
+    open_flags: std::sync::Mutex<std::collections::HashMap<u64, u32>>,
 }
 
 impl<F> GuardedFs<F> {
@@ -71,6 +78,7 @@ impl<F> GuardedFs<F> {
             inner,
             read_only,
             owners: None,
+            open_flags: Default::default(),
         }
     }
 
@@ -106,6 +114,27 @@ impl<F> GuardedFs<F> {
     fn writable(&self) -> io::Result<()> {
         if self.read_only { Err(erofs()) } else { Ok(()) }
     }
+
+    fn handles(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, u32>> {
+        self.open_flags.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The flags `handle` was opened with; `EBADF` for one OPEN or CREATE did not give.
+    fn flags_of(&self, handle: u64) -> io::Result<u32> {
+        self.handles()
+            .get(&handle)
+            .copied()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))
+    }
+}
+
+/// `Err(EINVAL)` for `O_PATH`: such a descriptor reads and writes nothing, and the
+/// passthrough cannot serve I/O on it safely.
+fn not_o_path(flags: u32) -> io::Result<()> {
+    if flags & libc::O_PATH as u32 != 0 {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    Ok(())
 }
 
 fn eperm() -> io::Error {
@@ -285,7 +314,14 @@ impl<F: FileSystem> FileSystem for GuardedFs<F> {
         if open_flags_write(flags) {
             self.writable()?;
         }
-        self.inner.open(ctx, inode, flags, fuse_flags)
+        not_o_path(flags)?;
+        let opened = self.inner.open(ctx, inode, flags, fuse_flags)?;
+        if let Some(h) = opened.0 {
+            let h: u64 = h.into();
+            self.handles().insert(h, flags);
+            return Ok((Some(h.into()), opened.1, opened.2));
+        }
+        Ok(opened)
     }
 
     fn create(
@@ -297,7 +333,15 @@ impl<F: FileSystem> FileSystem for GuardedFs<F> {
     ) -> io::Result<(Entry, Option<Self::Handle>, OpenOptions, Option<u32>)> {
         self.writable()?;
         unprivileged_mode(args.mode)?;
-        self.inner.create(ctx, parent, name, args)
+        not_o_path(args.flags)?;
+        let flags = args.flags;
+        let (entry, handle, opts, passthrough) = self.inner.create(ctx, parent, name, args)?;
+        let handle = handle.map(|h| {
+            let h: u64 = h.into();
+            self.handles().insert(h, flags);
+            h.into()
+        });
+        Ok((entry, handle, opts, passthrough))
     }
 
     fn read(
@@ -309,10 +353,12 @@ impl<F: FileSystem> FileSystem for GuardedFs<F> {
         size: u32,
         offset: u64,
         lock_owner: Option<u64>,
-        flags: u32,
+        _flags: u32,
     ) -> io::Result<usize> {
+        let h: u64 = handle.into();
+        let flags = self.flags_of(h)?;
         self.inner
-            .read(ctx, inode, handle, w, size, offset, lock_owner, flags)
+            .read(ctx, inode, h.into(), w, size, offset, lock_owner, flags)
     }
 
     fn write(
@@ -325,14 +371,16 @@ impl<F: FileSystem> FileSystem for GuardedFs<F> {
         offset: u64,
         lock_owner: Option<u64>,
         delayed_write: bool,
-        flags: u32,
+        _flags: u32,
         fuse_flags: u32,
     ) -> io::Result<usize> {
         self.writable()?;
+        let h: u64 = handle.into();
+        let flags = self.flags_of(h)?;
         self.inner.write(
             ctx,
             inode,
-            handle,
+            h.into(),
             r,
             size,
             offset,
@@ -387,8 +435,17 @@ impl<F: FileSystem> FileSystem for GuardedFs<F> {
         flock_release: bool,
         lock_owner: Option<u64>,
     ) -> io::Result<()> {
-        self.inner
-            .release(ctx, inode, flags, handle, flush, flock_release, lock_owner)
+        let h: u64 = handle.into();
+        self.handles().remove(&h);
+        self.inner.release(
+            ctx,
+            inode,
+            flags,
+            h.into(),
+            flush,
+            flock_release,
+            lock_owner,
+        )
     }
 
     fn statfs(&self, ctx: &Context, inode: Self::Inode) -> io::Result<statvfs64> {

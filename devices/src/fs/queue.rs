@@ -38,7 +38,10 @@ pub fn process_queue(
     scratch: &mut Scratch,
 ) -> bool {
     let mut used = false;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+    for _ in 0..crate::vring::chain_budget(queue) {
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            break;
+        };
         let head = chain.head_index();
         let len = serve_chain(chain, mem, server, scratch);
         if let Err(e) = queue.add_used(mem, head, len) {

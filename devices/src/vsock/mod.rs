@@ -28,7 +28,7 @@
 
 mod backend;
 mod connection;
-mod handshake;
+pub mod handshake;
 pub mod muxer;
 pub mod packet;
 pub mod queue;

@@ -25,7 +25,10 @@ pub fn process_tx(
     scratch: &mut Vec<u8>,
 ) -> bool {
     let mut used = false;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+    for _ in 0..crate::vring::chain_budget(queue) {
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            break;
+        };
         let head = chain.head_index();
         match read_tx_packet(chain.reader(mem), scratch) {
             TxPacket::Good(hdr) => muxer.on_guest_packet(&hdr, scratch),
@@ -90,7 +93,9 @@ fn read_tx_packet(
 /// used. A chain that cannot be filled now is put back.
 pub fn process_rx(queue: &mut Queue, mem: &GuestMemoryMmap, muxer: &mut Muxer) -> bool {
     let mut used = false;
-    while muxer.has_rx_work() {
+    let mut budget = crate::vring::chain_budget(queue);
+    while muxer.has_rx_work() && budget > 0 {
+        budget -= 1;
         let Some(chain) = queue.pop_descriptor_chain(mem) else {
             break;
         };

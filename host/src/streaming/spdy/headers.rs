@@ -127,6 +127,11 @@ pub fn decode_block(raw: &[u8]) -> Result<HeaderList, HeaderError> {
         ));
     }
     let mut out = Vec::with_capacity(count);
+    // The decoded list costs at most what the block holds, plus a bound on the copies of
+    // each name that NUL-separated values make: without it, one long name with a value of
+    // NULs would be copied once per NUL (a 1 KiB compressed block could ask for 240 GB).
+    let budget = raw.len();
+    let mut spent = 0usize;
     for _ in 0..count {
         let len = take_u32(&mut raw)?;
         let name = String::from_utf8_lossy(take(&mut raw, len)?).to_lowercase();
@@ -136,6 +141,12 @@ pub fn decode_block(raw: &[u8]) -> Result<HeaderList, HeaderError> {
         let len = take_u32(&mut raw)?;
         let value = String::from_utf8_lossy(take(&mut raw, len)?);
         for v in value.split('\0') {
+            spent = spent.saturating_add(name.len() + v.len());
+            if spent > budget.saturating_mul(2).max(4096) {
+                return Err(HeaderError::Malformed(
+                    "header values repeat their name past the block's size",
+                ));
+            }
             out.push((name.clone(), v.to_owned()));
         }
     }
@@ -264,6 +275,32 @@ impl HeaderDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_separated_values_cannot_multiply_a_long_name() {
+        // One header: a 400 000-byte name, a value of 600 000 NULs (the fuzzer's
+        // fuzz/regressions/spdy_headers/nul-split-amplification, uncompressed).
+        let mut raw = 1u32.to_be_bytes().to_vec();
+        raw.extend_from_slice(&400_000u32.to_be_bytes());
+        raw.extend(std::iter::repeat_n(b'a', 400_000));
+        raw.extend_from_slice(&600_000u32.to_be_bytes());
+        raw.extend(std::iter::repeat_n(0u8, 600_000));
+        assert!(matches!(decode_block(&raw), Err(HeaderError::Malformed(_))));
+        // Ordinary multi-valued headers still split.
+        let mut raw = 1u32.to_be_bytes().to_vec();
+        raw.extend_from_slice(&4u32.to_be_bytes());
+        raw.extend_from_slice(b"Port");
+        raw.extend_from_slice(&9u32.to_be_bytes());
+        raw.extend_from_slice(b"80\x008080\x001");
+        assert_eq!(
+            decode_block(&raw).expect("decode"),
+            vec![
+                ("port".to_owned(), "80".to_owned()),
+                ("port".to_owned(), "8080".to_owned()),
+                ("port".to_owned(), "1".to_owned()),
+            ]
+        );
+    }
 
     fn hex(s: &str) -> Vec<u8> {
         (0..s.len())

@@ -121,7 +121,12 @@ impl State {
 /// Writes every available TX chain's frame to the tap. Returns whether any chain was used.
 fn transmit(queue: &mut Queue, mem: &GuestMemoryMmap, mut tap: &File, buf: &mut Vec<u8>) -> bool {
     let mut used = false;
-    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+    // At most a queue's worth per call: a guest that lays the used ring over the avail
+    // ring makes each returned chain look like a new one.
+    for _ in 0..usize::from(queue.size()).max(1) {
+        let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            break;
+        };
         let head = chain.head_index();
         match read_frame(chain.reader(mem), buf) {
             Ok(()) => {
