@@ -21,6 +21,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         std::fs::set_permissions(&config.root_dir, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("make {} private (0700)", config.root_dir.display()))?;
     }
+    // The binary the pods' processes run, pinned before anything can replace it.
+    crate::confine::plan::moatd_binary().context("find moatd's own binary")?;
     let store = Store::open(&config.root_dir.join("moat.redb"))?;
     let images = ImageManager::open(&config, store.clone())?;
     let sandboxes = crate::sandbox::SandboxManager::open(&config, store.clone()).await?;

@@ -235,7 +235,7 @@ pub fn wrap(
     program: impl Into<OsString>,
     args: impl IntoIterator<Item = OsString>,
 ) -> std::io::Result<Command> {
-    wrap_as(&std::env::current_exe()?, spec, program, args)
+    wrap_as(&plan::moatd_binary()?, spec, program, args)
 }
 
 /// `wrap`, with the `moatd` binary given (tests that are not moatd themselves).

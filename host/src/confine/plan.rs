@@ -94,9 +94,16 @@ fn program_file(path: &Path) -> Option<Bind> {
     (!path.starts_with("/usr")).then(|| Bind::program(path))
 }
 
-/// moatd's own binary, as the back-ends run it.
+/// moatd's own binary, as the back-ends run it: found once (moatd pins it at start), so a
+/// package upgrade that replaces the file under a running moatd (whose /proc/self/exe
+/// then reads "<path> (deleted)") still finds a binary at its path for new pods.
 pub fn moatd_binary() -> std::io::Result<PathBuf> {
-    std::env::current_exe()?.canonicalize()
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(p) = BINARY.get() {
+        return Ok(p.clone());
+    }
+    let found = std::env::current_exe()?.canonicalize()?;
+    Ok(BINARY.get_or_init(|| found).clone())
 }
 
 impl PodJail {

@@ -219,38 +219,47 @@ impl ContainerManager {
         self.mark_exited(id, 137, VM_DIED, detail).await;
     }
 
-    /// After a moatd restart: picks up the output and the exit of containers still running.
+    /// After a moatd restart: picks up the output and the exit of containers still running,
+    /// then reconciles each ready pod with its guest. Containers and pods are taken back
+    /// all at once (each is an agent round trip), so the CRI socket, served after this,
+    /// is back in about one round trip, not one per container.
     pub async fn recover(&self) -> Result<(), ContainerError> {
-        for r in self
+        let running: Vec<ContainerRecord> = self
             .list()?
             .into_iter()
             .filter(|r| r.state == ContainerState::Running)
-        {
-            let Ok(agent) = self.agent(&r.sandbox_id).await else {
-                self.vm_gone(&r.id, "the pod's VM died while moatd was not running")
-                    .await;
-                continue;
-            };
-            match agent.output(&r.id).await {
-                Ok(out) => self.spawn_log_copier(&r, out),
-                Err(e) => {
-                    warn!(container = %r.id, error = %e, "cannot follow the container's output again")
-                }
-            }
-            self.spawn_waiter(&r, agent);
-            info!(container = %r.id, "container taken back after restart");
-        }
-        for sandbox in self
+            .collect();
+        futures::future::join_all(running.iter().map(|r| self.take_back(r))).await;
+        let sandboxes = self
             .inner
             .sandboxes
             .list()
-            .map_err(|e| ContainerError::WrongState(format!("listing pod sandboxes: {e}")))?
-        {
-            if sandbox.state.is_ready() {
-                self.reconcile(&sandbox.id).await;
+            .map_err(|e| ContainerError::WrongState(format!("listing pod sandboxes: {e}")))?;
+        futures::future::join_all(
+            sandboxes
+                .iter()
+                .filter(|s| s.state.is_ready())
+                .map(|s| self.reconcile(&s.id)),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Follows a running container's output and exit again after a restart.
+    async fn take_back(&self, r: &ContainerRecord) {
+        let Ok(agent) = self.agent(&r.sandbox_id).await else {
+            self.vm_gone(&r.id, "the pod's VM died while moatd was not running")
+                .await;
+            return;
+        };
+        match agent.output(&r.id).await {
+            Ok(out) => self.spawn_log_copier(r, out),
+            Err(e) => {
+                warn!(container = %r.id, error = %e, "cannot follow the container's output again")
             }
         }
-        Ok(())
+        self.spawn_waiter(r, agent);
+        info!(container = %r.id, "container taken back after restart");
     }
 
     /// What calls cut short by moatd's death left in a pod's guest: a container the guest

@@ -143,7 +143,7 @@ impl Builtin {
         let path = Self::config_path(spec);
         let binary = match &self.binary {
             Some(b) => b.clone(),
-            None => std::env::current_exe()?,
+            None => crate::confine::plan::moatd_binary()?,
         };
         let mut cmd = match &spec.jail {
             Some(jail) => {

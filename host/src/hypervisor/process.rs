@@ -36,6 +36,17 @@ pub fn pass_fd(cmd: &mut Command, fd: RawFd, target: RawFd) {
     }
 }
 
+/// Runs the blocking `f` so that the async worker it is called on hands its other tasks
+/// to another worker meanwhile (a multi-threaded runtime); elsewhere it just runs it.
+pub fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 impl VmProcess {
     /// Spawns `cmd` in a new session with stdin closed and stdout/stderr appended to `log`.
     pub fn spawn(mut cmd: Command, log: &Path) -> std::io::Result<Self> {
@@ -67,7 +78,9 @@ impl VmProcess {
                 Ok(())
             });
         }
-        let child = cmd.spawn()?;
+        // With a pre_exec hook std forks and waits for the child's exec: off the async
+        // workers, so a burst of pod starts does not stall every other call.
+        let child = off_the_workers(|| cmd.spawn())?;
         let pid = child.id() as i32;
         // The child is reaped by a thread so it never lingers as a zombie; the pidfd is what
         // callers wait on. (std's Child would reap on wait; we do it in the background.)
