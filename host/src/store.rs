@@ -136,12 +136,15 @@ impl<T: Record> Table<T> {
             key: value.key().to_owned(),
             source,
         })?;
-        let txn = self.store.db().begin_write().map_err(e)?;
-        {
-            let mut t = txn.open_table(self.def).map_err(e)?;
-            t.insert(value.key(), bytes.as_slice()).map_err(e)?;
-        }
-        txn.commit().map_err(e)
+        // Writers wait for each other and a commit syncs to disk: off the async workers.
+        crate::sync::off_the_workers(|| {
+            let txn = self.store.db().begin_write().map_err(e)?;
+            {
+                let mut t = txn.open_table(self.def).map_err(e)?;
+                t.insert(value.key(), bytes.as_slice()).map_err(e)?;
+            }
+            txn.commit().map_err(e)
+        })
     }
 
     /// The record with key `key`, if any.
@@ -157,12 +160,14 @@ impl<T: Record> Table<T> {
 
     /// Deletes a record; absent is fine.
     pub fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let txn = self.store.db().begin_write().map_err(e)?;
-        {
-            let mut t = txn.open_table(self.def).map_err(e)?;
-            t.remove(key).map_err(e)?;
-        }
-        txn.commit().map_err(e)
+        crate::sync::off_the_workers(|| {
+            let txn = self.store.db().begin_write().map_err(e)?;
+            {
+                let mut t = txn.open_table(self.def).map_err(e)?;
+                t.remove(key).map_err(e)?;
+            }
+            txn.commit().map_err(e)
+        })
     }
 
     /// Every record.

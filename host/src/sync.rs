@@ -28,6 +28,19 @@ impl KeyedLocks {
     }
 }
 
+/// Runs the blocking `f` (a fork, a durable commit) so that the async worker it is called
+/// on hands its other tasks to another worker meanwhile, in a multi-threaded runtime;
+/// elsewhere (unit tests) it just runs it. A burst of pod starts then cannot stall the
+/// calls that only read.
+pub fn off_the_workers<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
