@@ -193,6 +193,21 @@ impl Moatd {
         RuntimeServiceClient::new(self.channel().await)
     }
 
+    /// Pulls `image` (panics if the pull fails).
+    pub async fn pull(&self, image: &str) {
+        self.images()
+            .await
+            .pull_image(k8s_cri::v1::PullImageRequest {
+                image: Some(k8s_cri::v1::ImageSpec {
+                    image: image.to_owned(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("pull {image}: {e}"));
+    }
+
     /// An ImageService client.
     pub async fn images(&self) -> ImageServiceClient<Channel> {
         ImageServiceClient::new(self.channel().await).max_decoding_message_size(64 << 20)

@@ -7,7 +7,6 @@ use std::time::Duration;
 use k8s_cri::v1 as cri;
 
 use crate::moatd::Moatd;
-use crate::oci::{Compression, Flavor, Image, Layer, busybox_layer_tar};
 use crate::registry::Registry;
 
 /// The guest image built by guest-image/build.sh.
@@ -55,36 +54,14 @@ pub async fn pod_on_network(
     conflist: Option<&str>,
     adjust: impl FnOnce(&mut cri::PodSandboxConfig),
 ) -> Pod {
-    let reg = Registry::start().await;
-    let img = Image::new(
-        vec![Layer::new(
-            &busybox_layer_tar(),
-            Compression::Gzip,
-            Flavor::Oci,
-        )],
-        Flavor::Oci,
-        "amd64",
-        "",
-    );
-    reg.push_image("t/busybox", "v1", &img).await;
+    let (reg, image) = Registry::with_busybox("t/busybox").await;
     // After the [sandbox] header: bare keys in `extra_config` are sandbox settings.
     let m = Moatd::start(&format!(
         "[sandbox]\nguest_dir = \"{}\"\n{extra_config}\n",
         guest_dir().display()
     ))
     .await;
-    let image = format!("{}/t/busybox:v1", reg.addr);
-    m.images()
-        .await
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+    m.pull(&image).await;
     if let Some(c) = conflist {
         std::fs::create_dir_all(m.cni_dir()).expect("cni dir");
         std::fs::write(m.cni_dir().join("10-test.conflist"), c).expect("write conflist");

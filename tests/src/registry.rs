@@ -266,6 +266,25 @@ impl Registry {
     }
 
     /// Pushes an image's blobs and manifest, tagged `tag`. Returns the manifest digest.
+    /// A registry holding the busybox image (busybox-static in one gzip OCI layer, amd64)
+    /// as `repo:v1`, and that image's reference.
+    pub async fn with_busybox(repo: &str) -> (Self, String) {
+        let reg = Self::start().await;
+        let img = Image::new(
+            vec![crate::oci::Layer::new(
+                &crate::oci::busybox_layer_tar(),
+                crate::oci::Compression::Gzip,
+                crate::oci::Flavor::Oci,
+            )],
+            crate::oci::Flavor::Oci,
+            "amd64",
+            "",
+        );
+        reg.push_image(repo, "v1", &img).await;
+        let image = format!("{}/{repo}:v1", reg.addr);
+        (reg, image)
+    }
+
     pub async fn push_image(&self, repo: &str, tag: &str, img: &Image) -> String {
         for l in &img.layers {
             self.push_blob(repo, &l.blob).await;

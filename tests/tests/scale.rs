@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use moat_tests::moatd::Moatd;
-use moat_tests::oci::{Compression, Flavor, Image, Layer, busybox_layer_tar};
 use moat_tests::pod::guest_dir;
 use moat_tests::registry::Registry;
 use tonic::transport::Channel;
@@ -31,40 +30,18 @@ struct Node {
 
 /// A moatd with `extra` sandbox settings (bare keys after `[sandbox]`) and the image.
 async fn node(extra: &str) -> Node {
-    let reg = Registry::start().await;
-    let img = Image::new(
-        vec![Layer::new(
-            &busybox_layer_tar(),
-            Compression::Gzip,
-            Flavor::Oci,
-        )],
-        Flavor::Oci,
-        "amd64",
-        "",
-    );
-    reg.push_image("scale/busybox", "v1", &img).await;
+    let (reg, image) = Registry::with_busybox("scale/busybox").await;
     let m = Moatd::start(&format!(
         "[sandbox]\nguest_dir = \"{}\"\n{extra}\n",
         guest_dir().display()
     ))
     .await;
-    let image = format!("{}/scale/busybox:v1", reg.addr);
     println!(
         "moatd: {}, {} cores",
         moat_tests::moatd::moatd_bin().display(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    m.images()
-        .await
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+    m.pull(&image).await;
     Node {
         m,
         image,

@@ -23,7 +23,6 @@ use moat_host::hypervisor::qemu::{Qemu, QemuConfig};
 use moat_host::hypervisor::{HostCaps, VmSpec};
 use moat_tests::bench::median;
 use moat_tests::moatd::{Moatd, moatd_bin};
-use moat_tests::oci::{Compression, Flavor, Image, Layer, busybox_layer_tar};
 use moat_tests::registry::Registry;
 
 fn guest_dir() -> PathBuf {
@@ -325,17 +324,7 @@ async fn moatd(dir: &Path, extra: &str, image: &str, metrics_port: u16) -> Moatd
         dir.display()
     ))
     .await;
-    m.images()
-        .await
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+    m.pull(image).await;
     m
 }
 
@@ -347,19 +336,7 @@ fn mib(kib: u64) -> f64 {
 async fn main() {
     let runs = moat_tests::bench::runs_arg(5);
     let dir = guest_dir();
-    let reg = Registry::start().await;
-    let img = Image::new(
-        vec![Layer::new(
-            &busybox_layer_tar(),
-            Compression::Gzip,
-            Flavor::Oci,
-        )],
-        Flavor::Oci,
-        "amd64",
-        "",
-    );
-    reg.push_image("bench/busybox", "v1", &img).await;
-    let image = format!("{}/bench/busybox:v1", reg.addr);
+    let (_reg, image) = Registry::with_busybox("bench/busybox").await;
     // moatd as shipped (every pod process confined), and the same with confinement off:
     // the peer that says what confinement costs.
     let metrics_port = moat_tests::free_port();

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 use moat_tests::bench::{median, runs_arg};
 use moat_tests::moatd::Moatd;
-use moat_tests::oci::{Compression, Flavor, Image, Layer, busybox_layer_tar};
 use moat_tests::registry::Registry;
 
 fn pods_arg(default: usize) -> usize {
@@ -34,36 +33,14 @@ async fn main() {
     let runs = runs_arg(30);
     let n_pods = pods_arg(10);
     let guest = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../guest-image/out");
-    let reg = Registry::start().await;
-    let img = Image::new(
-        vec![Layer::new(
-            &busybox_layer_tar(),
-            Compression::Gzip,
-            Flavor::Oci,
-        )],
-        Flavor::Oci,
-        "amd64",
-        "",
-    );
-    reg.push_image("bench/busybox", "v1", &img).await;
-    let image = format!("{}/bench/busybox:v1", reg.addr);
+    let (_reg, image) = Registry::with_busybox("bench/busybox").await;
     let port = moat_tests::free_port();
     let m = Moatd::start(&format!(
         "[sandbox]\nguest_dir = \"{}\"\n[metrics]\naddress = \"127.0.0.1:{port}\"\n",
         guest.display()
     ))
     .await;
-    m.images()
-        .await
-        .pull_image(cri::PullImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .expect("pull");
+    m.pull(&image).await;
     let logs = tempfile::tempdir().expect("logs");
     let mut rt = m.runtime().await;
     for i in 0..n_pods {

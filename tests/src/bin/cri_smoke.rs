@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use moat_tests::oci::{Compression, Flavor, Image, Layer, busybox_layer_tar};
 use moat_tests::registry::Registry;
 use tonic::transport::Channel;
 
@@ -268,19 +267,7 @@ async fn main() -> ExitCode {
         eprintln!("usage: cri-smoke --socket PATH");
         return ExitCode::from(2);
     };
-    let reg = Registry::start().await;
-    let img = Image::new(
-        vec![Layer::new(
-            &busybox_layer_tar(),
-            Compression::Gzip,
-            Flavor::Oci,
-        )],
-        Flavor::Oci,
-        "amd64",
-        "",
-    );
-    reg.push_image("t/busybox", "v1", &img).await;
-    let image = format!("{}/t/busybox:v1", reg.addr);
+    let (_reg, image) = Registry::with_busybox("t/busybox").await;
     let channel = moat_tests::moatd::connect(&socket).await;
     let mut rt = RuntimeServiceClient::new(channel.clone());
     let mut images = ImageServiceClient::new(channel);

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use moat_tests::moatd::Moatd;
-use moat_tests::oci::{Compression, Flavor, Image, Layer, busybox_layer_tar};
 use moat_tests::registry::Registry;
 use moat_tests::streams::SpdyPortForward;
 use tonic::transport::Channel;
@@ -800,19 +799,7 @@ async fn main() -> ExitCode {
     let a = args();
     preflight();
     scrub_leftovers();
-    let reg = Registry::start().await;
-    let img = Image::new(
-        vec![Layer::new(
-            &busybox_layer_tar(),
-            Compression::Gzip,
-            Flavor::Oci,
-        )],
-        Flavor::Oci,
-        "amd64",
-        "",
-    );
-    reg.push_image("soak/busybox", "v1", &img).await;
-    let image = format!("{}/soak/busybox:v1", reg.addr);
+    let (reg, image) = Registry::with_busybox("soak/busybox").await;
     let metrics_port = moat_tests::free_port();
     // Pods get a long boot timeout: under load, TCG boots on few cores are slow, and this
     // soak is about leaks and churn, not boot deadlines (RunPodSandbox latency is printed).
