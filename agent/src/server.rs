@@ -252,7 +252,7 @@ impl Agent for AgentService {
         _request: Request<moat_proto::agent::ListContainersRequest>,
     ) -> Result<Response<moat_proto::agent::ListContainersResponse>, Status> {
         Ok(Response::new(moat_proto::agent::ListContainersResponse {
-            containers: self.containers.list(),
+            containers: self.containers.list().await,
         }))
     }
 

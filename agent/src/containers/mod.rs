@@ -61,6 +61,9 @@ struct Entry {
 /// The containers of this pod.
 pub struct Containers {
     map: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Held shared by each create and start while it works, and exclusively by the list:
+    /// a host that lists after a restart sees every create its predecessor began, done.
+    inflight: tokio::sync::RwLock<()>,
     layers: PathBuf,
     root: PathBuf,
     pod_pid: crate::pid_ns::PodPidNamespace,
@@ -70,6 +73,7 @@ impl Default for Containers {
     fn default() -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
+            inflight: tokio::sync::RwLock::new(()),
             layers: PathBuf::from(LAYERS_ROOT),
             root: PathBuf::from(CONTAINERS_ROOT),
             pod_pid: Default::default(),
@@ -130,6 +134,7 @@ impl Containers {
     pub(crate) fn with_dirs(layers: PathBuf, root: PathBuf) -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
+            inflight: tokio::sync::RwLock::new(()),
             layers,
             root,
             pod_pid: crate::pid_ns::PodPidNamespace::with_init(
@@ -153,6 +158,7 @@ impl Containers {
         &self,
         r: CreateContainerRequest,
     ) -> Result<CreateContainerResponse, Status> {
+        let _busy = self.inflight.read().await;
         if !valid_id(&r.container_id) {
             return Err(Status::invalid_argument(format!(
                 "invalid container id {:?}",
@@ -307,8 +313,10 @@ impl Containers {
         })
     }
 
-    /// ListContainers: every container, started or not, exited or not.
-    pub fn list(&self) -> Vec<moat_proto::agent::ContainerEntry> {
+    /// ListContainers: every container, started or not, exited or not, once the creates
+    /// and starts under way have finished.
+    pub async fn list(&self) -> Vec<moat_proto::agent::ContainerEntry> {
+        let _quiet = self.inflight.write().await;
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let mut all: Vec<_> = map
             .iter()
@@ -330,6 +338,7 @@ impl Containers {
     /// Starting a started container answers as its first start did (a host that lost the
     /// first answer asks again).
     pub async fn start(&self, id: &str) -> Result<StartContainerResponse, Status> {
+        let _busy = self.inflight.read().await;
         let e = self.get(id)?;
         if e.exit_tx
             .lock()

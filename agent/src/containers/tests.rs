@@ -351,6 +351,7 @@ async fn the_list_says_how_far_each_container_got_and_a_second_start_is_harmless
     assert!(w.exited);
     let got: Vec<(String, bool, bool)> = c
         .list()
+        .await
         .into_iter()
         .map(|e| (e.container_id, e.started, e.exited))
         .collect();
@@ -370,5 +371,5 @@ async fn the_list_says_how_far_each_container_got_and_a_second_start_is_harmless
     for id in ["a1", "b2", "c3"] {
         c.remove(id).await.expect("remove");
     }
-    assert!(c.list().is_empty());
+    assert!(c.list().await.is_empty());
 }
