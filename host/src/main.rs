@@ -268,6 +268,15 @@ fn main() -> ExitCode {
         return check(&config);
     }
     moat_host::logging::init(&config.log);
+    // glibc gives each thread that allocates its own heap arena, up to 8 per core, and
+    // never returns them: moatd's short-lived blocking threads (forks, store commits)
+    // would grow its RSS to that plateau over a day of pod churn. Two arenas serve two
+    // async workers and the blocking pool without measurable contention.
+    // SAFETY: mallopt only sets an allocator parameter; no allocation is in flight yet
+    // on another thread (the runtime is not started).
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

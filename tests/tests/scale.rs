@@ -616,22 +616,15 @@ async fn twenty_pod_starts_at_once_keep_lists_fast() {
     assert_eq!(ready, ok, "every pod that started is READY");
     assert!(n.pods().await.is_empty(), "pods left listed");
     assert_no_vm_left(&ids, &n.m).await;
-    // The goal is 50 ms. On a 2-core machine running 20 TCG guests at once, with a debug
-    // moatd, the CPU itself is the bound: Version (no store, no lock) and this process's
-    // own 20 ms timers lag as much (printed above as controls). What is asserted is what
-    // moatd owes whatever the machine: List never waits for a boot (no lock held across
-    // one, no worker blocked by a fork or a commit), so it stays within a fraction of a
-    // second and far below a boot.
+    // The goal: p99 under 50 ms while twenty TCG guests boot on two cores. It holds because
+    // List never waits for a boot (no lock held across one, no worker blocked by a fork or
+    // a commit) and the VMs run below moatd's CPU priority, their scheduler autogroups
+    // included (before that, p99 was ~120 ms and Version, the control, as slow). A single
+    // call may still wait for a time slice: the max is bounded looser.
     assert!(
-        p99 < Duration::from_millis(500) && max < Duration::from_secs(2),
-        "ListPodSandbox during the burst: p99 {:.1} ms, max {:.1} ms (bound here: p99 500 ms, max 2 s; goal 50 ms)",
+        p99 < Duration::from_millis(50) && max < Duration::from_millis(500),
+        "ListPodSandbox during the burst: p99 {:.1} ms, max {:.1} ms (bounds: p99 50 ms, max 500 ms)",
         ms(p99),
         ms(max)
     );
-    if p99 >= Duration::from_millis(50) {
-        println!(
-            "ListPodSandbox p99 during the burst {:.1} ms: above the 50 ms goal on this machine (Version p99 alongside is the CPU's share)",
-            ms(p99)
-        );
-    }
 }
